@@ -1,0 +1,181 @@
+"""The `gandissect` command line.
+
+Reads a spec (default `gandissect.toml`) and the store; writes through the runner. Exit status:
+0 success, 2 bad input (spec, arguments, files, refused SQL), 1 anything else. Errors are one line
+unless `--debug`.
+
+    gandissect run [SPEC] [--only NAME] [--force] [--device auto|cpu|cuda] [--quiet]
+    gandissect status [SPEC]
+    gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
+    gandissect dashboard [--port P] [--host H]
+    gandissect train segmenter|gan [ARGS...]
+    gandissect version
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad arguments: exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gandissect", description="GAN Dissection workbench")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="materialise every declared analysis whose run is missing")
+    r.add_argument("spec", nargs="?", default="gandissect.toml")
+    r.add_argument("--only", help="run one analysis (by name)")
+    r.add_argument("--force", action="store_true", help="recompute even if done")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("status", help="each declared analysis with its state")
+    s.add_argument("spec", nargs="?", default="gandissect.toml")
+
+    q = sub.add_parser("sql", help="read-only SQL over the store")
+    q.add_argument("query")
+    q.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    q.add_argument("--db", help="store path (default: $GANDISSECT_DB, the spec's store, gandissect.duckdb)")
+    q.add_argument("--spec", default="gandissect.toml")
+    q.add_argument("--limit", type=int, default=10_000, help="row limit")
+    q.add_argument("--timeout", type=float, default=60.0, help="time limit in seconds")
+
+    d = sub.add_parser("dashboard", help="start the Streamlit app")
+    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--db", help="store path")
+    d.add_argument("--spec", default="gandissect.toml")
+
+    t = sub.add_parser("train", help="train a bundled model: segmenter | gan")
+    t.add_argument("what", choices=["segmenter", "gan"])
+    t.add_argument("args", nargs=argparse.REMAINDER)
+
+    b = sub.add_parser("bench", help="performance benchmarks (also written to the benchmarks table)")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--spec", default="gandissect.toml")
+    b.add_argument("--only", help="one bench: dissect | edit | ace | insert")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def store_path(db: str | None, spec_path: str) -> str:
+    """The store a read command uses: --db, then $GANDISSECT_DB, then the spec's, then the default."""
+    if db:
+        return db
+    if os.environ.get("GANDISSECT_DB"):
+        return os.environ["GANDISSECT_DB"]
+    if Path(spec_path).exists():
+        from compute.spec import load
+
+        return load(spec_path, check_files=False).store
+    return "gandissect.duckdb"
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from compute import runner, spec
+
+    outcomes = runner.run(spec.load(a.spec), only=a.only, force=a.force, device=a.device, quiet=a.quiet)
+    return 1 if any(o.state == "failed" for o in outcomes) else 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from compute import runner, spec
+
+    rows = runner.status(spec.load(a.spec))
+    width = max((len(f"{j.analysis.name} [{j.model.name}]") for j, _, _ in rows), default=10)
+    for job, state, error in rows:
+        line = f"{job.analysis.name + ' [' + job.model.name + ']':<{width}}  {state:<8} {job.run_key[:12]}"
+        if error:
+            line += "  " + error.splitlines()[0]
+        print(line)
+    return 0
+
+
+def cmd_sql(a: argparse.Namespace) -> int:
+    from db.guard import guarded_query
+
+    path = store_path(a.db, a.spec)
+    if not Path(path).exists():
+        raise UsageError(f"no store at {path}: run `gandissect run` first")
+    df = guarded_query(a.query, path=path, row_limit=a.limit, timeout_s=a.timeout)
+    if a.format == "csv":
+        sys.stdout.write(df.write_csv())
+    elif a.format == "json":
+        sys.stdout.write(df.write_json() + "\n")
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=min(len(df), 200), tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+            print(df)
+    return 0
+
+
+def cmd_dashboard(a: argparse.Namespace) -> int:
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    env = dict(os.environ, GANDISSECT_DB=os.path.abspath(store_path(a.db, a.spec)))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.host,
+           "--server.port", str(a.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"dashboard: http://{a.host}:{a.port}  (store {env['GANDISSECT_DB']})", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    if a.what == "segmenter":
+        from compute.train_seg import main as train
+    else:
+        from compute.train_gan import main as train
+    return int(train(list(a.args)) or 0)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from compute.bench import main as bench
+
+    return int(bench(a) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(e.code or 0)
+    if a.command == "version":
+        from compute.runner import PACKAGE_VERSION
+
+        print(f"gandissect {PACKAGE_VERSION}")
+        return 0
+    handlers = {"run": cmd_run, "status": cmd_status, "sql": cmd_sql, "dashboard": cmd_dashboard,
+                "train": cmd_train, "bench": cmd_bench}
+    try:
+        return handlers[a.command](a)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line; the traceback only with --debug
+        if a.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT if _is_bad_input(e) else 1
+
+
+def _is_bad_input(e: Exception) -> bool:
+    from compute.spec import SpecError
+
+    names = {"GuardError", "ZooError", "SpecError", "UsageError", "EditError"}
+    return isinstance(e, (SpecError, UsageError, FileNotFoundError)) or type(e).__name__ in names
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""What an analysis gets to work with: its job (resolved declaration) and a run context.
+
+Reads and writes the run's checkpoint directory `.cache/<run_key>/` (streaming state saved every few
+batches so a killed run resumes); reads dependency results through short read-only store connections.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from compute.spec import AnalysisSpec, ModelSpec, SegmenterSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: an analysis of one model (all its declared layers in one pass)."""
+
+    analysis: AnalysisSpec
+    model: ModelSpec
+    segmenter: SegmenterSpec | None
+    layers: tuple[str, ...]
+    run_key: str
+    deps: tuple[tuple[str, str], ...]  # (kind, run_key) of the runs this one reads
+    params: str  # canonical JSON recorded in runs.params
+    code_version: str
+
+    @property
+    def layer_label(self) -> str:
+        return self.layers[0] if len(self.layers) == 1 else "*"
+
+    def dep(self, kind: str) -> str:
+        for k, key in self.deps:
+            if k == kind:
+                return key
+        raise KeyError(f"job {self.analysis.name} has no {kind} dependency")
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    store: str
+    cache_root: Path = Path(".cache")
+    quiet: bool = False
+    checkpoint_every: int = int(os.environ.get("GANDISSECT_CHECKPOINT_EVERY", "8"))
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    def cache_dir(self, job: Job) -> Path:
+        d = self.cache_root / job.run_key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def progress(self, it: Iterable | None = None, **kw: Any) -> Iterator | tqdm:
+        disable = self.quiet or not sys.stderr.isatty()
+        return tqdm(it, disable=disable, dynamic_ncols=True, leave=False, **kw)
+
+    def generator(self, job: Job) -> torch.nn.Module:
+        from ingest.zoo import load_model_spec
+
+        key = f"g:{job.model.name}"
+        if key not in self._models:
+            self._models[key] = load_model_spec(job.model, self.device)
+        return self._models[key]
+
+    def segmenter(self, job: Job) -> torch.nn.Module:
+        from ingest.zoo import load_segmenter_spec
+
+        assert job.segmenter is not None, f"{job.analysis.name} has no segmenter"
+        key = f"s:{job.segmenter.name}"
+        if key not in self._models:
+            self._models[key] = load_segmenter_spec(job.segmenter, self.device)
+        return self._models[key]
+
+    def read(self, sql: str, params: list | tuple | None = None) -> Any:
+        from db.store import read
+
+        return read(sql, params, path=self.store)
+
+
+class Checkpoint:
+    """Streaming state of one pass of a run, saved atomically as `.cache/<run_key>/<name>.safetensors`.
+
+    `done` (the number of batches already folded into the state) and any small JSON extras travel in
+    the same file's metadata, replaced in one `os.replace`, so a kill at any instant leaves either the
+    old or the new checkpoint. A resumed run skips the batches already done.
+    """
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = directory / f"{name}.safetensors"
+
+    def load(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+        if not self.path.exists():
+            return 0, {}, {}
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta.get("done", 0)), load_file(str(self.path)), json.loads(meta.get("extra", "{}"))
+
+    def save(self, done: int, tensors: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={"done": str(done), "extra": json.dumps(extra or {})})
+        os.replace(tmp, self.path)
+
+
+def flat_state(prefix: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Prefix a Stat's state_dict tensors for one shared safetensors file."""
+    return {f"{prefix}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def unflat_state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}

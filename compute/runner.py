@@ -1,0 +1,200 @@
+"""The runner: materialise every declared analysis whose run is missing, dependencies first.
+
+Reads the spec, the models and the store's `runs` table; writes dimension rows, `runs` rows and each
+analysis's result tables (one transaction per run: delete the run's slice, insert, mark done), and
+streaming checkpoints under `.cache/<run_key>/`. A run key is the sha256 of the analysis's canonical
+parameters, the model and segmenter checkpoint hashes, the dependencies' run keys and the code
+version, so a second `gandissect run` finds every run done and computes nothing.
+
+    gandissect run gandissect.toml [--only NAME] [--force] [--device auto|cpu|cuda]
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from compute import analyses
+from compute.context import Job, RunContext
+from compute.spec import Spec, SpecError, canonical
+from db import store
+
+PACKAGE_VERSION = "0.1.0"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError("--device", "argument", None, "cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _job_params(spec: Spec, a, model_name: str, layers: tuple[str, ...]) -> dict:
+    return {
+        "kind": a.kind, "name": a.name, "layers": list(layers), "segmenter": a.segmenter,
+        "samples": a.samples, "seed": a.seed, "threshold": a.threshold, "concepts": list(a.concepts),
+        **{k: v for k, v in a.params},
+    }
+
+
+def plan(spec: Spec, only: str | None = None) -> list[Job]:
+    """Every run the spec declares, in dependency order (each job after the runs it reads)."""
+    from ingest.zoo import describe_model, file_sha256
+
+    if only is not None and only not in {a.name for a in spec.analyses}:
+        raise SpecError(spec.path, "--only", None,
+                        f"no analysis named {only!r}; declared: {', '.join(a.name for a in spec.analyses)}")
+    jobs: dict[tuple[str, str], Job] = {}  # (analysis name, model) -> job
+    order = sorted(spec.analyses, key=lambda a: _depth(a.kind))
+    for a in order:
+        mod = analyses.module(a.kind)
+        for mn in a.models:
+            m = spec.model(mn)
+            layers = tuple(describe_model(m).layers) if a.layers == "all" else tuple(a.layers)
+            seg = spec.segmenter(a.segmenter) if a.segmenter else None
+            deps = []
+            for need in getattr(mod, "NEEDS", ()):
+                dep = _find_dependency(spec, jobs, need, a, mn, layers)
+                deps.append((need, dep.run_key))
+            params = _job_params(spec, a, mn, layers)
+            code_version = f"{PACKAGE_VERSION}+{a.kind}.{mod.CODE_VERSION}"
+            key_src = canonical({
+                "params": params, "model": file_sha256(m.checkpoint), "model_family": m.family,
+                "model_options": m.options, "segmenter": file_sha256(seg.checkpoint) if seg else None,
+                "deps": deps, "code_version": code_version,
+            })
+            run_key = hashlib.sha256(key_src.encode()).hexdigest()
+            jobs[(a.name, mn)] = Job(a, m, seg, layers, run_key, tuple(deps), canonical(params), code_version)
+    selected = [j for j in jobs.values() if only is None or j.analysis.name == only]
+    return selected
+
+
+def _depth(kind: str) -> int:
+    mod = analyses.module(kind)
+    return 1 + max((_depth(k) for k in getattr(mod, "NEEDS", ())), default=0)
+
+
+def _find_dependency(spec: Spec, jobs: dict, need: str, a, model: str, layers: tuple[str, ...]) -> Job:
+    for (name, mn), job in jobs.items():
+        if (job.analysis.kind == need and mn == model and set(layers) <= set(job.layers)
+                and (a.segmenter is None or job.analysis.segmenter == a.segmenter)):
+            return job
+    raise SpecError(spec.path, f"analyses ({a.name})", "kind",
+                    f"a {a.kind} analysis needs a {need} analysis of model {model!r} covering layers "
+                    f"{', '.join(layers)} with segmenter {a.segmenter!r} declared in the spec")
+
+
+@dataclass
+class Outcome:
+    job: Job
+    state: str  # "up to date" | "done" | "failed"
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str = "auto",
+        quiet: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
+    """Materialise every missing run; returns one outcome per planned job."""
+    dev = resolve_device(device)
+    jobs = plan(spec, only)
+    store.ensure_schema(spec.store)
+    done_keys = _done_keys(spec.store, [j.run_key for j in jobs])
+    ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
+    failed: set[str] = set()
+    outcomes: list[Outcome] = []
+    for job in jobs:
+        label = f"{job.analysis.name} [{job.model.name}]"
+        if job.run_key in done_keys and not force:
+            echo(f"up to date: {label} (run {job.run_key[:12]})")
+            outcomes.append(Outcome(job, "up to date"))
+            continue
+        blocked = [k for _, k in job.deps if k in failed]
+        if blocked:
+            failed.add(job.run_key)
+            outcomes.append(Outcome(job, "failed", error="a dependency failed"))
+            echo(f"skipped: {label}: a dependency failed")
+            continue
+        outcome = _execute(job, ctx, force, echo)
+        if outcome.state == "failed":
+            failed.add(job.run_key)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _done_keys(path: str, keys: list[str]) -> set[str]:
+    if not keys:
+        return set()
+    df = store.read("select run_key from runs where status = 'done' and run_key in (select unnest(?))",
+                    [keys], path=path)
+    return set(df["run_key"].to_list())
+
+
+def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]) -> Outcome:
+    label = f"{job.analysis.name} [{job.model.name}]"
+    cache = ctx.cache_root / job.run_key
+    if force and cache.exists():
+        shutil.rmtree(cache)
+    echo(f"running: {label} (run {job.run_key[:12]}, {job.analysis.samples} samples, "
+         f"{len(job.layers)} layer(s), {ctx.device})")
+    t0 = time.time()
+    try:
+        _register(job, ctx)
+        store.start_run(ctx.store, run_key=job.run_key, analysis=job.analysis.kind, name=job.analysis.name,
+                        model=job.model.name, layer=job.layer_label,
+                        segmenter=job.segmenter.name if job.segmenter else None,
+                        n_samples=job.analysis.samples, seed=job.analysis.seed, params=job.params,
+                        code_version=job.code_version)
+        results = analyses.module(job.analysis.kind).compute(job, ctx)
+        seconds = time.time() - t0
+        store.publish_many(ctx.store, job.run_key, results, seconds=seconds)
+        bad = store.run_audits(ctx.store)
+        if bad:
+            raise RuntimeError("audits failed after publish: " + ", ".join(f"{n} ({k} rows)" for n, k in bad))
+    except Exception as e:  # the run is marked failed with its error; no result rows remain
+        seconds = time.time() - t0
+        msg = f"{type(e).__name__}: {e}"
+        try:
+            store.fail_run(ctx.store, job.run_key, seconds=seconds,
+                           error=msg + "\n" + traceback.format_exc(limit=8))
+        except Exception as e2:  # the store itself failed: report both
+            msg += f" (and recording the failure failed: {e2})"
+        echo(f"failed: {label}: {msg}")
+        return Outcome(job, "failed", seconds, msg)
+    if cache.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+    echo(f"done: {label} in {seconds:.1f} s")
+    return Outcome(job, "done", seconds)
+
+
+def _register(job: Job, ctx: RunContext) -> None:
+    """Dimension rows for the job's model, layers, segmenter and concepts (idempotent upserts)."""
+    from compute.tap import layer_shapes
+    from ingest import register
+    from ingest.zoo import describe_model, describe_segmenter
+
+    net = describe_model(job.model)
+    shapes = layer_shapes(net, list(net.layers), torch.device("cpu"))
+    store.upsert_dimension(ctx.store, "models", [register.model_row(job.model, net)])
+    store.upsert_dimension(ctx.store, "layers", register.layer_rows(job.model.name, net.layers, shapes))
+    if job.segmenter is not None:
+        seg = describe_segmenter(job.segmenter)
+        store.upsert_dimension(ctx.store, "segmenters", [register.segmenter_row(job.segmenter, seg)])
+        store.upsert_dimension(ctx.store, "concepts", register.concept_rows(job.segmenter.name, seg))
+
+
+def status(spec: Spec) -> list[tuple[Job, str, str | None]]:
+    """Each planned job with its state: pending / running / done / failed (and the error)."""
+    jobs = plan(spec)
+    if not Path(spec.store).exists():
+        return [(j, "pending", None) for j in jobs]
+    df = store.read("select run_key, status, error from runs where run_key in (select unnest(?))",
+                    [[j.run_key for j in jobs]], path=spec.store)
+    by_key = {r["run_key"]: (r["status"], r["error"]) for r in df.iter_rows(named=True)}
+    return [(j, *by_key.get(j.run_key, ("pending", None))) for j in jobs]

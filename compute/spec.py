@@ -1,0 +1,326 @@
+"""The declarative job file `gandissect.toml`, parsed into frozen, validated objects.
+
+Reads a TOML spec (and, to validate layers and concepts, the checkpoints' metadata through
+`ingest.zoo.describe_*`); writes nothing. Every problem is a `SpecError` whose one-line message names
+the file, the entry, the key and what is allowed; the CLI turns it into exit status 2.
+
+    python -m compute.spec gandissect.toml      # validate and print the parsed spec
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ANALYSIS_KINDS: dict[str, str] = {
+    "quantiles": "per-unit activation quantiles and top-k samples (no segmenter)",
+    "dissect": "quantiles + IoU of every unit with every concept, null baseline",
+    "ace": "alpha optimisation of the causal unit set of a concept",
+    "ablate": "ablation curves (ace / iou / random rankings)",
+    "insert": "insertion effect by context, and where-to-insert maps",
+    "trace": "effect of one insertion on every later layer",
+    "realism": "per-unit realism (Frechet distance of top images)",
+}
+MODEL_FAMILIES = ("progan", "module", "stylegan2")
+SEGMENTER_FAMILIES = ("village", "module", "transformers")
+THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr")
+DEFAULT_SPEC = "gandissect.toml"
+
+
+class SpecError(ValueError):
+    """A problem with the spec: one line naming file, entry, key and what is allowed."""
+
+    def __init__(self, file: str, entry: str, key: str | None, message: str) -> None:
+        where = f"{file}: {entry}" + (f": key '{key}'" if key else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    checkpoint: str  # resolved path of one file
+    dataset: str
+    group: str  # the spec entry's name (a glob entry expands into several models of one group)
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    name: str
+    family: str
+    checkpoint: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    name: str
+    kind: str
+    models: tuple[str, ...]  # expanded model names
+    layers: tuple[str, ...] | str  # "all" or explicit names
+    segmenter: str | None
+    samples: int
+    seed: int
+    threshold: str
+    concepts: tuple[str, ...] = ()
+    params: tuple[tuple[str, Any], ...] = ()  # every other key, canonical JSON-able values
+
+    def param(self, key: str, default: Any = None) -> Any:
+        return dict(self.params).get(key, default)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    store: str
+    models: tuple[ModelSpec, ...]
+    segmenters: tuple[SegmenterSpec, ...]
+    analyses: tuple[AnalysisSpec, ...] = field(default_factory=tuple)
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+    def segmenter(self, name: str) -> SegmenterSpec:
+        return next(s for s in self.segmenters if s.name == name)
+
+    def analysis(self, name: str) -> AnalysisSpec:
+        return next(a for a in self.analyses if a.name == name)
+
+
+def _freeze(value: Any) -> Any:
+    """TOML values to hashable, JSON-able values (lists -> tuples, tables -> sorted tuples)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _check_threshold(value: Any, err: Any) -> str:
+    if value == "iqr":
+        return "iqr"
+    if isinstance(value, str) and value.startswith("q"):
+        try:
+            q = float(value[1:])
+        except ValueError:
+            q = -1.0
+        if 0.0 < q < 1.0:
+            return value
+    raise err("threshold", f"{value!r} is not a threshold mode; allowed: {', '.join(THRESHOLD_MODES)}")
+
+
+def _need(entry: dict, key: str, kind: type | tuple[type, ...], err: Any) -> Any:
+    if key not in entry:
+        raise err(key, "missing")
+    if not isinstance(entry[key], kind) or isinstance(entry[key], bool) and kind is int:
+        raise err(key, f"must be {getattr(kind, '__name__', kind)}, got {entry[key]!r}")
+    return entry[key]
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else base / path
+
+
+def load(path: str | os.PathLike | None = None, *, check_files: bool = True) -> Spec:
+    """Parse and validate a spec file. Raises SpecError (one line) on any problem."""
+    path = Path(path or DEFAULT_SPEC)
+    file = str(path)
+    if not path.exists():
+        raise SpecError(file, "file", None, "not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:  # message carries "(at line N, column M)"
+        raise SpecError(file, "file", None, f"malformed TOML: {e}") from None
+    base = path.resolve().parent
+    allowed_top = {"store", "models", "segmenters", "analyses"}
+    for key in raw:
+        if key not in allowed_top:
+            raise SpecError(file, "top level", key, f"unknown section; allowed: {', '.join(sorted(allowed_top))}")
+
+    store = raw.get("store", {})
+    store_path = os.environ.get("GANDISSECT_DB") or str(_resolve(base, store.get("path", "gandissect.duckdb")))
+
+    models = _parse_models(file, base, raw.get("models", []), check_files)
+    segmenters = _parse_segmenters(file, base, raw.get("segmenters", []), check_files)
+    analyses = _parse_analyses(file, raw.get("analyses", []), models, segmenters)
+    spec = Spec(file, store_path, tuple(models), tuple(segmenters), tuple(analyses))
+    if check_files:
+        _check_layers_and_concepts(spec)
+    return spec
+
+
+def _parse_models(file: str, base: Path, entries: list, check_files: bool) -> list[ModelSpec]:
+    out: list[ModelSpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        label = f"models[{i}]" + (f" ({entry.get('name')})" if isinstance(entry, dict) and "name" in entry else "")
+
+        def err(key: str | None, msg: str, label: str = label) -> SpecError:
+            return SpecError(file, label, key, msg)
+
+        name = _need(entry, "name", str, err)
+        if name in seen:
+            raise err("name", f"duplicate model name {name!r}")
+        seen.add(name)
+        family = _need(entry, "family", str, err)
+        if family not in MODEL_FAMILIES:
+            raise err("family", f"unknown family {family!r}; allowed: {', '.join(MODEL_FAMILIES)}")
+        ckpt = _need(entry, "checkpoint", str, err)
+        options = _freeze({k: v for k, v in entry.items() if k not in {"name", "family", "checkpoint", "dataset"}})
+        pattern = str(_resolve(base, ckpt))
+        if any(ch in ckpt for ch in "*?["):
+            files = sorted(glob.glob(pattern))
+            if not files and check_files:
+                raise err("checkpoint", f"no file matches {ckpt!r}")
+            for f in files:
+                sub = f"{name}@{Path(f).name.split('.')[0]}"
+                if sub in seen:
+                    raise err("checkpoint", f"duplicate model name {sub!r}")
+                seen.add(sub)
+                out.append(ModelSpec(sub, family, f, entry.get("dataset", ""), name, options))
+        else:
+            if check_files and not Path(pattern).exists():
+                raise err("checkpoint", f"file not found: {ckpt}")
+            out.append(ModelSpec(name, family, pattern, entry.get("dataset", ""), name, options))
+    return out
+
+
+def _parse_segmenters(file: str, base: Path, entries: list, check_files: bool) -> list[SegmenterSpec]:
+    out: list[SegmenterSpec] = []
+    for i, entry in enumerate(entries):
+        label = f"segmenters[{i}]" + (f" ({entry.get('name')})" if isinstance(entry, dict) and "name" in entry else "")
+
+        def err(key: str | None, msg: str, label: str = label) -> SpecError:
+            return SpecError(file, label, key, msg)
+
+        name = _need(entry, "name", str, err)
+        if any(s.name == name for s in out):
+            raise err("name", f"duplicate segmenter name {name!r}")
+        family = _need(entry, "family", str, err)
+        if family not in SEGMENTER_FAMILIES:
+            raise err("family", f"unknown family {family!r}; allowed: {', '.join(SEGMENTER_FAMILIES)}")
+        ckpt = _need(entry, "checkpoint", str, err)
+        path = _resolve(base, ckpt)
+        if check_files and not path.exists():
+            raise err("checkpoint", f"file not found: {ckpt}")
+        options = _freeze({k: v for k, v in entry.items() if k not in {"name", "family", "checkpoint"}})
+        out.append(SegmenterSpec(name, family, str(path), options))
+    return out
+
+
+def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
+                    segmenters: list[SegmenterSpec]) -> list[AnalysisSpec]:
+    out: list[AnalysisSpec] = []
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        groups.setdefault(m.group, []).append(m.name)
+        groups.setdefault(m.name, [m.name])
+    for i, entry in enumerate(entries):
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        name = entry.get("name") or (f"{kind}-{i}" if kind else f"analysis-{i}")
+        label = f"analyses[{i}] ({name})"
+
+        def err(key: str | None, msg: str, label: str = label) -> SpecError:
+            return SpecError(file, label, key, msg)
+
+        kind = _need(entry, "kind", str, err)
+        if kind not in ANALYSIS_KINDS:
+            raise err("kind", f"unknown analysis kind {kind!r}; allowed: {', '.join(ANALYSIS_KINDS)}")
+        if any(a.name == name for a in out):
+            raise err("name", f"duplicate analysis name {name!r}")
+        model_names = entry.get("models", [])
+        if isinstance(model_names, str):
+            model_names = [model_names]
+        if not model_names:
+            raise err("models", "at least one model name is needed")
+        expanded: list[str] = []
+        for mn in model_names:
+            if mn not in groups:
+                raise err("models", f"unknown model {mn!r}; declared: {', '.join(groups) or 'none'}")
+            expanded.extend(x for x in groups[mn] if x not in expanded)
+        layers = entry.get("layers", "all")
+        if isinstance(layers, str) and layers != "all":
+            layers = [layers]
+        if not (layers == "all" or (isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers))):
+            raise err("layers", f"must be \"all\" or a list of layer names, got {layers!r}")
+        segmenter = entry.get("segmenter")
+        if kind != "quantiles":
+            if segmenter is None:
+                raise err("segmenter", f"a {kind} analysis needs a segmenter")
+            if segmenter not in {s.name for s in segmenters}:
+                raise err("segmenter", f"unknown segmenter {segmenter!r}; declared: "
+                                       f"{', '.join(s.name for s in segmenters) or 'none'}")
+        samples = entry.get("samples", 1000)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+            raise err("samples", f"must be a positive integer, got {samples!r}")
+        seed = entry.get("seed", 1)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise err("seed", f"must be a non-negative integer, got {seed!r}")
+        threshold = _check_threshold(entry.get("threshold", "q0.99"), err)
+        concepts = entry.get("concepts", [])
+        if isinstance(concepts, str):
+            concepts = [concepts]
+        batch = entry.get("batch_size", 32)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
+            raise err("batch_size", f"must be a positive integer, got {batch!r}")
+        known = {"kind", "name", "models", "layers", "segmenter", "samples", "seed", "threshold", "concepts"}
+        params = _freeze({k: v for k, v in entry.items() if k not in known})
+        out.append(AnalysisSpec(name, kind, tuple(expanded), "all" if layers == "all" else tuple(layers),
+                                segmenter, samples, seed, threshold, tuple(concepts), params))
+    return out
+
+
+def _check_layers_and_concepts(spec: Spec) -> None:
+    """Layers must exist in each model and concepts in the segmenter (reads checkpoint metadata)."""
+    from ingest import zoo  # lazy: torch-free description where possible
+
+    layer_cache: dict[str, tuple[str, ...]] = {}
+    for i, a in enumerate(spec.analyses):
+        label = f"analyses[{i}] ({a.name})"
+        for mn in a.models:
+            if mn not in layer_cache:
+                try:
+                    layer_cache[mn] = tuple(zoo.describe_model(spec.model(mn)).layers)
+                except zoo.ZooError as e:
+                    raise SpecError(spec.path, f"models ({mn})", "checkpoint", str(e)) from None
+            if a.layers != "all":
+                for layer in a.layers:
+                    if layer not in layer_cache[mn]:
+                        raise SpecError(spec.path, label, "layers",
+                                        f"model {mn!r} has no layer {layer!r}; available: {', '.join(layer_cache[mn])}")
+        if a.concepts and a.segmenter:
+            try:
+                known = [c.name for c in zoo.describe_segmenter(spec.segmenter(a.segmenter)).concepts]
+            except zoo.ZooError as e:
+                raise SpecError(spec.path, f"segmenters ({a.segmenter})", "checkpoint", str(e)) from None
+            for c in a.concepts:
+                if c not in known:
+                    raise SpecError(spec.path, label, "concepts",
+                                    f"segmenter {a.segmenter!r} has no concept {c!r}; known: {', '.join(known[1:])}")
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) used for run keys and runs.params."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+if __name__ == "__main__":
+    try:
+        s = load(sys.argv[1] if len(sys.argv) > 1 else None)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(s)
