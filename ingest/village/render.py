@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ingest.village.concepts import CONCEPTS, INDEX, names_in
 
-SCALE = 4  # internal supersampling factor
+SCALE = 3  # internal supersampling factor
 WATERMARK_RATE = 0.15
 
 OBJ = {n: INDEX[n] for n in names_in("object")}
@@ -236,16 +236,31 @@ def _noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
     return np.array(big, np.float32)[:h, :w]
 
 
-def _draw_sky(cv: _Canvas, lay: dict, rng: np.random.Generator) -> None:
-    hz = lay["horizon"] * SCALE
-    t = (np.arange(hz, dtype=np.float32) / max(hz - 1, 1))[:, None]
-    grad = lay["sky_top"][None, :] * (1 - t) + lay["sky_hz"][None, :] * t  # [hz, 3]
-    band = _noise(rng, hz, cv.n, 8 * SCALE)
-    band *= np.float32(0.03)
-    sky = cv.rgb[:hz]
-    sky[:] = grad[:, None, :].astype(np.float32)
-    sky += band[:, :, None]
-    cv.obj[:hz] = OBJ["sky"]
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+    """Smooth value noise in [-1, 1], shape [h, w], features about `cell` pixels wide."""
+    g = rng.uniform(-1, 1, (int(h // cell) + 2, int(w // cell) + 2)).astype(np.float32)
+    return np.array(Image.fromarray(g, "F").resize((w, h), Image.BILINEAR), np.float32)
+
+
+def _draw_background(cv: _Canvas, lay: dict, rng: np.random.Generator, size: int) -> None:
+    """Sky (gradient + colour variation) above the horizon, textured grass below.
+
+    Both are smooth or pixel-level textures, so they are computed at the output resolution and
+    repeated over each SCALE x SCALE block (the box filter then returns them exactly)."""
+    hz = lay["horizon"]
+    low = np.empty((size, size, 3), np.float32)
+    t = (np.arange(hz, dtype=np.float32) / max(hz - 1, 1))[:, None, None]
+    low[:hz] = lay["sky_top"].astype(np.float32) * (1 - t) + lay["sky_hz"].astype(np.float32) * t
+    low[:hz] += _smooth_noise(rng, hz, size, 8)[:, :, None] * np.float32(0.03)
+    h = size - hz
+    t = (np.arange(h, dtype=np.float32) / max(h - 1, 1))[:, None, None]
+    tex = _smooth_noise(rng, h, size, 2) * np.float32(0.06)
+    tex += rng.uniform(-0.05, 0.05, (h, size)).astype(np.float32)
+    tex += rng.uniform(-0.04, 0.04, (h, 1)).astype(np.float32)  # horizontal streaks
+    low[hz:] = lay["grass"].astype(np.float32) * (0.92 + 0.16 * t) * (1 + tex[:, :, None])
+    cv.rgb.reshape(size, SCALE, size, SCALE, 3)[:] = low[:, None, :, None, :]
+    cv.obj[:hz * SCALE] = OBJ["sky"]
+    cv.obj[hz * SCALE:] = OBJ["grass"]
 
 
 def _draw_clouds(cv: _Canvas, lay: dict) -> None:
@@ -265,20 +280,6 @@ def _draw_clouds(cv: _Canvas, lay: dict) -> None:
         np.copyto(cv.obj[b:d, a:c], np.uint8(OBJ["cloud"]), where=m)
 
 
-def _draw_grass(cv: _Canvas, lay: dict, rng: np.random.Generator) -> None:
-    hz = lay["horizon"] * SCALE
-    h = cv.n - hz
-    t = (np.arange(h, dtype=np.float32) / max(h - 1, 1))[:, None, None]
-    base = lay["grass"].astype(np.float32)[None, None, :] * (0.92 + 0.16 * t)
-    tex = _noise(rng, h, cv.n, 2 * SCALE)
-    tex *= np.float32(0.06)
-    tex += _noise(rng, h, cv.n, SCALE) * np.float32(0.05)
-    tex += np.repeat(rng.uniform(-1, 1, (h // SCALE + 1, 1)).astype(np.float32), SCALE, 0)[:h] * np.float32(0.04)
-    tex += np.float32(1)
-    np.multiply(base.astype(np.float32), tex[:, :, None], out=cv.rgb[hz:])
-    cv.obj[hz:] = OBJ["grass"]
-
-
 def _draw_road(cv: _Canvas, lay: dict, rng: np.random.Generator) -> None:
     road = lay["road"]
     if road is None:
@@ -293,29 +294,39 @@ def _draw_road(cv: _Canvas, lay: dict, rng: np.random.Generator) -> None:
     half0 = (dx1 - dx0) * s / 2
     centre = (dx0 + dx1) * s / 2 + road["skew"] * s * t
     half = half0 * (1 + (road["spread"] - 1) * t)
-    xs = np.arange(cv.n, dtype=np.float32)[None, :] + 0.5
+    a = max(0, int(np.floor((centre - half).min())))
+    c = min(cv.n, int(np.ceil((centre + half).max())) + 1)
+    if a >= c:
+        return
+    xs = np.arange(a, c, dtype=np.float32)[None, :] + 0.5
     m = np.abs(xs - centre[:, None]) <= half[:, None]
-    tex = 1 + _noise(rng, h, cv.n, SCALE) * 0.05
+    tex = 1 + _noise(rng, h, c - a, SCALE) * np.float32(0.05)
     col = road["rgb"].astype(np.float32)[None, None, :] * tex[:, :, None]
-    np.copyto(cv.rgb[top:], col, where=m[:, :, None])
-    np.copyto(cv.obj[top:], np.uint8(OBJ["road"]), where=m)
+    np.copyto(cv.rgb[top:, a:c], col, where=m[:, :, None])
+    np.copyto(cv.obj[top:, a:c], np.uint8(OBJ["road"]), where=m)
 
 
-def _brick(h: int, w: int, rgb: np.ndarray, row0: int, rng: np.random.Generator) -> np.ndarray:
-    """Brick texture [h, w, 3] in wall-local hi-res coordinates."""
+@lru_cache(maxsize=4)
+def _brick_pattern(n: int, row0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wall-local brick layout at hi-res: (mortar bool [n, n], brick id int [n, n])."""
     s = SCALE
     course = 2 * s  # two output pixels per course of bricks
     length = 4 * s
-    ys = np.arange(h)[:, None]
-    xs = np.arange(w)[None, :]
+    ys = np.arange(n)[:, None]
+    xs = np.arange(n)[None, :]
     row = (ys + row0 * s) // course
     shift = (row % 2) * (length // 2)
     mortar = ((ys + row0 * s) % course < s // 2) | ((xs + shift) % length < s // 2)
-    brick_id = row * 64 + (xs + shift) // length
-    var = rng.uniform(-0.08, 0.08, int(brick_id.max()) + 1).astype(np.float32)[brick_id]
+    return mortar, (row * (n // length + 2) + (xs + shift) // length).astype(np.int32)
+
+
+def _brick(h: int, w: int, rgb: np.ndarray, row0: int, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Brick texture [h, w, 3] in wall-local hi-res coordinates."""
+    mortar, ids = _brick_pattern(n, row0)
+    mortar, ids = mortar[:h, :w], ids[:h, :w]
+    var = rng.uniform(-0.08, 0.08, int(ids[-1, -1]) + 2).astype(np.float32)[ids]
     col = rgb.astype(np.float32)[None, None, :] * (1 + var)[:, :, None]
-    mortar_rgb = np.float32(0.78) * np.ones(3, np.float32)
-    return np.where(mortar[:, :, None], mortar_rgb, col)
+    return np.where(mortar[:, :, None], np.float32(0.78), col)
 
 
 def _draw_building(cv: _Canvas, b: dict) -> None:
@@ -352,7 +363,7 @@ def _draw_building(cv: _Canvas, b: dict) -> None:
     # wall
     h, w = base - wt, x1 - x0
     if b["material"] == "brick":
-        tex = _brick(h, w, b["wall_rgb"], b["brick_row"], rng)
+        tex = _brick(h, w, b["wall_rgb"], b["brick_row"], rng, cv.n)
     else:
         n = _noise(rng, h, w, 3 * s) * 0.025 + _noise(rng, h, w, s) * 0.015
         tex = b["wall_rgb"].astype(np.float32)[None, None, :] * (1 + n)[:, :, None]
@@ -517,9 +528,8 @@ def render(seed: int, *, trees: bool = True, size: int = 64) -> Scene:
     lay = _layout(rng, size)
     tex = np.random.default_rng(lay["noise_seed"])
     cv = _Canvas(size)
-    _draw_sky(cv, lay, tex)
+    _draw_background(cv, lay, tex, size)
     _draw_clouds(cv, lay)
-    _draw_grass(cv, lay, tex)
     _draw_road(cv, lay, tex)
     buildings = []
     for b in sorted(lay["buildings"], key=lambda q: q["base"]):
@@ -539,8 +549,8 @@ def render(seed: int, *, trees: bool = True, size: int = 64) -> Scene:
                 boxes.append(bx)
     _draw_watermark(cv, lay["watermark"], size)
     # lighting, then anti-aliasing box filter
-    rgb = cv.rgb * np.float32(lay["light"]) + lay["tint"].astype(np.float32)
-    small = _block_sum(rgb.transpose(2, 0, 1)).transpose(1, 2, 0) / np.float32(SCALE * SCALE)
+    small = _block_sum(cv.rgb.transpose(2, 0, 1)).transpose(1, 2, 0) / np.float32(SCALE * SCALE)
+    small = small * np.float32(lay["light"]) + lay["tint"].astype(np.float32)  # linear: commutes
     image = np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
     maps = _downsample_labels(cv)
     cover = _block_sum(cv.tree.view(np.uint8)).astype(np.float32) / np.float32(SCALE * SCALE)
