@@ -175,7 +175,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
 
 def _register(job: Job, ctx: RunContext) -> None:
     """Dimension rows for the job's model, layers, segmenter and concepts (idempotent upserts)."""
-    from compute.tap import layer_shapes
+    from compute.probe import layer_shapes
     from ingest import register
     from ingest.zoo import describe_model, describe_segmenter
 

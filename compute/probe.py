@@ -1,0 +1,28 @@
+"""Cheap facts about a generator found by one forward pass: the shape of each layer's featuremap.
+
+Reads a loaded generator; writes nothing.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from compute.tap import Tap
+from ingest.samples import latents
+
+
+@torch.no_grad()
+def layer_shapes(model: nn.Module, layers: Sequence[str], device: torch.device) -> dict[str, tuple[int, ...]]:
+    """layer -> (C, H, W) of its output for one latent (z #0 of seed 0)."""
+    z = latents(0, 1, int(model.z_dim)).to(device)
+    with Tap(model, layers, stop_after=_deepest(model, layers)) as tap:
+        tap.run(z)
+        return {name: tuple(tap[name].shape[1:]) for name in layers}
+
+
+def _deepest(model: nn.Module, layers: Sequence[str]) -> str:
+    """The tapped layer reached last in a forward pass (module registration order)."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return max(layers, key=lambda n: order.get(n, -1))
