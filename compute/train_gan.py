@@ -1,0 +1,508 @@
+"""Train (or evaluate) the bundled village generator `village-gan` on rendered village scenes.
+
+Reads: the village renderer (`ingest.village.render_batch`); a pre-rendered pool of scenes cached as
+.npy under `.cache/village-pool/` (re-rendered from its seeds when missing or when the renderer's
+source changes); with --resume, the training state `<out-dir>/state.pt`; with --evaluate-only, the
+checkpoints in `ingest/zoo/` and the segmenter `ingest/zoo/village-seg.safetensors`.
+Writes: the training state and sample grids to --out-dir (default /work/gan-train/), EMA generator
+checkpoints `ingest/zoo/village-gan-step{STEP}.safetensors` at --checkpoint-fractions of --steps and
+the final one `ingest/zoo/village-gan.safetensors` (float16); --evaluate-only writes the model card
+`ingest/zoo/village-gan.md` and `ingest/zoo/village-gan-samples.png`.
+
+    python -m compute.train_gan --steps 4000 --widths small --threads 2      # or: gandissect train gan ...
+    python -m compute.train_gan --steps 4000 --widths small --resume          # continue a killed run
+    python -m compute.train_gan --evaluate-only                               # model card numbers
+
+Recipe: non-saturating logistic loss, lazy R1 penalty on real images, Adam (0.0, 0.99), EMA of the
+generator's weights (the EMA generator is what gets saved), pixel norm + equalised learning rate.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from ingest.models.progan import WIDTH_PRESETS, Discriminator, Generator, save_progan
+
+REPO = Path(__file__).resolve().parent.parent
+ZOO = REPO / "ingest" / "zoo"
+POOL_SEED_START = 10_000_000  # training scenes: seeds POOL_SEED_START .. + pool_size - 1
+SAMPLE_SEED = 7  # fixed latents for the monitoring sample grids
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gandissect train gan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=4000, help="total generator steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1, help="seed for weights, latents and pool sampling")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out-dir", default="/work/gan-train/", help="training state, log samples")
+    p.add_argument("--zoo-dir", default=str(ZOO), help="where the EMA checkpoints and the model card go")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/state.pt if present")
+    p.add_argument("--evaluate-only", action="store_true", help="measure the checkpoints, write the model card")
+    p.add_argument("--widths", default="small", choices=sorted(WIDTH_PRESETS))
+    p.add_argument("--z-dim", type=int, default=128)
+    p.add_argument("--checkpoint-fractions", default="0.05,0.1,0.25,0.5,0.75,1.0")
+    p.add_argument("--pool-size", type=int, default=30000, help="pre-rendered training scenes")
+    p.add_argument("--pool-dir", default=str(REPO / ".cache" / "village-pool"))
+    p.add_argument("--lr", type=float, default=0.002)
+    p.add_argument("--r1-gamma", type=float, default=1.0)
+    p.add_argument("--r1-every", type=int, default=16)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--save-every-s", type=float, default=300.0, help="seconds between training-state saves")
+    p.add_argument("--sample-every", type=int, default=250, help="steps between monitoring sample grids")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-samples", type=int, default=2000, help="--evaluate-only: images per set")
+    p.add_argument("--segmenter", default=str(ZOO / "village-seg.safetensors"))
+    return p.parse_args(argv)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device available")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- data: a pool of rendered scenes
+
+def renderer_hash() -> str:
+    """Short hash of the village renderer's source: a changed world invalidates cached pools."""
+    h = hashlib.sha256()
+    for f in sorted((REPO / "ingest" / "village").glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _render_chunk(seeds: list[int]) -> np.ndarray:
+    from ingest.village import render_batch
+
+    return render_batch(seeds)[0]
+
+
+def render_images(start: int, n: int, workers: int = 1, desc: str = "render") -> np.ndarray:
+    """Images of scenes start..start+n-1: uint8 [n, 64, 64, 3], rendered in chunks on `workers` processes."""
+    chunks = [list(range(s, min(s + 500, start + n))) for s in range(start, start + n, 500)]
+    out = []
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            for a in tqdm(ex.map(_render_chunk, chunks), total=len(chunks), desc=desc, mininterval=10):
+                out.append(a)
+    else:
+        for c in tqdm(chunks, desc=desc, mininterval=10, disable=len(chunks) < 4):
+            out.append(_render_chunk(c))
+    return np.concatenate(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
+
+
+def load_pool(n: int, pool_dir: str | Path, workers: int = 1, start: int = POOL_SEED_START) -> np.ndarray:
+    """The training pool (uint8 [n, 64, 64, 3]), cached as .npy keyed by seeds and renderer hash."""
+    path = Path(pool_dir) / f"pool-{start}-{n}-{renderer_hash()}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode=None)
+    t0 = time.time()
+    images = render_images(start, n, workers, desc="render pool")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, images)
+    tmp.replace(path)
+    print(f"rendered pool of {n} scenes (seeds {start}..{start + n - 1}) in {time.time() - t0:.0f}s -> {path}",
+          flush=True)
+    return images
+
+
+def to_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
+    x = torch.as_tensor(images)
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    return ((x.detach().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: np.ndarray, path: str | Path, cols: int = 8, scale: int = 2) -> Path:
+    """Tile uint8 [N, H, W, 3] images into one PNG (nearest-upscaled by `scale`)."""
+    n, h, w, _ = images.shape
+    rows = -(-n // cols)
+    out = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i in range(n):
+        out[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = images[i]
+    img = Image.fromarray(out)
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+# ---------------------------------------------------------------- training
+
+def checkpoint_steps(steps: int, fractions: str) -> list[int]:
+    return sorted({max(1, int(round(float(f) * steps))) for f in fractions.split(",") if f.strip()})
+
+
+@torch.no_grad()
+def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
+    for pe, p in zip(g_ema.parameters(), g.parameters()):
+        pe.lerp_(p, 1.0 - decay)
+
+
+def d_step(G: Generator, D: Discriminator, opt_d: torch.optim.Optimizer, real: torch.Tensor, z: torch.Tensor,
+           r1_gamma: float, r1_every: int, do_r1: bool) -> tuple[float, float]:
+    """One discriminator step (logistic loss; R1 on real images when `do_r1`). Returns (loss, r1)."""
+    with torch.no_grad():
+        fake = G(z)
+    real = real.detach().requires_grad_(do_r1)
+    logits_real, logits_fake = D(real), D(fake)
+    loss = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+    r1 = torch.zeros(())
+    total = loss
+    if do_r1:
+        (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
+        r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+        total = loss + r1 * (r1_gamma / 2 * r1_every)
+    opt_d.zero_grad(set_to_none=True)
+    total.backward()
+    opt_d.step()
+    return float(loss.detach()), float(r1.detach())
+
+
+def g_step(G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer, z: torch.Tensor) -> float:
+    """One generator step (non-saturating logistic loss). Returns the loss."""
+    D.requires_grad_(False)
+    loss = F.softplus(-D(G(z))).mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    D.requires_grad_(True)
+    return float(loss.detach())
+
+
+def build(a: argparse.Namespace, device: torch.device) -> dict:
+    torch.manual_seed(a.seed)
+    widths = WIDTH_PRESETS[a.widths]
+    G = Generator(z_dim=a.z_dim, widths=widths).to(device)
+    G.output.clamp = False  # the raw output gets gradients everywhere; the saved generator clamps
+    D = Discriminator(widths).to(device)
+    G_ema = deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=a.lr, betas=(0.0, 0.99), eps=1e-8)
+    c = a.r1_every / (a.r1_every + 1)  # lazy-regularisation correction of D's lr and betas (StyleGAN2)
+    opt_d = torch.optim.Adam(D.parameters(), lr=a.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+    gen = torch.Generator().manual_seed(a.seed)
+    return {"G": G, "D": D, "G_ema": G_ema, "opt_g": opt_g, "opt_d": opt_d, "gen": gen, "step": 0, "elapsed": 0.0}
+
+
+def save_state(st: dict, a: argparse.Namespace, path: Path) -> None:
+    """Full training state (weights, optimisers, step, RNG) -> path, atomically; torch.load(weights_only)-safe."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"G": st["G"].state_dict(), "D": st["D"].state_dict(), "G_ema": st["G_ema"].state_dict(),
+            "opt_g": st["opt_g"].state_dict(), "opt_d": st["opt_d"].state_dict(), "step": st["step"],
+            "elapsed": st["elapsed"], "gen": st["gen"].get_state(), "torch_rng": torch.get_rng_state(),
+            "config": {"widths": a.widths, "z_dim": a.z_dim, "seed": a.seed, "batch": a.batch,
+                       "pool_size": a.pool_size}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def load_state(st: dict, a: argparse.Namespace, path: Path) -> None:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    want = {"widths": a.widths, "z_dim": a.z_dim, "seed": a.seed, "batch": a.batch, "pool_size": a.pool_size}
+    if blob["config"] != want:
+        raise ValueError(f"--resume: {path} was trained with {blob['config']}, arguments say {want}")
+    for k in ("G", "D", "G_ema", "opt_g", "opt_d"):
+        st[k].load_state_dict(blob[k])
+    st["step"], st["elapsed"] = int(blob["step"]), float(blob["elapsed"])
+    st["gen"].set_state(blob["gen"])
+    torch.set_rng_state(blob["torch_rng"])
+
+
+def train(a: argparse.Namespace) -> int:
+    device = resolve_device(a.device)
+    out_dir, zoo = Path(a.out_dir), Path(a.zoo_dir)
+    state_path = out_dir / "state.pt"
+    st = build(a, device)
+    if a.resume and state_path.exists():
+        load_state(st, a, state_path)
+        print(f"resumed from {state_path} at step {st['step']} ({st['elapsed']:.0f}s trained)", flush=True)
+    print(f"train village-gan: seed={a.seed} steps={a.steps} batch={a.batch} widths={a.widths} "
+          f"{WIDTH_PRESETS[a.widths]} z_dim={a.z_dim} lr={a.lr} r1_gamma={a.r1_gamma}/{a.r1_every} "
+          f"ema={a.ema_decay} device={device} threads={torch.get_num_threads()} pool={a.pool_size} "
+          f"(seeds {POOL_SEED_START}..{POOL_SEED_START + a.pool_size - 1})", flush=True)
+    pool = torch.from_numpy(load_pool(a.pool_size, a.pool_dir, workers=max(1, torch.get_num_threads())))
+    G, D, G_ema, gen = st["G"], st["D"], st["G_ema"], st["gen"]
+    z_fixed = torch.randn(64, a.z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED)).to(device)
+    ckpts = checkpoint_steps(a.steps, a.checkpoint_fractions)
+    meta = {"seed": str(a.seed), "total_steps": str(a.steps), "batch": str(a.batch), "widths_preset": a.widths,
+            "pool_size": str(a.pool_size), "pool_seed_start": str(POOL_SEED_START), "renderer": renderer_hash()}
+    t_start, elapsed0, last_save = time.time(), st["elapsed"], time.time()
+    window: list[float] = []
+    bar = tqdm(total=a.steps, initial=st["step"], desc="train gan", mininterval=30, file=sys.stdout)
+    while st["step"] < a.steps:
+        t0 = time.time()
+        step = st["step"] + 1
+        idx = torch.randint(0, len(pool), (a.batch,), generator=gen)
+        real = to_input(pool[idx]).to(device)
+        z1 = torch.randn(a.batch, a.z_dim, generator=gen).to(device)
+        z2 = torch.randn(a.batch, a.z_dim, generator=gen).to(device)
+        d_loss, r1 = d_step(G, D, st["opt_d"], real, z1, a.r1_gamma, a.r1_every, step % a.r1_every == 0)
+        g_loss = g_step(G, D, st["opt_g"], z2)
+        ema_update(G_ema, G, a.ema_decay)
+        st["step"] = step
+        st["elapsed"] = elapsed0 + time.time() - t_start
+        window = (window + [time.time() - t0])[-50:]
+        bar.update(1)
+        if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
+            raise FloatingPointError(f"step {step}: non-finite loss (d={d_loss}, g={g_loss})")
+        if step % a.log_every == 0 or step == a.steps:
+            spp = sum(window) / len(window)
+            tqdm.write(f"step {step}/{a.steps} d_loss {d_loss:.3f} g_loss {g_loss:.3f} r1 {r1:.4f} "
+                       f"{spp:.2f} s/step elapsed {st['elapsed'] / 60:.1f} min eta {(a.steps - step) * spp / 60:.1f} min",
+                       file=sys.stdout)
+            sys.stdout.flush()
+        if step % a.sample_every == 0 or step == a.steps:
+            with torch.no_grad():
+                save_grid(to_uint8(G_ema(z_fixed)), out_dir / f"samples-step{step:06d}.png")
+        if step in ckpts:
+            g_out = deepcopy(G_ema).cpu()
+            g_out.output.clamp = True
+            m = {**meta, "train_seconds": f"{st['elapsed']:.0f}"}
+            path = save_progan(g_out, zoo / f"village-gan-step{step}.safetensors", step, m)
+            tqdm.write(f"saved {path}", file=sys.stdout)
+            if step == a.steps:
+                tqdm.write(f"saved {save_progan(g_out, zoo / 'village-gan.safetensors', step, m)}", file=sys.stdout)
+        if time.time() - last_save > a.save_every_s or step == a.steps:
+            save_state(st, a, state_path)
+            last_save = time.time()
+    bar.close()
+    print(f"done: {st['step']} steps, {st['elapsed'] / 60:.1f} min of training", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- evaluation (--evaluate-only)
+
+EVAL_SEEDS = (20_000_000, 30_000_000)  # two disjoint rendered sets (A: the reference, B: the floor)
+EVAL_LATENT_SEED = 1  # generated images: ingest.samples.latents(1, n, z_dim)
+EARLY_FRACTION = 0.1  # "early checkpoint": the first one at or after 10 % of training
+BUILDING_PARTS = ("building", "wall", "roof", "dome")
+
+
+def _batched(fn, x: torch.Tensor, device: torch.device, batch: int = 100) -> torch.Tensor:
+    out = [fn(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def generate(path: Path, n: int, device: torch.device) -> tuple[torch.Tensor, dict[str, str]]:
+    """n images [n, 3, 64, 64] in [-1, 1] from the checkpoint at `path` on latents(EVAL_LATENT_SEED, n)."""
+    from ingest.models.progan import load_progan
+    from ingest.samples import latents
+
+    g = load_progan(path, device)
+    z = latents(EVAL_LATENT_SEED, n, g.z_dim)
+    return _batched(g, z, device), dict(g.metadata)
+
+
+def concept_fractions(labels: torch.Tensor) -> np.ndarray:
+    """Label channels Long[N, C, H, W] -> share of pixels carrying each concept index k: float [K]."""
+    from ingest.village import CONCEPTS
+
+    return np.array([float((labels == k).any(dim=1).float().mean()) for k in range(len(CONCEPTS))])
+
+
+def door_rule(labels: torch.Tensor) -> tuple[float, int]:
+    """Share of door pixels inside building columns, and the door pixel count.
+
+    Columns are the x-ranges of the connected components (scipy.ndimage.label, 8-connected) of
+    building/wall/roof/dome pixels of each image; labels Long[N, C, H, W] are the segmenter's channels.
+    """
+    from scipy import ndimage
+
+    from ingest.village import INDEX
+
+    lab = labels.numpy()
+    bld = np.isin(lab, [INDEX[c] for c in BUILDING_PARTS]).any(axis=1)  # [N, H, W]
+    door = (lab == INDEX["door"]).any(axis=1)
+    inside = total = 0
+    for b, d in zip(bld, door):
+        if not d.any():
+            continue
+        cols = np.zeros(b.shape[1], bool)
+        comps, _ = ndimage.label(b, structure=np.ones((3, 3), int))
+        for sl in ndimage.find_objects(comps):
+            cols[sl[1]] = True
+        ys, xs = np.nonzero(d)
+        inside += int(cols[xs].sum())
+        total += len(xs)
+    return (inside / total if total else float("nan")), total
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.rsplit("step", 1)[1])
+
+
+def evaluate(a: argparse.Namespace) -> int:
+    """Measure the bundled checkpoints against rendered scenes; write the model card and sample grid."""
+    from compute.frechet import frechet_distance
+    from ingest.models.village_seg import load_village_seg
+    from ingest.village import CONCEPTS
+
+    t0 = time.time()
+    device = resolve_device(a.device)
+    zoo, n = Path(a.zoo_dir), a.eval_samples
+    final = zoo / "village-gan.safetensors"
+    steps = sorted(zoo.glob("village-gan-step*.safetensors"), key=_step_of)
+    if not final.exists() or not steps:
+        raise FileNotFoundError(f"--evaluate-only: need {final} and village-gan-step*.safetensors in {zoo}")
+    seg = load_village_seg(a.segmenter, device)
+    print(f"evaluate village-gan: {n} images per set, segmenter {a.segmenter}, device {device}", flush=True)
+    real_a = to_input(render_images(EVAL_SEEDS[0], n, max(1, torch.get_num_threads()), "render A"))
+    real_b = to_input(render_images(EVAL_SEEDS[1], n, max(1, torch.get_num_threads()), "render B"))
+    feats = lambda x: _batched(seg.features, x, device).double().numpy()  # noqa: E731
+    segment = lambda x: _batched(seg.segment, x, device)  # noqa: E731
+    fa, fb = feats(real_a), feats(real_b)
+    floor = frechet_distance(fb, fa)
+    fd_rows = []
+    for p in steps:
+        imgs, meta = generate(p, n, device)
+        fd_rows.append((_step_of(p), p.name, frechet_distance(feats(imgs), fa)))
+        print(f"  FD {p.name}: {fd_rows[-1][2]:.3f}", flush=True)
+    gen, meta = generate(final, n, device)
+    fd_final = frechet_distance(feats(gen), fa)
+    total_steps = int(meta.get("total_steps", meta["step"]))
+    early = next((r for r in fd_rows if r[0] >= EARLY_FRACTION * total_steps), fd_rows[0])
+    lab_gen, lab_real = segment(gen), segment(real_a)
+    frac_gen, frac_real = concept_fractions(lab_gen), concept_fractions(lab_real)
+    door_gen, door_n_gen = door_rule(lab_gen)
+    door_real, door_n_real = door_rule(lab_real)
+    save_grid(to_uint8(gen[:64]), zoo / "village-gan-samples.png")
+    card = model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
+                      (door_gen, door_n_gen, door_real, door_n_real), time.time() - t0, CONCEPTS)
+    (zoo / "village-gan.md").write_text(card)
+    print(card, flush=True)
+    return 0
+
+
+def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real, door, seconds, concepts) -> str:
+    widths = meta.get("widths", "?")
+    rows_ok = []
+    concept_lines = []
+    for k, c in enumerate(concepts):
+        if k == 0:
+            continue
+        rel = (frac_gen[k] - frac_real[k]) / frac_real[k] if frac_real[k] > 0 else float("nan")
+        judged = frac_real[k] > 0.01
+        ok = judged and abs(rel) <= 0.30
+        if judged:
+            rows_ok.append(ok)
+        verdict = ("pass" if ok else "**FAIL**") if judged else "(< 1 %, not judged)"
+        concept_lines.append(f"| {c.name} | {c.category} | {100 * frac_real[k]:.2f} % | {100 * frac_gen[k]:.2f} % "
+                             f"| {100 * rel:+.1f} % | {verdict} |")
+    door_gen, door_n_gen, door_real, door_n_real = door
+    door_ok = door_gen >= 0.90
+    fd_ok = fd_final < early[2]
+    all_fracs = all(rows_ok)
+    cmd = "python -m compute.train_gan --evaluate-only" + (f" --eval-samples {n}" if n != 2000 else "")
+    train_cmd = (f"python -m compute.train_gan --steps {meta.get('total_steps')} --batch {meta.get('batch')} "
+                 f"--seed {meta.get('seed')} --widths {meta.get('widths_preset')} --threads 2")
+    secs = meta.get("train_seconds")
+    lines = [
+        "# village-gan — model card",
+        "",
+        "A ProGAN-style generator (pixel norm, equalised learning rate, nearest 2x upsampling, 3x3 convs, "
+        "LeakyReLU 0.2; children `layer1 ... layer10`, `output`) for 64x64 village scenes, trained by "
+        "`compute/train_gan.py` and stored as float16 safetensors (loaded as float32 by "
+        "`ingest.models.progan.load_progan`).",
+        "",
+        "## Training",
+        "",
+        f"- command: `{train_cmd}` (resumable with `--resume`; state in `/work/gan-train/`)",
+        f"- steps: {meta.get('step')} of {meta.get('total_steps')}, batch {meta.get('batch')}, seed {meta.get('seed')}, "
+        f"z_dim {meta.get('z_dim')}, widths layer1..layer10 = {widths} (preset `{meta.get('widths_preset')}`)",
+        f"- training time: {float(secs) / 60:.0f} min on a shared 2-core CPU" if secs else "- training time: not recorded",
+        "- recipe: non-saturating logistic loss, lazy R1 penalty on real images (gamma 1, every 16 steps), "
+        "Adam lr 0.002 betas (0.0, 0.99), EMA of generator weights (decay 0.999; the EMA generator is saved), "
+        "residual discriminator with minibatch stddev.",
+        f"- data: NOT an endless stream. Rendering costs CPU, so a fixed pool of {meta.get('pool_size')} rendered "
+        f"scenes (seeds {meta.get('pool_seed_start')} .. {int(meta.get('pool_seed_start', 0)) + int(meta.get('pool_size', 0)) - 1}, "
+        f"renderer source hash {meta.get('renderer')}) was rendered once, cached under `.cache/village-pool/`, and "
+        "sampled uniformly with replacement; no augmentation.",
+        f"- checkpoints (EMA generator): {', '.join(r[1] for r in fd_rows)}",
+        "",
+        "## Evaluation",
+        "",
+        f"Produced by `{cmd}` in {seconds / 60:.1f} min ({n} images per set). Generated images use latents "
+        f"`ingest.samples.latents({EVAL_LATENT_SEED}, {n}, z_dim)`; rendered set A = seeds {EVAL_SEEDS[0]}.., "
+        f"set B = seeds {EVAL_SEEDS[1]}.. (both disjoint from the training pool). Features and labels come from "
+        f"the segmenter `village-seg` (`{Path(a.segmenter).name}`): its encoder features for the Fréchet "
+        "distance (squared, as FID reports it), its label maps for concept fractions and the door rule.",
+        "",
+        "Sample grid (64 generated images, final checkpoint): `village-gan-samples.png`.",
+        "",
+        "### Fréchet distance to rendered scenes (set A), segmenter feature space",
+        "",
+        "| images | Fréchet distance |",
+        "|---|---|",
+        f"| final checkpoint (step {meta.get('step')}) | {fd_final:.3f} |",
+        f"| early checkpoint ({early[1]}) | {early[2]:.3f} |",
+        f"| rendered set B (the floor) | {floor:.3f} |",
+        "",
+        f"Final below early: {'yes' if fd_ok else '**no**'}; final / floor = {fd_final / floor:.1f}x.",
+        "",
+        "All checkpoints:",
+        "",
+        "| checkpoint | step | Fréchet distance |",
+        "|---|---|---|",
+        *[f"| {name} | {step} | {fd:.3f} |" for step, name, fd in fd_rows],
+        "",
+        "### Concept pixel fractions (segmenter on both sets)",
+        "",
+        "Bar: within ±30 % relative for every concept above 1 % of rendered pixels. "
+        f"Result: **{'PASS' if all_fracs else 'FAIL'}** ({sum(rows_ok)} of {len(rows_ok)} judged concepts within the bar).",
+        "",
+        "| concept | category | rendered | generated | relative difference | bar |",
+        "|---|---|---|---|---|---|",
+        *concept_lines,
+        "",
+        "### World rule: doors inside building columns",
+        "",
+        "Share of door pixels whose column lies in the x-range of a connected component of "
+        "building/wall/roof/dome pixels (segmenter labels). Bar: >= 90 % on generated images. "
+        f"Result: **{'PASS' if door_ok else 'FAIL'}**.",
+        "",
+        "| images | door pixels | share inside building columns |",
+        "|---|---|---|",
+        f"| generated | {door_n_gen} | {100 * door_gen:.1f} % |",
+        f"| rendered set A | {door_n_real} | {100 * door_real:.1f} % |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    if a.evaluate_only:
+        return evaluate(a)
+    return train(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""GAN training: a tiny GAN trains for a few steps via main(), saves checkpoints, resumes; Fréchet distance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compute.frechet import feature_stats, frechet_distance, frechet_from_stats
+from compute.train_gan import checkpoint_steps, door_rule, main
+from ingest.models.progan import load_progan, read_metadata
+from ingest.village import INDEX
+
+
+def _args(tmp_path, steps: int) -> list[str]:
+    return ["--steps", str(steps), "--batch", "4", "--widths", "tiny", "--z-dim", "16", "--seed", "3",
+            "--pool-size", "24", "--pool-dir", str(tmp_path / "pool"), "--out-dir", str(tmp_path / "out"),
+            "--zoo-dir", str(tmp_path / "zoo"), "--threads", "1", "--r1-every", "2", "--sample-every", "2",
+            "--checkpoint-fractions", "0.5,1.0", "--device", "cpu"]
+
+
+def test_tiny_gan_trains_saves_and_resumes(tmp_path):
+    assert main(_args(tmp_path, 3)) == 0
+    zoo = tmp_path / "zoo"
+    assert sorted(p.name for p in zoo.iterdir()) == ["village-gan-step2.safetensors", "village-gan-step3.safetensors",
+                                                       "village-gan.safetensors"]
+    meta = read_metadata(zoo / "village-gan.safetensors")
+    assert meta["step"] == "3" and meta["total_steps"] == "3" and meta["seed"] == "3"
+    state = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
+    assert state["step"] == 3
+    assert list((tmp_path / "pool").glob("pool-*-24-*.npy"))
+    g3 = load_progan(zoo / "village-gan.safetensors")
+    assert g3(torch.randn(2, 16)).shape == (2, 3, 64, 64)
+
+    # resume to 5 steps: continues from step 3 and equals an uninterrupted 5-step run
+    assert main(_args(tmp_path, 5) + ["--resume"]) == 0
+    assert read_metadata(zoo / "village-gan.safetensors")["step"] == "5"
+    resumed = load_progan(zoo / "village-gan.safetensors").state_dict()
+    fresh = tmp_path / "fresh"
+    assert main(_args(fresh, 5) + ["--pool-dir", str(tmp_path / "pool")]) == 0
+    straight = load_progan(fresh / "zoo" / "village-gan.safetensors").state_dict()
+    for k in straight:
+        assert torch.allclose(resumed[k], straight[k], atol=1e-3), k
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    assert main(_args(tmp_path, 1)) == 0
+    with pytest.raises(ValueError, match="--resume"):
+        main(_args(tmp_path, 2) + ["--resume", "--seed", "4"])
+
+
+def test_checkpoint_steps():
+    assert checkpoint_steps(1000, "0.05,0.1,0.25,0.5,0.75,1.0") == [50, 100, 250, 500, 750, 1000]
+    assert checkpoint_steps(3, "0.1,1.0") == [1, 3]
+
+
+def test_door_rule_counts_door_pixels_inside_building_columns():
+    lab = torch.zeros(2, 3, 64, 64, dtype=torch.long)
+    lab[0, 1, 30:50, 10:20] = INDEX["wall"]
+    lab[0, 1, 40:50, 12:15] = INDEX["door"]  # 30 door pixels inside the column x 10..19
+    lab[1, 0, 20:50, 40:50] = INDEX["building"]
+    lab[1, 1, 45:50, 30:32] = INDEX["door"]  # 10 door pixels outside (x 30..31)
+    share, n = door_rule(lab)
+    assert n == 40 and share == pytest.approx(30 / 40)
+
+
+def test_frechet_identical_gaussians_is_zero():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 6)) @ rng.normal(size=(6, 6))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    mu, s = feature_stats(x)
+    assert frechet_from_stats(mu, s, mu, s) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_matches_closed_form():
+    # diagonal covariances: d^2 = |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    assert frechet_from_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-9)
+    # and from samples, approximately
+    rng = np.random.default_rng(1)
+    x = mu1 + rng.normal(size=(200_000, 3)) * np.sqrt(a)
+    y = mu2 + rng.normal(size=(200_000, 3)) * np.sqrt(b)
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=0.02)
