@@ -1,0 +1,620 @@
+"""Streaming statistics (Stat): per-unit quantiles, top-k samples, IoU counts, conditional means, moments.
+
+Reads nothing from disk, writes nothing (callers save `state_dict()` with safetensors, e.g. `save_stat`).
+Every Stat has `add(batch)`, `state_dict() -> dict[str, Tensor]` (plain tensors, safetensors-ready,
+metadata as small tensors), `load_state_dict(d)`, `merge(other)` and `rows(...)` yielding table rows.
+All are vectorised over units (channel dim 1 of a batch [N, C, ...]), keep their state on the data's
+device and use memory independent of the number of samples.
+
+    q = Quantile(); q.add(acts)                     # acts [N, C, H, W]
+    t = q.quantiles(torch.tensor([0.99]))[:, 0]     # [C]
+    iou = IoUCounts(t); iou.add(acts, masks)        # masks [N, K, H, W] bool
+    iou.iou()                                       # [C, K], NaN where a concept never appears
+
+Quantile design: a per-unit histogram with log-spaced bins (2**bits per octave, `octaves` octaves below
+the unit's max |x|, and 2**bits linear bins between 0 and the lowest octave), for both signs. Bins are read
+from the float bits after an exact power-of-two rescale, so binning is a few integer ops and one
+`index_add_`; the window only moves when the max grows, and old bins map exactly into new ones, so the
+state depends only on the data (merge == adding everything to one). Quantiles interpolate linearly
+inside a bin, clipped to the exact min/max; the bins next to 0 answer exactly 0 (ReLU spikes).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+__all__ = ["Quantile", "TopK", "IoUCounts", "ConditionalMean", "Moments", "Covariance",
+           "save_stat", "load_stat", "DEFAULT_QS"]
+
+DEFAULT_QS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+Device = torch.device | str | None
+
+
+def save_stat(stat, path: str | Path) -> None:
+    """Write stat.state_dict() to a safetensors file."""
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous().cpu() for k, v in stat.state_dict().items()}, str(path))
+
+
+def load_stat(stat, path: str | Path):
+    """Load a safetensors file written by save_stat into `stat` (on its device); returns stat."""
+    from safetensors.torch import load_file
+    stat.load_state_dict(load_file(str(path)))
+    return stat
+
+
+def _units(x: torch.Tensor, name: str) -> torch.Tensor:
+    """[N, C, ...] -> [N, C, L] (L = 1 for [N, C])."""
+    if x.dim() < 2:
+        raise ValueError(f"{name}: expected a batch [N, C, ...], got shape {tuple(x.shape)}")
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _check_finite(x: torch.Tensor, name: str, first_unit: int = 0) -> None:
+    """Raise naming the units (dim 1, numbered from first_unit) that hold NaN or infinite values."""
+    bad = ~torch.isfinite(x.transpose(0, 1).reshape(x.shape[1], -1)).all(dim=1)
+    if bad.any():
+        units = (bad.nonzero().flatten() + first_unit).tolist()
+        raise ValueError(f"{name}: NaN or infinite values in unit(s) {units[:20]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantile
+# ------------------------------------------------------------------------------------------------
+class Quantile:
+    """Per-unit streaming quantiles of all values (all samples, all positions) of [N, C, ...] batches."""
+
+    def __init__(self, bits: int = 6, octaves: int = 31, device: Device = None,
+                 chunk: int | None = None) -> None:
+        if not 1 <= bits <= 12 or octaves not in (15, 31, 63):
+            raise ValueError(f"Quantile: need bits in 1..12 and octaves in 15, 31, 63 (got {bits}, {octaves})")
+        self.bits, self.octaves = bits, octaves     # 2**bits bins per octave, octaves under the max
+        self.half = (octaves + 1) << bits           # bins per sign: R (a power of two)
+        self.device = torch.device(device) if device is not None else None
+        self.chunk = chunk                          # elements per block (None: by device)
+        self.counts: torch.Tensor | None = None     # [C, 2R] int64: [0, R) x >= 0, [R, 2R) x < 0
+        self.g: torch.Tensor | None = None          # [C] int64: max |x| < 2**g
+        self.lo = self.hi = self.total = None       # [C] float64: min, max, sum
+        self.n = 0                                  # values per unit
+
+    # -- state ------------------------------------------------------------------------------------
+    def _init(self, c: int, device: torch.device) -> None:
+        self.device = self.device or device
+        d = self.device
+        self.counts = torch.zeros(c, 2 * self.half, dtype=torch.int64, device=d)
+        self.g = torch.full((c,), -200, dtype=torch.int64, device=d)
+        self.lo = torch.full((c,), math.inf, dtype=torch.float64, device=d)
+        self.hi = torch.full((c,), -math.inf, dtype=torch.float64, device=d)
+        self.total = torch.zeros(c, dtype=torch.float64, device=d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.counts is None:
+            raise ValueError("Quantile: empty (nothing added)")
+        return {"counts": self.counts, "g": self.g, "lo": self.lo, "hi": self.hi, "sum": self.total,
+                "n": torch.tensor(self.n), "bits": torch.tensor(self.bits), "octaves": torch.tensor(self.octaves)}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        if (int(d["bits"]), int(d["octaves"])) != (self.bits, self.octaves):
+            raise ValueError(f"Quantile: state has bits, octaves = {int(d['bits'])}, {int(d['octaves'])}; "
+                             f"this one {self.bits}, {self.octaves}")
+        dev = self.device or d["counts"].device
+        self.device = torch.device(dev)
+        self.counts, self.g = d["counts"].to(dev, torch.int64), d["g"].to(dev, torch.int64)
+        self.lo, self.hi = d["lo"].to(dev, torch.float64), d["hi"].to(dev, torch.float64)
+        self.total, self.n = d["sum"].to(dev, torch.float64), int(d["n"])
+
+    def merge(self, other: "Quantile") -> None:
+        if (other.bits, other.octaves) != (self.bits, self.octaves):
+            raise ValueError("Quantile.merge: different bits or octaves")
+        if other.counts is None:
+            return
+        if self.counts is None:
+            self._init(other.counts.shape[0], other.counts.device)
+        if other.counts.shape != self.counts.shape:
+            raise ValueError(f"Quantile.merge: {other.counts.shape[0]} units vs {self.counts.shape[0]}")
+        g = torch.maximum(self.g, other.g.to(self.device))
+        counts = self._rebinned(other.counts.to(self.device), other.g.to(self.device), g)
+        self._grow(g)
+        self.counts += counts
+        self.lo = torch.minimum(self.lo, other.lo.to(self.device))
+        self.hi = torch.maximum(self.hi, other.hi.to(self.device))
+        self.total += other.total.to(self.device)
+        self.n += other.n
+
+    # -- binning ----------------------------------------------------------------------------------
+    def _rebinned(self, counts: torch.Tensor, g_old: torch.Tensor, g_new: torch.Tensor) -> torch.Tensor:
+        """Counts [C, 2R] binned with window g_old, mapped exactly to window g_new >= g_old."""
+        d = (g_new - g_old).clamp(0, 60)[:, None]
+        if not bool(d.any()):
+            return counts
+        m, R = self.bits, self.half
+        j = torch.arange(R, device=counts.device)[None, :]
+        be, t = j >> m, j & ((1 << m) - 1)          # octave (0 = linear bins) and slot of bin j
+        shift = (d + 1 - be).clamp(0, 60)
+        jn = torch.where(be == 0, j >> d, torch.where(be - d >= 1, j - (d << m), ((1 << m) + t) >> shift))
+        out = torch.zeros_like(counts)
+        out.scatter_add_(1, jn.expand_as(counts[:, :R]), counts[:, :R])               # x >= 0
+        out.scatter_add_(1, (2 * R - 1 - jn).expand_as(counts[:, R:]), counts[:, R:].flip(1))  # x < 0
+        return out
+
+    def _grow(self, g: torch.Tensor) -> None:
+        self.counts = self._rebinned(self.counts, self.g, g)
+        self.g = g
+
+    def _scales(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Power-of-two scales [C, 1] (float32) that map |x| < 2**g under 2**(octaves - 126)."""
+        k = self.octaves - 126 - g
+        if bool((k >= -126).all()):
+            return torch.pow(2.0, k.double()).float()[:, None], None
+        return torch.pow(2.0, torch.div(k, 2, rounding_mode="floor").double()).float()[:, None], \
+            torch.pow(2.0, (k - torch.div(k, 2, rounding_mode="floor")).double()).float()[:, None]
+
+    def add(self, x: torch.Tensor) -> None:
+        """x [N, C, ...] (any float dtype): every value of every unit."""
+        x = _units(x, "Quantile.add")
+        if not x.is_floating_point():
+            raise ValueError(f"Quantile.add: expected floats, got {x.dtype}")
+        x = x.float()
+        n, c, length = x.shape
+        if self.counts is None:
+            self._init(c, x.device)
+        if c != self.counts.shape[0]:
+            raise ValueError(f"Quantile.add: {c} units, this stat has {self.counts.shape[0]}")
+        x = x.to(self.device)
+        budget = self.chunk or (1 << 19 if x.device.type == "cpu" else 1 << 26)
+        cs = max(1, min(c, budget // length))
+        ns = max(1, budget // (cs * length))
+        key = torch.empty(ns * cs * length, dtype=torch.int32, device=x.device)
+        tmp = torch.empty_like(key)
+        wide = n * length >= 2 ** 31
+        batch = torch.zeros(c * 2 * self.half, dtype=torch.int64 if wide else torch.int32, device=x.device)
+        one = torch.ones(1, dtype=batch.dtype, device=x.device).expand(key.numel())
+        for c0 in range(0, c, cs):
+            for n0 in range(0, n, ns):
+                xb = x[n0:n0 + ns, c0:c0 + cs]
+                self._observe(xb, c0, batch)
+                k = self._keys(xb, c0, key[:xb.numel()].view(xb.shape), tmp[:xb.numel()].view(xb.shape))
+                batch.index_add_(0, k.view(-1), one[:k.numel()])
+        self.counts += batch.view(c, -1)
+        self.n += n * length
+
+    def _observe(self, xb: torch.Tensor, c0: int, batch: torch.Tensor) -> None:
+        """Update min/max/sum of units c0.. from block xb [n, c, L]; widen the window if needed."""
+        units = slice(c0, c0 + xb.shape[1])
+        hi, lo = xb.amax(dim=(0, 2)), xb.amin(dim=(0, 2))
+        if not bool(torch.isfinite(hi).all() & torch.isfinite(lo).all()):
+            _check_finite(xb, "Quantile.add", c0)
+        self.hi[units] = torch.maximum(self.hi[units], hi.double())
+        self.lo[units] = torch.minimum(self.lo[units], lo.double())
+        self.total[units] += xb.sum(dim=(0, 2), dtype=torch.float64)
+        g = torch.frexp(torch.maximum(hi.abs(), lo.abs())).exponent.long()
+        g = torch.maximum(self.g[units], g)
+        if bool((g > self.g[units]).any()):        # rare: the max grew; move batch counts too
+            whole = self.g.clone()
+            whole[units] = g
+            self.counts += batch.view(self.counts.shape)
+            batch.zero_()
+            self._grow(whole)
+
+    def _keys(self, xb: torch.Tensor, c0: int, key: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+        """Flat bin index (int32) of every value of block xb [n, c, L] into [C * 2R]."""
+        s1, s2 = self._scales(self.g[c0:c0 + xb.shape[1]])
+        y = key.view(torch.float32)
+        torch.mul(xb, s1, out=y)
+        if s2 is not None:
+            y.mul_(s2)
+        key >>= 23 - self.bits                      # sign | octave | top mantissa bits
+        torch.bitwise_right_shift(key, 31, out=tmp)
+        key ^= tmp                                  # x < 0: reverse the order of magnitudes
+        key &= 2 * self.half - 1                    # [0, R): x >= 0 ascending; [R, 2R): x < 0 ascending
+        offsets = (torch.arange(c0, c0 + xb.shape[1], device=key.device, dtype=torch.int32)
+                   * (2 * self.half))[None, :, None]
+        key += offsets
+        return key
+
+    # -- answers ----------------------------------------------------------------------------------
+    def _edges(self) -> torch.Tensor:
+        """Sorted bin edges [C, 2R + 1] in data units (float64), ascending."""
+        m, R = self.bits, self.half
+        j = torch.arange(R + 1, device=self.device, dtype=torch.float64)
+        be, t = torch.floor(j / 2 ** m), j - torch.floor(j / 2 ** m) * 2 ** m
+        pos = torch.where(be == 0, j * 2.0 ** (-126 - m), torch.pow(2.0, be - 127 - m) * (2 ** m + t))
+        pos = pos[None, :] * torch.pow(2.0, (self.g - (self.octaves - 126)).double())[:, None]
+        return torch.cat([-pos.flip(1), pos[:, 1:]], dim=1)
+
+    def quantiles(self, qs: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """qs [Q] in [0, 1] -> [C, Q] float64 values (linear interpolation inside a bin)."""
+        if self.counts is None or self.n == 0:
+            raise ValueError("Quantile: empty (nothing added)")
+        qs = torch.as_tensor(qs, dtype=torch.float64, device=self.device).flatten()
+        R = self.half
+        counts = torch.cat([self.counts[:, R:], self.counts[:, :R]], dim=1).double()   # ascending
+        cum = torch.nn.functional.pad(counts.cumsum(1), (1, 0))
+        target = (qs[None, :] * self.n).expand(counts.shape[0], -1).contiguous()
+        b = (torch.searchsorted(cum, target, right=True) - 1).clamp(0, 2 * R - 1)
+        edges = self._edges()
+        lower = torch.maximum(edges.gather(1, b), self.lo[:, None])
+        upper = torch.minimum(edges.gather(1, b + 1), self.hi[:, None])
+        inbin = counts.gather(1, b)
+        frac = ((target - cum.gather(1, b)) / inbin.clamp(min=1)).clamp(0, 1)
+        value = lower + frac * (upper - lower).clamp(min=0)
+        value = torch.where((b == R) | (b == R - 1), torch.zeros_like(value), value)    # bins at 0
+        return torch.minimum(torch.maximum(value, self.lo[:, None]), self.hi[:, None])
+
+    def min(self) -> torch.Tensor:
+        return self.lo
+
+    def max(self) -> torch.Tensor:
+        return self.hi
+
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.n, 1)
+
+    @property
+    def count(self) -> int:
+        return self.n
+
+    def rows(self, qs: Sequence[float] = DEFAULT_QS) -> Iterator[dict]:
+        """One row per (unit, q): {"unit", "q", "value"}."""
+        values = self.quantiles(qs).cpu().tolist()
+        for unit, vs in enumerate(values):
+            for q, v in zip(qs, vs):
+                yield {"unit": unit, "q": float(q), "value": v}
+
+
+# ------------------------------------------------------------------------------------------------
+# TopK
+# ------------------------------------------------------------------------------------------------
+class TopK:
+    """Per unit, the k largest per-sample scores with their global sample indices (ties: lower index)."""
+
+    def __init__(self, k: int = 20, device: Device = None) -> None:
+        if k < 1:
+            raise ValueError(f"TopK: k must be >= 1, got {k}")
+        self.k = k
+        self.device = torch.device(device) if device is not None else None
+        self.values: torch.Tensor | None = None     # [C, k] float64, -inf where empty
+        self.indices: torch.Tensor | None = None    # [C, k] int64, -1 where empty
+
+    def _combine(self, values: torch.Tensor, indices: torch.Tensor) -> None:
+        """Keep the top k of current state + candidates [C, M] (sorted by value desc, index asc)."""
+        if self.values is not None:
+            values = torch.cat([self.values, values], dim=1)
+            indices = torch.cat([self.indices, indices], dim=1)
+        empty = indices < 0                         # empty slots sort last
+        order = torch.argsort(torch.where(empty, torch.iinfo(torch.int64).max, indices), dim=1, stable=True)
+        values, indices = values.gather(1, order), indices.gather(1, order)
+        order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :self.k]
+        self.values, self.indices = values.gather(1, order), indices.gather(1, order)
+        if self.values.shape[1] < self.k:           # pad until k samples were seen
+            pad = self.k - self.values.shape[1]
+            self.values = torch.nn.functional.pad(self.values, (0, pad), value=-math.inf)
+            self.indices = torch.nn.functional.pad(self.indices, (0, pad), value=-1)
+
+    def add(self, scores: torch.Tensor, sample_index: torch.Tensor) -> None:
+        """scores [N, C], sample_index [N] (global sample numbers)."""
+        if scores.dim() != 2 or sample_index.shape != (scores.shape[0],):
+            raise ValueError(f"TopK.add: need scores [N, C] and sample_index [N], got "
+                             f"{tuple(scores.shape)} and {tuple(sample_index.shape)}")
+        if not bool(torch.isfinite(scores).all()):
+            _check_finite(scores, "TopK.add")
+        self.device = self.device or scores.device
+        if self.values is not None and scores.shape[1] != self.values.shape[0]:
+            raise ValueError(f"TopK.add: {scores.shape[1]} units, this stat has {self.values.shape[0]}")
+        values = scores.to(self.device, torch.float64).t()
+        indices = sample_index.to(self.device, torch.int64)[None, :].expand_as(values)
+        self._combine(values, indices)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values [C, k'], indices [C, k']) sorted desc, k' = min(k, samples seen)."""
+        if self.values is None:
+            raise ValueError("TopK: empty (nothing added)")
+        seen = int((self.indices[0] >= 0).sum())
+        return self.values[:, :seen], self.indices[:, :seen]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.values is None:
+            raise ValueError("TopK: empty (nothing added)")
+        return {"values": self.values, "indices": self.indices, "k": torch.tensor(self.k)}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        if int(d["k"]) != self.k:
+            raise ValueError(f"TopK: state has k={int(d['k'])}, this one k={self.k}")
+        self.device = self.device or d["values"].device
+        self.values = d["values"].to(self.device, torch.float64)
+        self.indices = d["indices"].to(self.device, torch.int64)
+
+    def merge(self, other: "TopK") -> None:
+        if other.values is None:
+            return
+        self.device = self.device or other.values.device
+        self._combine(other.values.to(self.device), other.indices.to(self.device))
+
+    def rows(self) -> Iterator[dict]:
+        """One row per (unit, rank): {"unit", "rank", "sample", "value"} (rank 0 = highest)."""
+        values, indices = (t.cpu().tolist() for t in self.result())
+        for unit, (vs, ix) in enumerate(zip(values, indices)):
+            for rank, (v, i) in enumerate(zip(vs, ix)):
+                yield {"unit": unit, "rank": rank, "sample": i, "value": v}
+
+
+# ------------------------------------------------------------------------------------------------
+# IoUCounts
+# ------------------------------------------------------------------------------------------------
+class IoUCounts:
+    """Exact counts |a > t|, |m| and |(a > t) & m| per (unit, concept) over all samples and pixels."""
+
+    def __init__(self, thresholds: torch.Tensor, device: Device = None) -> None:
+        self.device = torch.device(device) if device is not None else thresholds.device
+        self.thresholds = thresholds.detach().to(self.device, torch.float32).flatten()   # [C]
+        c = self.thresholds.numel()
+        self.above = torch.zeros(c, dtype=torch.int64, device=self.device)               # [C]
+        self.concept: torch.Tensor | None = None                                         # [K]
+        self.inter: torch.Tensor | None = None                                           # [C, K]
+        self.samples = 0
+
+    def add(self, a: torch.Tensor, m: torch.Tensor) -> None:
+        """a [N, C, H, W] activations (upsampled), m [N, K, H, W] bool concept masks."""
+        c = self.thresholds.numel()
+        if a.dim() < 3 or a.shape[1] != c:
+            raise ValueError(f"IoUCounts.add: activations {tuple(a.shape)}, expected [N, {c}, H, W]")
+        if m.shape[0] != a.shape[0] or m.shape[2:] != a.shape[2:]:
+            raise ValueError(f"IoUCounts.add: masks {tuple(m.shape)} do not match activations "
+                             f"{tuple(a.shape)} (need [N, K, H, W] with the same N, H, W)")
+        if m.dtype != torch.bool:
+            raise ValueError(f"IoUCounts.add: masks must be bool, got {m.dtype}")
+        n, k, hw = a.shape[0], m.shape[1], a[0, 0].numel()
+        if hw >= 2 ** 24:
+            raise ValueError("IoUCounts.add: more than 2**24 pixels per image would break exact counts")
+        a = _units(a.to(self.device), "IoUCounts.add")                                   # [N, C, HW]
+        above = torch.empty(a.shape, dtype=torch.float32, device=self.device)
+        torch.gt(a, self.thresholds[None, :, None], out=above)
+        masks = torch.ones(n, hw, k + 1, dtype=torch.float32, device=self.device)        # last: ones
+        masks[:, :, :k] = m.to(self.device).reshape(n, k, hw).transpose(1, 2)
+        counts = torch.bmm(above, masks).sum(0, dtype=torch.float64).round().long()       # [C, K+1]
+        if self.inter is None:
+            self.inter = torch.zeros(c, k, dtype=torch.int64, device=self.device)
+            self.concept = torch.zeros(k, dtype=torch.int64, device=self.device)
+        if k != self.concept.numel():
+            raise ValueError(f"IoUCounts.add: {k} concepts, this stat has {self.concept.numel()}")
+        self.inter += counts[:, :k]
+        self.above += counts[:, k]
+        self.concept += masks[:, :, :k].sum(dim=(0, 1), dtype=torch.float64).round().long()
+        self.samples += n
+
+    def iou(self) -> torch.Tensor:
+        """[C, K] float64: inter / (above + concept - inter); NaN where the concept never appears."""
+        if self.inter is None:
+            raise ValueError("IoUCounts: empty (nothing added)")
+        union = (self.above[:, None] + self.concept[None, :] - self.inter).double()
+        iou = self.inter.double() / union.clamp(min=1)
+        return torch.where(self.concept[None, :] > 0, iou, torch.full_like(iou, math.nan))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.inter is None:
+            raise ValueError("IoUCounts: empty (nothing added)")
+        return {"thresholds": self.thresholds, "above": self.above, "concept": self.concept,
+                "inter": self.inter, "samples": torch.tensor(self.samples)}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(d["thresholds"].to(self.device, torch.float32), self.thresholds):
+            raise ValueError("IoUCounts: state was counted with other thresholds")
+        self.above, self.concept = d["above"].to(self.device), d["concept"].to(self.device)
+        self.inter, self.samples = d["inter"].to(self.device), int(d["samples"])
+
+    def merge(self, other: "IoUCounts") -> None:
+        if not torch.equal(other.thresholds.to(self.device), self.thresholds):
+            raise ValueError("IoUCounts.merge: different thresholds")
+        if other.inter is None:
+            return
+        if self.inter is None:
+            self.inter = torch.zeros_like(other.inter, device=self.device)
+            self.concept = torch.zeros_like(other.concept, device=self.device)
+        self.inter += other.inter.to(self.device)
+        self.concept += other.concept.to(self.device)
+        self.above += other.above.to(self.device)
+        self.samples += other.samples
+
+    def rows(self, names: Sequence[str] | None = None) -> Iterator[dict]:
+        """One row per (unit, concept): {"unit", "concept", "threshold", "iou" (None if the concept
+        never appears), "inter", "above", "concept_pixels"}; concept is names[k] when names given."""
+        iou = self.iou().cpu().tolist()
+        inter, above = self.inter.cpu().tolist(), self.above.cpu().tolist()
+        concept, thresholds = self.concept.cpu().tolist(), self.thresholds.cpu().tolist()
+        for u, row in enumerate(iou):
+            for k, v in enumerate(row):
+                yield {"unit": u, "concept": names[k] if names is not None else k,
+                       "threshold": thresholds[u], "iou": None if math.isnan(v) else v,
+                       "inter": inter[u][k], "above": above[u], "concept_pixels": concept[k]}
+
+
+# ------------------------------------------------------------------------------------------------
+# ConditionalMean
+# ------------------------------------------------------------------------------------------------
+class ConditionalMean:
+    """k[C, K] = sum(a * w) / sum(w): each unit's mean activation weighted by concept coverage w."""
+
+    def __init__(self, device: Device = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.num: torch.Tensor | None = None        # [C, K] float64
+        self.den: torch.Tensor | None = None        # [K] float64
+
+    def add(self, a: torch.Tensor, w: torch.Tensor) -> None:
+        """a [N, C, h, w] featuremap, w [N, K, h, w] coverage fractions in [0, 1] at that resolution."""
+        if a.dim() < 3 or w.shape[0] != a.shape[0] or w.shape[2:] != a.shape[2:]:
+            raise ValueError(f"ConditionalMean.add: weights {tuple(w.shape)} do not match "
+                             f"activations {tuple(a.shape)} (need [N, K, h, w] with the same N, h, w)")
+        self.device = self.device or a.device
+        a = _units(a.to(self.device), "ConditionalMean.add").double()     # [N, C, L]
+        w = _units(w.to(self.device), "ConditionalMean.add").double()     # [N, K, L]
+        num = torch.bmm(a, w.transpose(1, 2)).sum(0)                      # [C, K]
+        den = w.sum(dim=(0, 2))
+        if self.num is None:
+            self.num, self.den = num, den
+        else:
+            if num.shape != self.num.shape:
+                raise ValueError(f"ConditionalMean.add: shape {tuple(num.shape)} vs {tuple(self.num.shape)}")
+            self.num += num
+            self.den += den
+
+    def result(self) -> torch.Tensor:
+        """[C, K] float64; NaN for concepts with zero total weight."""
+        if self.num is None:
+            raise ValueError("ConditionalMean: empty (nothing added)")
+        k = self.num / self.den.clamp(min=1e-300)[None, :]
+        return torch.where(self.den[None, :] > 0, k, torch.full_like(k, math.nan))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.num is None:
+            raise ValueError("ConditionalMean: empty (nothing added)")
+        return {"num": self.num, "den": self.den}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        self.device = self.device or d["num"].device
+        self.num, self.den = d["num"].to(self.device, torch.float64), d["den"].to(self.device, torch.float64)
+
+    def merge(self, other: "ConditionalMean") -> None:
+        if other.num is None:
+            return
+        if self.num is None:
+            self.device = self.device or other.num.device
+            self.num, self.den = other.num.to(self.device).clone(), other.den.to(self.device).clone()
+        else:
+            self.num += other.num.to(self.device)
+            self.den += other.den.to(self.device)
+
+    def rows(self, names: Sequence[str] | None = None) -> Iterator[dict]:
+        """One row per (unit, concept): {"unit", "concept", "value" (None if no weight), "weight"}."""
+        k, den = self.result().cpu().tolist(), self.den.cpu().tolist()
+        for u, row in enumerate(k):
+            for c, v in enumerate(row):
+                yield {"unit": u, "concept": names[c] if names is not None else c,
+                       "value": None if math.isnan(v) else v, "weight": den[c]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Moments and Covariance (Chan et al. pairwise updates, float64)
+# ------------------------------------------------------------------------------------------------
+class Moments:
+    """Per channel: count, mean, mean |x|, variance (population) of [N, C, ...] batches."""
+
+    def __init__(self, device: Device = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.n = 0
+        self.mu = self.m2 = self.abs_sum = None     # [C] float64
+
+    def _combine(self, n: int, mu: torch.Tensor, m2: torch.Tensor, abs_sum: torch.Tensor) -> None:
+        if self.mu is None:
+            self.n, self.mu, self.m2, self.abs_sum = n, mu, m2, abs_sum
+            return
+        if mu.shape != self.mu.shape:
+            raise ValueError(f"Moments: {mu.numel()} channels vs {self.mu.numel()}")
+        total = self.n + n
+        delta = mu - self.mu
+        self.mu = self.mu + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
+        self.abs_sum = self.abs_sum + abs_sum
+        self.n = total
+
+    def add(self, x: torch.Tensor) -> None:
+        """x [N, C, ...]."""
+        self.device = self.device or x.device
+        x = _units(x.to(self.device), "Moments.add").double()
+        n = x.shape[0] * x.shape[2]
+        if n == 0:
+            return
+        mu = x.mean(dim=(0, 2))
+        m2 = ((x - mu[None, :, None]) ** 2).sum(dim=(0, 2))
+        self._combine(n, mu, m2, x.abs().sum(dim=(0, 2)))
+
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / self.n
+
+    def var(self, ddof: int = 0) -> torch.Tensor:
+        return self.m2 / (self.n - ddof)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.mu is None:
+            raise ValueError("Moments: empty (nothing added)")
+        return {"n": torch.tensor(self.n), "mean": self.mu, "m2": self.m2, "abs_sum": self.abs_sum}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        self.device = self.device or d["mean"].device
+        self.n = int(d["n"])
+        self.mu, self.m2, self.abs_sum = (d[k].to(self.device, torch.float64) for k in ("mean", "m2", "abs_sum"))
+
+    def merge(self, other: "Moments") -> None:
+        if other.mu is not None:
+            self.device = self.device or other.mu.device
+            self._combine(other.n, *(t.to(self.device) for t in (other.mu, other.m2, other.abs_sum)))
+
+    def rows(self) -> Iterator[dict]:
+        """One row per unit: {"unit", "mean", "mean_abs", "var"}."""
+        cols = zip(self.mean().tolist(), self.mean_abs().tolist(), self.var().tolist())
+        for u, (m, a, v) in enumerate(cols):
+            yield {"unit": u, "mean": m, "mean_abs": a, "var": v}
+
+
+class Covariance:
+    """Mean vector and covariance matrix of features [N, D] (float64; cov matches numpy.cov)."""
+
+    def __init__(self, device: Device = None) -> None:
+        self.device = torch.device(device) if device is not None else None
+        self.n = 0
+        self.mu: torch.Tensor | None = None          # [D]
+        self.c2: torch.Tensor | None = None          # [D, D] sum of outer products of deviations
+
+    def _combine(self, n: int, mu: torch.Tensor, c2: torch.Tensor) -> None:
+        if self.mu is None:
+            self.n, self.mu, self.c2 = n, mu, c2
+            return
+        if mu.shape != self.mu.shape:
+            raise ValueError(f"Covariance: {mu.numel()} features vs {self.mu.numel()}")
+        total = self.n + n
+        delta = mu - self.mu
+        self.c2 = self.c2 + c2 + torch.outer(delta, delta) * (self.n * n / total)
+        self.mu = self.mu + delta * (n / total)
+        self.n = total
+
+    def add(self, x: torch.Tensor) -> None:
+        """x [N, D]."""
+        if x.dim() != 2:
+            raise ValueError(f"Covariance.add: expected [N, D], got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return
+        self.device = self.device or x.device
+        x = x.to(self.device).double()
+        mu = x.mean(0)
+        d = x - mu
+        self._combine(x.shape[0], mu, d.t() @ d)
+
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        return self.c2 / (self.n - ddof)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.mu is None:
+            raise ValueError("Covariance: empty (nothing added)")
+        return {"n": torch.tensor(self.n), "mean": self.mu, "c2": self.c2}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        self.device = self.device or d["mean"].device
+        self.n, self.mu, self.c2 = int(d["n"]), d["mean"].to(self.device).double(), d["c2"].to(self.device).double()
+
+    def merge(self, other: "Covariance") -> None:
+        if other.mu is not None:
+            self.device = self.device or other.mu.device
+            self._combine(other.n, other.mu.to(self.device), other.c2.to(self.device))
+
+    def rows(self) -> Iterator[dict]:
+        """One row per feature: {"dim", "mean", "var"}."""
+        for i, (m, v) in enumerate(zip(self.mean().tolist(), torch.diagonal(self.cov()).tolist())):
+            yield {"dim": i, "mean": m, "var": v}

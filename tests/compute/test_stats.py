@@ -1,0 +1,242 @@
+"""Every streaming Stat against an exact full-batch computation, plus safetensors round trips and merges."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from compute.stats import (ConditionalMean, Covariance, IoUCounts, Moments, Quantile, TopK, load_stat,
+                           save_stat)
+
+QS = torch.tensor([0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98, 0.99, 0.995, 0.999], dtype=torch.float64)
+
+
+def distributions(batches: int = 6, n: int = 8, length: int = 2048, seed: int = 0) -> list[torch.Tensor]:
+    """Batches [n, 9, length]; each unit a different distribution, unit 8's range grows 4x per batch."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(batches):
+        z = torch.randn(n, 9, length, generator=g)
+        u = torch.rand(n, 9, length, generator=g)
+        x = torch.empty_like(z)
+        x[:, 0] = z[:, 0]                                                  # normal
+        x[:, 1] = z[:, 1] / torch.sqrt(torch.distributions.Chi2(2.0).sample((n, length)) / 2)  # t, df=2
+        x[:, 2] = torch.tan(math.pi * (u[:, 2] - 0.5))                     # Cauchy
+        x[:, 3] = torch.relu(z[:, 3] - 0.5)                                # ReLU: spike at 0 (69 %)
+        x[:, 4] = torch.nn.functional.leaky_relu(z[:, 4], 0.2)            # leaky ReLU
+        x[:, 5] = torch.exp(2 * z[:, 5]) * 1e6                            # lognormal, huge values
+        x[:, 6] = 3.0 + 1e-3 * u[:, 6]                                     # narrow, offset
+        x[:, 7] = torch.where(u[:, 7] < 0.3, torch.zeros_like(z[:, 7]), -1e-20 * z[:, 7].abs())  # tiny <= 0
+        x[:, 8] = z[:, 8] * 4.0 ** b                                       # range grows over batches
+        out.append(x)
+    return out
+
+
+def rank_error(data: torch.Tensor, values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
+    """data [C, M], values [C, Q] -> [C, Q]: distance of q from the rank interval [P(X < v), P(X <= v)]."""
+    s = data.double().sort(dim=1).values
+    m = s.shape[1]
+    below = torch.searchsorted(s, values.contiguous(), right=False).double() / m
+    upto = torch.searchsorted(s, values.contiguous(), right=True).double() / m
+    q = qs.double()[None, :]
+    return torch.clamp(below - q, min=0) + torch.clamp(q - upto, min=0)
+
+
+def test_quantile_rank_error_against_exact() -> None:
+    batches = distributions()
+    q = Quantile()
+    for b in batches:
+        q.add(b)
+    data = torch.cat(batches).transpose(0, 1).reshape(9, -1)
+    est = q.quantiles(QS)
+    err = rank_error(data, est, QS)
+    at99 = err[:, QS.tolist().index(0.99)]
+    assert at99.max() <= 1e-3, f"rank error at q=0.99 per unit: {at99.tolist()}"
+    assert err[[0, 1, 2, 3, 4, 5, 7, 8]].max() <= 1e-3, err.max(dim=1).values.tolist()
+    exact = torch.quantile(data.double(), QS.double(), dim=1).T
+    assert torch.allclose(est[:, QS.tolist().index(0.5)][3], torch.tensor(0.0, dtype=torch.float64))
+    rel = ((est - exact).abs() / exact.abs().clamp(min=1e-30))[[0, 1, 4, 5, 6, 8]]
+    assert rel[:, 6:].max() < 0.01                                   # upper quantiles: < 1 % in value
+    assert torch.equal(q.min(), data.min(1).values.double()) and torch.equal(q.max(), data.max(1).values.double())
+    assert torch.allclose(q.mean(), data.double().mean(1), rtol=1e-9, atol=1e-12)
+    assert q.count == data.shape[1]
+    ends = q.quantiles(torch.tensor([0.0, 1.0]))
+    assert torch.equal(ends[:, 0], q.min()) and torch.equal(ends[:, 1], q.max())
+
+
+def test_quantile_on_4d_featuremaps_and_small_chunks() -> None:
+    x = torch.randn(4, 3, 16, 16) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1)
+    a, b = Quantile(), Quantile(chunk=100)                            # chunk: many small blocks
+    a.add(x)
+    b.add(x)
+    assert torch.equal(a.counts, b.counts)
+    data = x.transpose(0, 1).reshape(3, -1)
+    assert rank_error(data, a.quantiles(QS), QS).max() <= 2e-3         # 1024 values: 1 rank = 1e-3
+
+
+def test_quantile_merge_equals_adding_everything() -> None:
+    batches = distributions(seed=1)
+    whole, first, second = Quantile(), Quantile(), Quantile()
+    for i, b in enumerate(batches):
+        whole.add(b)
+        (first if i % 2 else second).add(b)                          # second has the smaller range
+    first.merge(second)
+    for key in ("counts", "g", "lo", "hi"):
+        assert torch.equal(first.state_dict()[key], whole.state_dict()[key]), key
+    assert torch.allclose(first.total, whole.total, rtol=1e-12) and first.n == whole.n
+    assert torch.allclose(first.quantiles(QS), whole.quantiles(QS), rtol=1e-12)
+
+
+def test_quantile_state_round_trip_through_safetensors(tmp_path) -> None:
+    batches = distributions(seed=2)
+    whole = Quantile()
+    for b in batches:
+        whole.add(b)
+    part = Quantile()
+    for b in batches[:3]:
+        part.add(b)
+    save_stat(part, tmp_path / "q.safetensors")
+    resumed = load_stat(Quantile(), tmp_path / "q.safetensors")
+    for b in batches[3:]:
+        resumed.add(b)
+    assert torch.equal(resumed.counts, whole.counts) and torch.equal(resumed.g, whole.g)
+    assert torch.equal(resumed.quantiles(QS), whole.quantiles(QS))
+    rows = list(resumed.rows([0.5, 0.99]))
+    assert len(rows) == 18 and set(rows[0]) == {"unit", "q", "value"}
+
+
+def test_quantile_rejects_nan_naming_the_unit() -> None:
+    x = torch.randn(2, 5, 8)
+    x[1, 3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"unit\(s\) \[3\]"):
+        Quantile().add(x)
+    x[1, 3, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        Quantile(chunk=16).add(x)
+
+
+def test_topk_exact_merge_and_round_trip(tmp_path) -> None:
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(100, 6, generator=g)
+    scores[10:14, 2] = 0.999                                          # ties: lower sample index first
+    full_v, full_i = [], []
+    for u in range(6):
+        order = sorted(range(100), key=lambda i: (-scores[i, u].item(), i))[:7]
+        full_i.append(order)
+        full_v.append([scores[i, u].item() for i in order])
+    whole, a, b = TopK(7), TopK(7), TopK(7)
+    for start in range(0, 100, 16):
+        idx = torch.arange(start, min(start + 16, 100))
+        whole.add(scores[idx], idx)
+        (a if start < 48 else b).add(scores[idx], idx)
+    a.merge(b)
+    for stat in (whole, a):
+        values, indices = stat.result()
+        assert indices.tolist() == full_i
+        assert torch.allclose(values, torch.tensor(full_v, dtype=torch.float64))
+    save_stat(whole, tmp_path / "t.safetensors")
+    back = load_stat(TopK(7), tmp_path / "t.safetensors")
+    assert torch.equal(back.result()[1], whole.result()[1])
+    few = TopK(7)
+    few.add(scores[:3], torch.arange(3))
+    assert few.result()[0].shape == (6, 3)                            # only the samples seen
+    assert len(list(whole.rows())) == 6 * 7
+
+
+def iou_exact(a: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Full-batch IoU [C, K] in float64 from the definitions."""
+    above = (a > t.view(1, -1, 1, 1)).double()
+    mf = m.double()
+    inter = torch.einsum("nchw,nkhw->ck", above, mf)
+    union = above.sum((0, 2, 3))[:, None] + mf.sum((0, 2, 3))[None, :] - inter
+    return inter / union
+
+
+def test_iou_counts_streaming_equals_full_batch(tmp_path) -> None:
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(24, 10, 12, 12, generator=g)
+    m = torch.rand(24, 5, 12, 12, generator=g) < torch.tensor([0.02, 0.1, 0.3, 0.6, 0.0]).view(1, 5, 1, 1)
+    m[:, 1] |= a[:, 0] > 1.0                                          # unit 0 matches concept 1 somewhat
+    q = Quantile()
+    q.add(a)
+    t = q.quantiles(torch.tensor([0.99]))[:, 0].float()
+    exact = iou_exact(a, t, m)
+    whole, first, second = IoUCounts(t), IoUCounts(t), IoUCounts(t)
+    for i in range(0, 24, 5):
+        whole.add(a[i:i + 5], m[i:i + 5])
+        (first if i < 10 else second).add(a[i:i + 5], m[i:i + 5])
+    first.merge(second)
+    for stat in (whole, first):
+        got = stat.iou()
+        assert torch.isnan(got[:, 4]).all() and not torch.isnan(got[:, :4]).any()   # concept 4 absent
+        assert torch.allclose(got[:, :4], exact[:, :4], atol=1e-6, rtol=0)
+        assert torch.equal(stat.above, (a > t.view(1, -1, 1, 1)).sum((0, 2, 3)))
+        assert torch.equal(stat.concept, m.sum((0, 2, 3)))
+    save_stat(whole, tmp_path / "i.safetensors")
+    back = load_stat(IoUCounts(t), tmp_path / "i.safetensors")
+    assert torch.equal(back.inter, whole.inter) and back.samples == 24
+    rows = list(whole.rows(["a", "b", "c", "d", "e"]))
+    assert len(rows) == 50 and rows[4]["concept"] == "e" and rows[4]["iou"] is None
+    with pytest.raises(ValueError, match="masks"):
+        whole.add(a[:2], m[:2, :, :6])
+    with pytest.raises(ValueError, match="other thresholds"):
+        load_stat(IoUCounts(t + 1), tmp_path / "i.safetensors")
+
+
+def test_conditional_mean_exact_merge_round_trip(tmp_path) -> None:
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(12, 4, 6, 6, generator=g)
+    w = torch.rand(12, 3, 6, 6, generator=g)
+    w[:, 2] = 0.0                                                     # a concept with no coverage
+    exact = torch.einsum("nchw,nkhw->ck", a.double(), w.double()) / w.double().sum((0, 2, 3))
+    whole, first, second = ConditionalMean(), ConditionalMean(), ConditionalMean()
+    for i in range(0, 12, 4):
+        whole.add(a[i:i + 4], w[i:i + 4])
+        (first if i == 0 else second).add(a[i:i + 4], w[i:i + 4])
+    first.merge(second)
+    for stat in (whole, first):
+        k = stat.result()
+        assert torch.allclose(k[:, :2], exact[:, :2], rtol=1e-12) and torch.isnan(k[:, 2]).all()
+    save_stat(whole, tmp_path / "c.safetensors")
+    assert torch.equal(load_stat(ConditionalMean(), tmp_path / "c.safetensors").num, whole.num)
+    assert len(list(whole.rows())) == 12
+
+
+def test_moments_exact_merge_round_trip(tmp_path) -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(30, 5, 4, 4, generator=g) * 3 + 100
+    flat = x.transpose(0, 1).reshape(5, -1).double().numpy()
+    whole, first, second = Moments(), Moments(), Moments()
+    for i in range(0, 30, 7):
+        whole.add(x[i:i + 7])
+        (first if i < 14 else second).add(x[i:i + 7])
+    first.merge(second)
+    resumed = Moments()
+    resumed.add(x[:14])
+    save_stat(resumed, tmp_path / "m.safetensors")
+    resumed = load_stat(Moments(), tmp_path / "m.safetensors")
+    resumed.add(x[14:])
+    for stat in (whole, first, resumed):
+        assert np.allclose(stat.mean().numpy(), flat.mean(1), rtol=1e-12)
+        assert np.allclose(stat.mean_abs().numpy(), np.abs(flat).mean(1), rtol=1e-12)
+        assert np.allclose(stat.var().numpy(), flat.var(1), rtol=1e-9)
+    assert len(list(whole.rows())) == 5
+
+
+def test_covariance_matches_numpy(tmp_path) -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g) + 5
+    whole, first, second = Covariance(), Covariance(), Covariance()
+    for i in range(0, 200, 33):
+        whole.add(x[i:i + 33])
+        (first if i < 99 else second).add(x[i:i + 33])
+    first.merge(second)
+    save_stat(first, tmp_path / "v.safetensors")
+    back = load_stat(Covariance(), tmp_path / "v.safetensors")
+    ref = x.double().numpy()
+    for stat in (whole, first, back):
+        assert np.allclose(stat.mean().numpy(), ref.mean(0), rtol=1e-12)
+        assert np.allclose(stat.cov().numpy(), np.cov(ref, rowvar=False), rtol=1e-9, atol=1e-12)
+    assert len(list(whole.rows())) == 6
