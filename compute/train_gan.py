@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--r1-gamma", type=float, default=1.0)
     p.add_argument("--r1-every", type=int, default=16)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-kimg", type=float, default=10.0, help="EMA half-life in thousands of images")
+    p.add_argument("--ema-rampup", type=float, default=0.05,
+                   help="EMA half-life is at most this fraction of the images seen so far (StyleGAN2-ADA)")
     p.add_argument("--save-every-s", type=float, default=300.0, help="seconds between training-state saves")
     p.add_argument("--sample-every", type=int, default=250, help="steps between monitoring sample grids")
     p.add_argument("--log-every", type=int, default=25)
@@ -157,6 +159,12 @@ def checkpoint_steps(steps: int, fractions: str) -> list[int]:
     return sorted({max(1, int(round(float(f) * steps))) for f in fractions.split(",") if f.strip()})
 
 
+def ema_decay(step: int, a: argparse.Namespace) -> float:
+    """Per-step EMA decay: half-life min(ema_kimg * 1000, ema_rampup * images seen) images."""
+    half_life = max(min(a.ema_kimg * 1000, a.ema_rampup * step * a.batch), 1e-8)
+    return 0.5 ** (a.batch / half_life)
+
+
 @torch.no_grad()
 def ema_update(g_ema: Generator, g: Generator, decay: float) -> None:
     for pe, p in zip(g_ema.parameters(), g.parameters()):
@@ -243,14 +251,14 @@ def train(a: argparse.Namespace) -> int:
         print(f"resumed from {state_path} at step {st['step']} ({st['elapsed']:.0f}s trained)", flush=True)
     print(f"train village-gan: seed={a.seed} steps={a.steps} batch={a.batch} widths={a.widths} "
           f"{WIDTH_PRESETS[a.widths]} z_dim={a.z_dim} lr={a.lr} r1_gamma={a.r1_gamma}/{a.r1_every} "
-          f"ema={a.ema_decay} device={device} threads={torch.get_num_threads()} pool={a.pool_size} "
+          f"ema={a.ema_kimg}kimg/rampup {a.ema_rampup} device={device} threads={torch.get_num_threads()} pool={a.pool_size} "
           f"(seeds {POOL_SEED_START}..{POOL_SEED_START + a.pool_size - 1})", flush=True)
     pool = torch.from_numpy(load_pool(a.pool_size, a.pool_dir, workers=max(1, torch.get_num_threads())))
     G, D, G_ema, gen = st["G"], st["D"], st["G_ema"], st["gen"]
     z_fixed = torch.randn(64, a.z_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED)).to(device)
     ckpts = checkpoint_steps(a.steps, a.checkpoint_fractions)
     meta = {"seed": str(a.seed), "total_steps": str(a.steps), "batch": str(a.batch), "widths_preset": a.widths,
-            "pool_size": str(a.pool_size), "pool_seed_start": str(POOL_SEED_START), "renderer": renderer_hash()}
+            "pool_size": str(a.pool_size), "threads": str(torch.get_num_threads()), "pool_seed_start": str(POOL_SEED_START), "renderer": renderer_hash()}
     t_start, elapsed0, last_save = time.time(), st["elapsed"], time.time()
     window: list[float] = []
     bar = tqdm(total=a.steps, initial=st["step"], desc="train gan", mininterval=30, file=sys.stdout)
@@ -263,7 +271,7 @@ def train(a: argparse.Namespace) -> int:
         z2 = torch.randn(a.batch, a.z_dim, generator=gen).to(device)
         d_loss, r1 = d_step(G, D, st["opt_d"], real, z1, a.r1_gamma, a.r1_every, step % a.r1_every == 0)
         g_loss = g_step(G, D, st["opt_g"], z2)
-        ema_update(G_ema, G, a.ema_decay)
+        ema_update(G_ema, G, ema_decay(step, a))
         st["step"] = step
         st["elapsed"] = elapsed0 + time.time() - t_start
         window = (window + [time.time() - t0])[-50:]
@@ -420,7 +428,7 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
     all_fracs = all(rows_ok)
     cmd = "python -m compute.train_gan --evaluate-only" + (f" --eval-samples {n}" if n != 2000 else "")
     train_cmd = (f"python -m compute.train_gan --steps {meta.get('total_steps')} --batch {meta.get('batch')} "
-                 f"--seed {meta.get('seed')} --widths {meta.get('widths_preset')} --threads 2")
+                 f"--seed {meta.get('seed')} --widths {meta.get('widths_preset')} --threads {meta.get('threads', 1)}")
     secs = meta.get("train_seconds")
     lines = [
         "# village-gan — model card",
@@ -437,7 +445,8 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         f"z_dim {meta.get('z_dim')}, widths layer1..layer10 = {widths} (preset `{meta.get('widths_preset')}`)",
         f"- training time: {float(secs) / 60:.0f} min on a shared 2-core CPU" if secs else "- training time: not recorded",
         "- recipe: non-saturating logistic loss, lazy R1 penalty on real images (gamma 1, every 16 steps), "
-        "Adam lr 0.002 betas (0.0, 0.99), EMA of generator weights (decay 0.999; the EMA generator is saved), "
+        "Adam lr 0.002 betas (0.0, 0.99), EMA of generator weights (half-life min(10k images, 5 % of the images "
+        "seen), as in StyleGAN2-ADA; the EMA generator is saved), "
         "residual discriminator with minibatch stddev.",
         f"- data: NOT an endless stream. Rendering costs CPU, so a fixed pool of {meta.get('pool_size')} rendered "
         f"scenes (seeds {meta.get('pool_seed_start')} .. {int(meta.get('pool_seed_start', 0)) + int(meta.get('pool_size', 0)) - 1}, "
