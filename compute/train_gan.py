@@ -311,6 +311,7 @@ EARLY_FRACTION = 0.1  # "early checkpoint": the first one at or after 10 % of tr
 BUILDING_PARTS = ("building", "wall", "roof", "dome")
 
 
+@torch.no_grad()
 def _batched(fn, x: torch.Tensor, device: torch.device, batch: int = 100) -> torch.Tensor:
     out = [fn(x[i:i + batch].to(device)).cpu() for i in range(0, len(x), batch)]
     return torch.cat(out)
@@ -390,7 +391,7 @@ def evaluate(a: argparse.Namespace) -> int:
     for p in steps:
         imgs, meta = generate(p, n, device)
         fd_rows.append((_step_of(p), p.name, frechet_distance(feats(imgs), fa)))
-        print(f"  FD {p.name}: {fd_rows[-1][2]:.3f}", flush=True)
+        print(f"  FD {p.name}: {fd_rows[-1][2]:.4g}", flush=True)
     gen, meta = generate(final, n, device)
     fd_final = frechet_distance(feats(gen), fa)
     total_steps = int(meta.get("total_steps", meta["step"]))
@@ -427,6 +428,10 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
     fd_ok = fd_final < early[2]
     all_fracs = all(rows_ok)
     cmd = "python -m compute.train_gan --evaluate-only" + (f" --eval-samples {n}" if n != 2000 else "")
+    if Path(a.segmenter).resolve() != (ZOO / "village-seg.safetensors").resolve():
+        cmd += f" --segmenter {a.segmenter}"
+    if Path(a.zoo_dir).resolve() != ZOO.resolve():
+        cmd += f" --zoo-dir {a.zoo_dir}"
     train_cmd = (f"python -m compute.train_gan --steps {meta.get('total_steps')} --batch {meta.get('batch')} "
                  f"--seed {meta.get('seed')} --widths {meta.get('widths_preset')} --threads {meta.get('threads', 1)}")
     secs = meta.get("train_seconds")
@@ -468,9 +473,9 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         "",
         "| images | Fréchet distance |",
         "|---|---|",
-        f"| final checkpoint (step {meta.get('step')}) | {fd_final:.3f} |",
-        f"| early checkpoint ({early[1]}) | {early[2]:.3f} |",
-        f"| rendered set B (the floor) | {floor:.3f} |",
+        f"| final checkpoint (step {meta.get('step')}) | {fd_final:.4g} |",
+        f"| early checkpoint ({early[1]}) | {early[2]:.4g} |",
+        f"| rendered set B (the floor) | {floor:.4g} |",
         "",
         f"Final below early: {'yes' if fd_ok else '**no**'}; final / floor = {fd_final / floor:.1f}x.",
         "",
@@ -478,7 +483,7 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         "",
         "| checkpoint | step | Fréchet distance |",
         "|---|---|---|",
-        *[f"| {name} | {step} | {fd:.3f} |" for step, name, fd in fd_rows],
+        *[f"| {name} | {step} | {fd:.4g} |" for step, name, fd in fd_rows],
         "",
         "### Concept pixel fractions (segmenter on both sets)",
         "",

@@ -42,6 +42,20 @@ def test_tiny_gan_trains_saves_and_resumes(tmp_path):
         assert torch.allclose(resumed[k], straight[k], atol=1e-3), k
 
 
+def test_evaluate_only_writes_the_model_card(tmp_path):
+    from ingest.models.village_seg import VillageSegmenter, save_village_seg
+
+    assert main(_args(tmp_path, 2)) == 0
+    torch.manual_seed(0)
+    seg_path = tmp_path / "seg.safetensors"
+    save_village_seg(VillageSegmenter(), str(seg_path))  # random weights: checks the pipeline, not quality
+    assert main(_args(tmp_path, 2) + ["--evaluate-only", "--eval-samples", "8", "--segmenter", str(seg_path)]) == 0
+    card = (tmp_path / "zoo" / "village-gan.md").read_text()
+    assert "Fréchet distance" in card and "rendered set B (the floor)" in card and "doors inside building" in card
+    assert "python -m compute.train_gan --evaluate-only --eval-samples 8" in card
+    assert (tmp_path / "zoo" / "village-gan-samples.png").stat().st_size > 0
+
+
 def test_resume_refuses_a_different_configuration(tmp_path):
     assert main(_args(tmp_path, 1)) == 0
     with pytest.raises(ValueError, match="--resume"):
