@@ -1,0 +1,155 @@
+-- gandissect views: results shaped for display, in SQL only (no Python post-processing).
+--
+-- Applied by db/store.py `ensure_schema` after schema.sql (CREATE OR REPLACE, idempotent). Each view
+-- is preceded by `-- view: name` and `-- grain: one row per ...`. Dissection views read the params
+-- JSON of the run: `threshold` ('iqr' selects the ICLR mode, anything else such as 'q0.99' the
+-- fixed-quantile PNAS mode), `interpretable_iou` (default 0.04 in quantile mode, 0.05 in iqr mode)
+-- and `interpretable_iqr` (default 0.01, iqr mode only).
+
+-- view: latest_runs
+-- grain: one row per analysis, spec entry name, model, layer and segmenter: the latest done run
+CREATE OR REPLACE VIEW latest_runs AS
+SELECT *
+FROM runs
+WHERE status = 'done'
+QUALIFY row_number() OVER (
+    PARTITION BY analysis, name, model, layer, segmenter
+    ORDER BY finished_at DESC NULLS LAST, run_key DESC) = 1;
+
+-- view: dissections
+-- grain: one row per done run and layer that has unit_iou rows, with its threshold mode and is_latest
+CREATE OR REPLACE VIEW dissections AS
+WITH run_params AS (
+    SELECT run_key, name, analysis, segmenter, n_samples, seed, finished_at,
+           CASE WHEN json_valid(params) THEN params END AS p
+    FROM runs
+    WHERE status = 'done'
+), modes AS (
+    SELECT *,
+           CASE WHEN lower(p ->> 'threshold') = 'iqr' THEN 'iqr' ELSE 'quantile' END AS threshold_mode
+    FROM run_params
+), run_layers AS (
+    SELECT DISTINCT run_key, model, layer FROM unit_iou
+)
+SELECT l.run_key, l.model, l.layer, m.segmenter, m.threshold_mode,
+       m.p ->> 'threshold' AS threshold_spec,
+       coalesce(try_cast(m.p ->> 'interpretable_iou' AS DOUBLE),
+                CASE WHEN m.threshold_mode = 'iqr' THEN 0.05 ELSE 0.04 END) AS interpretable_iou,
+       coalesce(try_cast(m.p ->> 'interpretable_iqr' AS DOUBLE), 0.01) AS interpretable_iqr,
+       m.name, m.analysis, m.n_samples, m.seed, m.finished_at,
+       row_number() OVER (
+           PARTITION BY l.model, l.layer, m.segmenter, m.threshold_mode
+           ORDER BY m.finished_at DESC NULLS LAST, l.run_key DESC) = 1 AS is_latest
+FROM run_layers l
+JOIN modes m USING (run_key);
+
+-- view: unit_labels
+-- grain: one row per model, layer, segmenter, threshold mode and unit: the unit's best concept in the latest done dissection
+CREATE OR REPLACE VIEW unit_labels AS
+WITH latest AS (
+    SELECT * FROM dissections WHERE is_latest
+), ranked AS (
+    SELECT i.run_key, i.model, i.layer, i.unit, i.concept, c.category, i.threshold, i.iou, i.iqr,
+           i.z, i.p_value,
+           row_number() OVER (
+               PARTITION BY i.run_key, i.model, i.layer, i.unit
+               ORDER BY i.iou DESC NULLS LAST, i.concept) AS rn
+    FROM unit_iou i
+    JOIN latest d USING (run_key, model, layer)
+    LEFT JOIN concepts c ON c.segmenter = d.segmenter AND c.concept = i.concept
+    WHERE i.concept <> 'none' AND c.concept_index IS DISTINCT FROM 0
+)
+SELECT d.model, d.layer, d.segmenter, d.threshold_mode, r.unit,
+       CASE WHEN r.iou IS NOT NULL THEN r.concept END AS concept,
+       CASE WHEN r.iou IS NOT NULL THEN r.category END AS category,
+       r.iou, r.iqr, r.threshold, r.z, r.p_value,
+       coalesce(CASE WHEN d.threshold_mode = 'iqr'
+                     THEN r.iou > d.interpretable_iou AND r.iqr > d.interpretable_iqr
+                     ELSE r.iou > d.interpretable_iou END, false) AS interpretable,
+       coalesce(r.p_value < 0.01, r.iou > n.q99, false) AS beats_chance,
+       d.run_key
+FROM ranked r
+JOIN latest d USING (run_key, model, layer)
+LEFT JOIN layer_null_iou n USING (run_key, model, layer)
+WHERE r.rn = 1;
+
+-- view: layer_summary
+-- grain: one row per model, layer, segmenter and threshold mode (latest done dissection)
+CREATE OR REPLACE VIEW layer_summary AS
+WITH agg AS (
+    SELECT model, layer, segmenter, threshold_mode, run_key,
+           count(*) AS labelled_units,
+           count(*) FILTER (WHERE interpretable) AS interpretable_units,
+           count(*) FILTER (WHERE interpretable AND category = 'object') AS object_units,
+           count(*) FILTER (WHERE interpretable AND category = 'part') AS part_units,
+           count(*) FILTER (WHERE interpretable AND category = 'material') AS material_units,
+           count(*) FILTER (WHERE interpretable
+                            AND coalesce(category, '') NOT IN ('object', 'part', 'material')) AS other_units,
+           count(DISTINCT concept) FILTER (WHERE interpretable) AS distinct_concepts,
+           count(*) FILTER (WHERE beats_chance) AS beats_chance_units,
+           median(iou) AS median_best_iou,
+           median(iou) FILTER (WHERE interpretable) AS median_interpretable_iou
+    FROM unit_labels
+    GROUP BY model, layer, segmenter, threshold_mode, run_key
+), absent AS (
+    SELECT i.run_key, i.model, i.layer,
+           count(*) AS absent_concepts,
+           string_agg(i.concept, ', ' ORDER BY i.concept) AS absent_concept_names
+    FROM (SELECT run_key, model, layer, concept
+          FROM unit_iou
+          WHERE run_key IN (SELECT run_key FROM agg)
+          GROUP BY run_key, model, layer, concept
+          HAVING count(iou) = 0) i
+    GROUP BY i.run_key, i.model, i.layer
+)
+SELECT a.model, a.layer, l.layer_index, a.segmenter, a.threshold_mode,
+       coalesce(l.units, a.labelled_units) AS units,
+       a.labelled_units, a.interpretable_units, a.object_units, a.part_units, a.material_units,
+       a.other_units, a.distinct_concepts, a.beats_chance_units,
+       a.median_best_iou, a.median_interpretable_iou,
+       n.median AS null_median, n.q99 AS null_q99,
+       coalesce(b.absent_concepts, 0) AS absent_concepts, b.absent_concept_names,
+       a.run_key
+FROM agg a
+LEFT JOIN layers l USING (model, layer)
+LEFT JOIN layer_null_iou n USING (run_key, model, layer)
+LEFT JOIN absent b USING (run_key, model, layer);
+
+-- view: layer_concepts
+-- grain: one row per model, layer, segmenter, threshold mode and concept that labels at least one unit
+CREATE OR REPLACE VIEW layer_concepts AS
+SELECT model, layer, segmenter, threshold_mode, concept,
+       any_value(category) AS category,
+       count(*) AS labelled_units,
+       count(*) FILTER (WHERE interpretable) AS interpretable_units,
+       max(iou) AS max_iou,
+       avg(iou) FILTER (WHERE interpretable) AS mean_interpretable_iou,
+       any_value(run_key) AS run_key
+FROM unit_labels
+WHERE concept IS NOT NULL
+GROUP BY model, layer, segmenter, threshold_mode, concept;
+
+-- view: unit_realism_latest
+-- grain: one row per model, layer and unit: its Frechet realism score in the latest done realism run
+CREATE OR REPLACE VIEW unit_realism_latest AS
+WITH latest AS (
+    SELECT DISTINCT u.run_key, u.model, u.layer, r.finished_at
+    FROM unit_realism u
+    JOIN runs r USING (run_key)
+    WHERE r.status = 'done'
+    QUALIFY row_number() OVER (
+        PARTITION BY u.model, u.layer ORDER BY r.finished_at DESC NULLS LAST, u.run_key DESC) = 1
+)
+SELECT u.model, u.layer, u.unit, u.frechet, u.n_top, u.n_real,
+       rank() OVER (PARTITION BY u.model, u.layer ORDER BY u.frechet DESC) AS worst_rank,
+       u.run_key
+FROM unit_realism u
+JOIN latest l USING (run_key, model, layer);
+
+-- view: unit_labels_realistic (a table macro: call it as `FROM unit_labels_realistic(200.0)`)
+-- grain: one row per unit of unit_labels whose latest realism score is at most max_frechet (or unscored)
+CREATE OR REPLACE MACRO unit_labels_realistic(max_frechet) AS TABLE
+SELECT l.*
+FROM unit_labels l
+LEFT JOIN unit_realism_latest r USING (model, layer, unit)
+WHERE r.frechet IS NULL OR r.frechet <= max_frechet;
