@@ -34,32 +34,33 @@ GUARD_CONFIG = {
 }
 
 ST = duckdb.StatementType
-_REASONS: dict[object, str] = {
-    ST.COPY: "COPY reads or writes files",
-    ST.COPY_DATABASE: "COPY DATABASE writes a database",
-    ST.ATTACH: "ATTACH opens another database",
-    ST.DETACH: "DETACH changes the attached databases",
-    ST.LOAD: "INSTALL / LOAD of extensions is not allowed",
-    ST.EXTENSION: "extensions are not allowed",
-    ST.SET: "SET / RESET / USE would change settings",
-    ST.VARIABLE_SET: "SET VARIABLE would change session state",
-    ST.EXPORT: "EXPORT DATABASE writes files",
-    ST.PRAGMA: "PRAGMA (and IMPORT DATABASE) can change the database or settings",
-    ST.INSERT: "INSERT writes to the store",
-    ST.UPDATE: "UPDATE writes to the store",
-    ST.DELETE: "DELETE writes to the store",
-    ST.MERGE_INTO: "MERGE writes to the store",
-    ST.CREATE: "CREATE changes the store",
-    ST.CREATE_FUNC: "CREATE FUNCTION / MACRO changes the store",
-    ST.DROP: "DROP changes the store",
-    ST.ALTER: "ALTER changes the store",
-    ST.TRANSACTION: "transaction control is not needed for a read",
-    ST.VACUUM: "VACUUM changes the store",
-    ST.ANALYZE: "ANALYZE changes the store",
-    ST.CALL: "CALL runs table functions and commands (use SELECT * FROM fn(...))",
-    ST.PREPARE: "PREPARE / EXECUTE are not allowed",
-    ST.EXECUTE: "PREPARE / EXECUTE are not allowed",
+_REASON_TEXT = {  # statement type name -> why it is refused (names missing from older DuckDBs are skipped)
+    "COPY": "COPY reads or writes files",
+    "COPY_DATABASE": "COPY DATABASE writes a database",
+    "ATTACH": "ATTACH opens another database",
+    "DETACH": "DETACH changes the attached databases",
+    "LOAD": "INSTALL / LOAD of extensions is not allowed",
+    "EXTENSION": "extensions are not allowed",
+    "SET": "SET / RESET / USE would change settings",
+    "VARIABLE_SET": "SET VARIABLE would change session state",
+    "EXPORT": "EXPORT DATABASE writes files",
+    "PRAGMA": "PRAGMA (and IMPORT DATABASE) can change the database or settings",
+    "INSERT": "INSERT writes to the store",
+    "UPDATE": "UPDATE writes to the store",
+    "DELETE": "DELETE writes to the store",
+    "MERGE_INTO": "MERGE writes to the store",
+    "CREATE": "CREATE changes the store",
+    "CREATE_FUNC": "CREATE FUNCTION / MACRO changes the store",
+    "DROP": "DROP changes the store",
+    "ALTER": "ALTER changes the store",
+    "TRANSACTION": "transaction control is not needed for a read",
+    "VACUUM": "VACUUM changes the store",
+    "ANALYZE": "ANALYZE changes the store",
+    "CALL": "CALL runs table functions and commands (use SELECT * FROM fn(...))",
+    "PREPARE": "PREPARE / EXECUTE are not allowed",
+    "EXECUTE": "PREPARE / EXECUTE are not allowed",
 }
+_REASONS: dict[object, str] = {getattr(ST, k): v for k, v in _REASON_TEXT.items() if hasattr(ST, k)}
 _ALLOWED = "only one read-only SELECT (or EXPLAIN SELECT) is allowed"
 _EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
 

@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no writer gate, plain retry
     fcntl = None  # type: ignore[assignment]
-import pyarrow as pa
 
 from db.tables import AUDITS_SQL, DIMENSIONS, RESULT_TABLES, SCHEMA_SQL, TABLES, VIEWS_SQL, Table, parse_schema
 
@@ -164,10 +164,13 @@ def gate_path(p: str) -> str:
 @contextlib.contextmanager
 def _writer_gate(p: str, timeout: float, deadline: float) -> Iterator[None]:
     """Hold an exclusive flock on the gate while a writer waits for DuckDB's lock."""
-    if fcntl is None:
+    try:
+        fd = os.open(gate_path(p), os.O_RDWR | os.O_CREAT, 0o666) if fcntl is not None else None
+    except OSError:  # e.g. a gate file of another user: go on without priority
+        fd = None
+    if fd is None:
         yield
         return
-    fd = os.open(gate_path(p), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         delay = 0.001
         while True:
@@ -314,7 +317,8 @@ def _transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
     try:
         out = fn()
     except BaseException:
-        con.execute("ROLLBACK")
+        with contextlib.suppress(duckdb.Error):  # keep the original error if the rollback fails too
+            con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
     return out
