@@ -205,6 +205,7 @@ def save_progan(generator: Generator, path: str | Path, step: int, extra: dict[s
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
     tmp.replace(path)
     return path
 
