@@ -145,7 +145,8 @@ class Quantile:
         self.g = g
 
     def _scales(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Power-of-two scales [C, 1] (float32) that map |x| < 2**g under 2**(octaves - 126)."""
+        """Power-of-two scales [C, 1] (float32) that map |x| < 2**g under 2**(octaves - 126); two
+        factors where one would be below the smallest normal float."""
         k = self.octaves - 126 - g
         if bool((k >= -126).all()):
             return torch.pow(2.0, k.double()).float()[:, None], None
@@ -157,63 +158,82 @@ class Quantile:
         x = _units(x, "Quantile.add")
         if not x.is_floating_point():
             raise ValueError(f"Quantile.add: expected floats, got {x.dtype}")
-        x = x.float()
         n, c, length = x.shape
         if self.counts is None:
             self._init(c, x.device)
         if c != self.counts.shape[0]:
             raise ValueError(f"Quantile.add: {c} units, this stat has {self.counts.shape[0]}")
-        x = x.to(self.device)
-        budget = self.chunk or (1 << 19 if x.device.type == "cpu" else 1 << 26)
+        x = x.to(self.device, torch.float32)
+        if x.numel() == 0:
+            return
+        budget = self.chunk or (1 << 18 if x.device.type == "cpu" else 1 << 26)
         cs = max(1, min(c, budget // length))
         ns = max(1, budget // (cs * length))
-        key = torch.empty(ns * cs * length, dtype=torch.int32, device=x.device)
-        tmp = torch.empty_like(key)
+        R = self.half
+        offsets = (torch.arange(c, device=x.device, dtype=torch.int32) * (2 * R))[None, :, None]
+        size = ns * cs * length
+        bufs = (torch.empty(size, dtype=torch.int32, device=x.device),
+                torch.empty(size, dtype=torch.int32, device=x.device))
         wide = n * length >= 2 ** 31
-        batch = torch.zeros(c * 2 * self.half, dtype=torch.int64 if wide else torch.int32, device=x.device)
-        one = torch.ones(1, dtype=batch.dtype, device=x.device).expand(key.numel())
+        batch = torch.zeros((c + self._lag) * 2 * R, dtype=torch.int64 if wide else torch.int32,
+                            device=x.device)
+        one = torch.ones(1, dtype=batch.dtype, device=x.device).expand(size)
+        s1, s2 = self._scales(self.g)
         for c0 in range(0, c, cs):
+            units = slice(c0, c0 + cs)
             for n0 in range(0, n, ns):
-                xb = x[n0:n0 + ns, c0:c0 + cs]
-                self._observe(xb, c0, batch)
-                k = self._keys(xb, c0, key[:xb.numel()].view(xb.shape), tmp[:xb.numel()].view(xb.shape))
-                batch.index_add_(0, k.view(-1), one[:k.numel()])
-        self.counts += batch.view(c, -1)
+                xb = x[n0:n0 + ns, units]
+                if self._observe(xb, units, batch):
+                    s1, s2 = self._scales(self.g)
+                k = self._keys(xb, s1[units], None if s2 is None else s2[units], offsets[:, units], bufs)
+                batch.index_add_(0, k, one[:k.numel()])
+        self._flush(batch)
         self.n += n * length
 
-    def _observe(self, xb: torch.Tensor, c0: int, batch: torch.Tensor) -> None:
-        """Update min/max/sum of units c0.. from block xb [n, c, L]; widen the window if needed."""
-        units = slice(c0, c0 + xb.shape[1])
+    @property
+    def _lag(self) -> int:
+        """Values x < 0 of unit u are counted in block u + lag of the flat batch counts."""
+        return 128 // (self.octaves + 1) - 1
+
+    def _flush(self, batch: torch.Tensor) -> None:
+        """Add flat batch counts [(C + lag) * 2R] into counts [C, 2R] and zero them."""
+        c, R = self.counts.shape[0], self.half
+        flat = batch.view(c + self._lag, 2 * R)
+        self.counts[:, :R] += flat[:c, :R]
+        self.counts[:, R:] += flat[self._lag:, R:]
+        batch.zero_()
+
+    def _observe(self, xb: torch.Tensor, units: slice, batch: torch.Tensor) -> bool:
+        """Update min/max/sum of some units from a block [n, c, L]; widen windows where the max grew
+        (then True)."""
         hi, lo = xb.amax(dim=(0, 2)), xb.amin(dim=(0, 2))
         if not bool(torch.isfinite(hi).all() & torch.isfinite(lo).all()):
-            _check_finite(xb, "Quantile.add", c0)
+            _check_finite(xb, "Quantile.add", units.start)
         self.hi[units] = torch.maximum(self.hi[units], hi.double())
         self.lo[units] = torch.minimum(self.lo[units], lo.double())
-        self.total[units] += xb.sum(dim=(0, 2), dtype=torch.float64)
+        self.total[units] += xb.sum(dim=2).double().sum(dim=0)
         g = torch.frexp(torch.maximum(hi.abs(), lo.abs())).exponent.long()
-        g = torch.maximum(self.g[units], g)
-        if bool((g > self.g[units]).any()):        # rare: the max grew; move batch counts too
+        if bool((g > self.g[units]).any()):         # the max grew: rebin everything counted so far
+            self._flush(batch)
             whole = self.g.clone()
-            whole[units] = g
-            self.counts += batch.view(self.counts.shape)
-            batch.zero_()
+            whole[units] = torch.maximum(whole[units], g)
             self._grow(whole)
+            return True
+        return False
 
-    def _keys(self, xb: torch.Tensor, c0: int, key: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-        """Flat bin index (int32) of every value of block xb [n, c, L] into [C * 2R]."""
-        s1, s2 = self._scales(self.g[c0:c0 + xb.shape[1]])
-        y = key.view(torch.float32)
-        torch.mul(xb, s1, out=y)
+    def _keys(self, xb: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None, offsets: torch.Tensor,
+              bufs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Flat bin index (int32) of every value of block xb [n, c, L]: x >= 0 of unit u go to
+        u * 2R + [0, R) ascending, x < 0 to (u + d - 1) * 2R + [R, 2R) ascending."""
+        key, sign = (b[:xb.numel()].view(xb.shape) for b in bufs)
+        torch.mul(xb, s1, out=key.view(torch.float32))          # exact power-of-two rescale
         if s2 is not None:
-            y.mul_(s2)
-        key >>= 23 - self.bits                      # sign | octave | top mantissa bits
-        torch.bitwise_right_shift(key, 31, out=tmp)
-        key ^= tmp                                  # x < 0: reverse the order of magnitudes
-        key &= 2 * self.half - 1                    # [0, R): x >= 0 ascending; [R, 2R): x < 0 ascending
-        offsets = (torch.arange(c0, c0 + xb.shape[1], device=key.device, dtype=torch.int32)
-                   * (2 * self.half))[None, :, None]
+            key.view(torch.float32).mul_(s2)
+        key >>= 23 - self.bits                      # sign | exponent | top mantissa bits
+        torch.bitwise_right_shift(key, 31, out=sign)             # 0, or -1 where x < 0
+        key ^= sign                                 # x < 0: 2**(8 + bits) - 1 - magnitude
         key += offsets
-        return key
+        return key.view(-1)
 
     # -- answers ----------------------------------------------------------------------------------
     def _edges(self) -> torch.Tensor:
@@ -618,3 +638,44 @@ class Covariance:
         """One row per feature: {"dim", "mean", "var"}."""
         for i, (m, v) in enumerate(zip(self.mean().tolist(), torch.diagonal(self.cov()).tolist())):
             yield {"dim": i, "mean": m, "var": v}
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed check: python -m compute.stats [--device cpu|cuda] [--repeat 7] [--threads T]
+# ------------------------------------------------------------------------------------------------
+def _bench(device: str, repeat: int, shape: tuple[int, ...] = (32, 128, 64, 64), concepts: int = 14) -> None:
+    import time
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen).to(device)
+    masks = (torch.rand(shape[0], concepts, *shape[2:], generator=gen) < 0.2).to(device)
+    q = Quantile()
+    q.add(x)                                        # first add sets the bin windows
+    iou = IoUCounts(q.quantiles([0.99])[:, 0])
+    for name, fn in (("Quantile.add", lambda: q.add(x)), ("IoUCounts.add", lambda: iou.add(x, masks))):
+        fn()
+        wall, cpu = [], []
+        for _ in range(repeat):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            wall.append((time.perf_counter() - w) * 1e3)
+            cpu.append((time.process_time() - c) * 1e3)
+        wall.sort()
+        print(f"{name:14s} {list(shape)} x{concepts if 'IoU' in name else ''}: median {wall[len(wall) // 2]:.1f} ms, "
+              f"min {wall[0]:.1f} ms wall; process CPU {sorted(cpu)[len(cpu) // 2]:.1f} ms "
+              f"({device}, {torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="time Quantile.add and IoUCounts.add on one batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _bench(args.device, args.repeat)

@@ -22,7 +22,7 @@ def distributions(batches: int = 6, n: int = 8, length: int = 2048, seed: int = 
         u = torch.rand(n, 9, length, generator=g)
         x = torch.empty_like(z)
         x[:, 0] = z[:, 0]                                                  # normal
-        x[:, 1] = z[:, 1] / torch.sqrt(torch.distributions.Chi2(2.0).sample((n, length)) / 2)  # t, df=2
+        x[:, 1] = z[:, 1] / torch.sqrt(-torch.log(u[:, 1]))               # Student t, df = 2
         x[:, 2] = torch.tan(math.pi * (u[:, 2] - 0.5))                     # Cauchy
         x[:, 3] = torch.relu(z[:, 3] - 0.5)                                # ReLU: spike at 0 (69 %)
         x[:, 4] = torch.nn.functional.leaky_relu(z[:, 4], 0.2)            # leaky ReLU
@@ -36,7 +36,7 @@ def distributions(batches: int = 6, n: int = 8, length: int = 2048, seed: int = 
 
 def rank_error(data: torch.Tensor, values: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     """data [C, M], values [C, Q] -> [C, Q]: distance of q from the rank interval [P(X < v), P(X <= v)]."""
-    s = data.double().sort(dim=1).values
+    s = data.double().sort(dim=1).values.contiguous()
     m = s.shape[1]
     below = torch.searchsorted(s, values.contiguous(), right=False).double() / m
     upto = torch.searchsorted(s, values.contiguous(), right=True).double() / m
@@ -60,20 +60,36 @@ def test_quantile_rank_error_against_exact() -> None:
     rel = ((est - exact).abs() / exact.abs().clamp(min=1e-30))[[0, 1, 4, 5, 6, 8]]
     assert rel[:, 6:].max() < 0.01                                   # upper quantiles: < 1 % in value
     assert torch.equal(q.min(), data.min(1).values.double()) and torch.equal(q.max(), data.max(1).values.double())
-    assert torch.allclose(q.mean(), data.double().mean(1), rtol=1e-9, atol=1e-12)
+    scale = data.double().abs().mean(1)
+    assert ((q.mean() - data.double().mean(1)).abs() <= 1e-6 * scale).all()
     assert q.count == data.shape[1]
     ends = q.quantiles(torch.tensor([0.0, 1.0]))
     assert torch.equal(ends[:, 0], q.min()) and torch.equal(ends[:, 1], q.max())
 
 
 def test_quantile_on_4d_featuremaps_and_small_chunks() -> None:
-    x = torch.randn(4, 3, 16, 16) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1)
-    a, b = Quantile(), Quantile(chunk=100)                            # chunk: many small blocks
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(4, 3, 64, 64, generator=g) * torch.tensor([1.0, 10.0, 0.1]).view(1, 3, 1, 1)
+    a, b = Quantile(), Quantile(chunk=1000)                           # chunk: many small blocks
     a.add(x)
     b.add(x)
     assert torch.equal(a.counts, b.counts)
     data = x.transpose(0, 1).reshape(3, -1)
-    assert rank_error(data, a.quantiles(QS), QS).max() <= 2e-3         # 1024 values: 1 rank = 1e-3
+    assert rank_error(data, a.quantiles(QS), QS).max() <= 1e-3
+
+
+@pytest.mark.parametrize("bits, octaves", [(7, 15), (4, 63), (6, 31)])
+def test_quantile_other_resolutions_and_2d_input(bits: int, octaves: int) -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(20000, 3, generator=g) * torch.tensor([1.0, 1e3, 1e-3])   # [N, C]: one value each
+    whole, a, b = Quantile(bits, octaves), Quantile(bits, octaves), Quantile(bits, octaves)
+    whole.add(x)
+    a.add(x[:7000])
+    b.add(x[7000:] * 1.0)
+    b.merge(a)
+    assert torch.equal(b.counts, whole.counts) and torch.equal(b.g, whole.g)
+    q99 = torch.tensor([0.99], dtype=torch.float64)
+    assert rank_error(x.t(), whole.quantiles(q99), q99).max() <= 1e-3
 
 
 def test_quantile_merge_equals_adding_everything() -> None:
