@@ -166,7 +166,7 @@ class Quantile:
         x = x.to(self.device, torch.float32)
         if x.numel() == 0:
             return
-        budget = self.chunk or (1 << 18 if x.device.type == "cpu" else 1 << 26)
+        budget = self.chunk or (1 << 20 if x.device.type == "cpu" else 1 << 26)
         cs = max(1, min(c, budget // length))
         ns = max(1, budget // (cs * length))
         R = self.half
@@ -365,90 +365,144 @@ class TopK:
 # IoUCounts
 # ------------------------------------------------------------------------------------------------
 class IoUCounts:
-    """Exact counts |a > t|, |m| and |(a > t) & m| per (unit, concept) over all samples and pixels."""
+    """Exact counts |a > t|, |m| and |(a > t) & m| per (unit, concept) over all samples and pixels.
 
-    def __init__(self, thresholds: torch.Tensor, device: Device = None) -> None:
+    Thresholds are [C] (one per unit) or [C, T] (T levels per unit, e.g. IQR candidates); results then
+    have shape [C, K] or [C, T, K].
+    """
+
+    def __init__(self, thresholds: torch.Tensor, device: Device = None, chunk: int = 1 << 25) -> None:
         self.device = torch.device(device) if device is not None else thresholds.device
-        self.thresholds = thresholds.detach().to(self.device, torch.float32).flatten()   # [C]
-        c = self.thresholds.numel()
-        self.above = torch.zeros(c, dtype=torch.int64, device=self.device)               # [C]
+        if thresholds.dim() not in (1, 2):
+            raise ValueError(f"IoUCounts: thresholds must be [C] or [C, T], got {tuple(thresholds.shape)}")
+        self.thresholds = thresholds.detach().to(self.device, torch.float32)
+        self._t = self.thresholds.reshape(self.thresholds.shape[0], -1)                   # [C, T]
+        self.chunk = chunk                          # elements of the thresholded map per matmul
+        self._above = torch.zeros(self._t.shape, dtype=torch.int64, device=self.device)  # [C, T]
         self.concept: torch.Tensor | None = None                                         # [K]
-        self.inter: torch.Tensor | None = None                                           # [C, K]
-        self.samples = 0
+        self._inter: torch.Tensor | None = None                                           # [C, T, K]
+        self.samples = self.pixels = 0
 
     def add(self, a: torch.Tensor, m: torch.Tensor) -> None:
         """a [N, C, H, W] activations (upsampled), m [N, K, H, W] bool concept masks."""
-        c = self.thresholds.numel()
+        c, levels = self._t.shape
         if a.dim() < 3 or a.shape[1] != c:
             raise ValueError(f"IoUCounts.add: activations {tuple(a.shape)}, expected [N, {c}, H, W]")
-        if m.shape[0] != a.shape[0] or m.shape[2:] != a.shape[2:]:
+        if m.dim() != a.dim() or m.shape[0] != a.shape[0] or m.shape[2:] != a.shape[2:]:
             raise ValueError(f"IoUCounts.add: masks {tuple(m.shape)} do not match activations "
                              f"{tuple(a.shape)} (need [N, K, H, W] with the same N, H, W)")
         if m.dtype != torch.bool:
             raise ValueError(f"IoUCounts.add: masks must be bool, got {m.dtype}")
         n, k, hw = a.shape[0], m.shape[1], a[0, 0].numel()
         if hw >= 2 ** 24:
-            raise ValueError("IoUCounts.add: more than 2**24 pixels per image would break exact counts")
-        a = _units(a.to(self.device), "IoUCounts.add")                                   # [N, C, HW]
-        above = torch.empty(a.shape, dtype=torch.float32, device=self.device)
-        torch.gt(a, self.thresholds[None, :, None], out=above)
-        masks = torch.ones(n, hw, k + 1, dtype=torch.float32, device=self.device)        # last: ones
-        masks[:, :, :k] = m.to(self.device).reshape(n, k, hw).transpose(1, 2)
-        counts = torch.bmm(above, masks).sum(0, dtype=torch.float64).round().long()       # [C, K+1]
-        if self.inter is None:
-            self.inter = torch.zeros(c, k, dtype=torch.int64, device=self.device)
+            raise ValueError("IoUCounts.add: 2**24 or more pixels per image would break exact counts")
+        if self._inter is None:
+            self._inter = torch.zeros(c, levels, k, dtype=torch.int64, device=self.device)
             self.concept = torch.zeros(k, dtype=torch.int64, device=self.device)
         if k != self.concept.numel():
             raise ValueError(f"IoUCounts.add: {k} concepts, this stat has {self.concept.numel()}")
-        self.inter += counts[:, :k]
-        self.above += counts[:, k]
+        a = _units(a.to(self.device), "IoUCounts.add")                                   # [N, C, HW]
+        masks = torch.ones(n, hw, k + 1, dtype=torch.float32, device=self.device)        # last: ones
+        masks[:, :, :k] = m.to(self.device).reshape(n, k, hw).transpose(1, 2)
+        step = max(1, self.chunk // (c * levels * hw))
+        for i in range(0, n, step):
+            above = torch.empty(min(step, n - i), c, levels, hw, dtype=torch.float32, device=self.device)
+            torch.gt(a[i:i + step, :, None, :], self._t[None, :, :, None], out=above)
+            counts = torch.bmm(above.view(above.shape[0], c * levels, hw), masks[i:i + step])
+            counts = counts.sum(0, dtype=torch.float64).round().long().view(c, levels, k + 1)  # exact
+            self._inter += counts[..., :k]
+            self._above += counts[..., k]
         self.concept += masks[:, :, :k].sum(dim=(0, 1), dtype=torch.float64).round().long()
         self.samples += n
+        self.pixels += n * hw
+
+    @property
+    def above(self) -> torch.Tensor:
+        """|a > t| per unit: [C] (or [C, T]) int64."""
+        return self._above[:, 0] if self.thresholds.dim() == 1 else self._above
+
+    @property
+    def inter(self) -> torch.Tensor:
+        """|(a > t) & m| per (unit, concept): [C, K] (or [C, T, K]) int64."""
+        return self._shaped(self._inter)
+
+    def _shaped(self, t: torch.Tensor) -> torch.Tensor:
+        """[C, T, K] -> [C, K] when the thresholds were [C]."""
+        return t[:, 0] if self.thresholds.dim() == 1 else t
+
+    def _cells(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The 2x2 table per (unit, level, concept) as float64 [C, T, K]: (a>t & m, a>t & !m, ...)."""
+        if self._inter is None:
+            raise ValueError("IoUCounts: empty (nothing added)")
+        both = self._inter.double()
+        only_a = self._above[..., None].double() - both
+        only_m = self.concept[None, None, :].double() - both
+        return both, only_a, only_m, self.pixels - both - only_a - only_m
 
     def iou(self) -> torch.Tensor:
-        """[C, K] float64: inter / (above + concept - inter); NaN where the concept never appears."""
-        if self.inter is None:
-            raise ValueError("IoUCounts: empty (nothing added)")
-        union = (self.above[:, None] + self.concept[None, :] - self.inter).double()
-        iou = self.inter.double() / union.clamp(min=1)
-        return torch.where(self.concept[None, :] > 0, iou, torch.full_like(iou, math.nan))
+        """[C, K] (or [C, T, K]) float64: inter / (above + concept - inter); NaN where the concept
+        never appears."""
+        both, only_a, only_m, _ = self._cells()
+        iou = both / (both + only_a + only_m).clamp(min=1)
+        return self._shaped(torch.where(self.concept > 0, iou, torch.full_like(iou, math.nan)))
+
+    def iqr(self) -> torch.Tensor:
+        """Information quality ratio I(A; M) / H(A, M) of the 2x2 table (A = a > t, M = concept),
+        [C, K] (or [C, T, K]) float64; NaN where the concept never appears."""
+        cells = torch.stack(self._cells()) / max(self.pixels, 1)                         # [4, C, T, K]
+        plogp = torch.where(cells > 0, cells * torch.log(cells.clamp(min=1e-300)), torch.zeros_like(cells))
+        joint = -plogp.sum(0)
+        pa, pm = cells[0] + cells[1], cells[0] + cells[2]
+        marg = sum(-torch.where(p > 0, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
+                   for p in (pa, 1 - pa, pm, 1 - pm))
+        iqr = (marg - joint) / joint.clamp(min=1e-300)
+        iqr = torch.where(joint > 0, iqr, torch.zeros_like(iqr))
+        return self._shaped(torch.where(self.concept > 0, iqr, torch.full_like(iqr, math.nan)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        if self.inter is None:
+        if self._inter is None:
             raise ValueError("IoUCounts: empty (nothing added)")
-        return {"thresholds": self.thresholds, "above": self.above, "concept": self.concept,
-                "inter": self.inter, "samples": torch.tensor(self.samples)}
+        return {"thresholds": self.thresholds, "above": self._above, "concept": self.concept,
+                "inter": self._inter, "samples": torch.tensor(self.samples), "pixels": torch.tensor(self.pixels)}
 
     def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
         if not torch.equal(d["thresholds"].to(self.device, torch.float32), self.thresholds):
             raise ValueError("IoUCounts: state was counted with other thresholds")
-        self.above, self.concept = d["above"].to(self.device), d["concept"].to(self.device)
-        self.inter, self.samples = d["inter"].to(self.device), int(d["samples"])
+        self._above, self.concept = d["above"].to(self.device), d["concept"].to(self.device)
+        self._inter, self.samples, self.pixels = d["inter"].to(self.device), int(d["samples"]), int(d["pixels"])
 
     def merge(self, other: "IoUCounts") -> None:
         if not torch.equal(other.thresholds.to(self.device), self.thresholds):
             raise ValueError("IoUCounts.merge: different thresholds")
-        if other.inter is None:
+        if other._inter is None:
             return
-        if self.inter is None:
-            self.inter = torch.zeros_like(other.inter, device=self.device)
+        if self._inter is None:
+            self._inter = torch.zeros_like(other._inter, device=self.device)
             self.concept = torch.zeros_like(other.concept, device=self.device)
-        self.inter += other.inter.to(self.device)
+        self._inter += other._inter.to(self.device)
         self.concept += other.concept.to(self.device)
-        self.above += other.above.to(self.device)
+        self._above += other._above.to(self.device)
         self.samples += other.samples
+        self.pixels += other.pixels
 
     def rows(self, names: Sequence[str] | None = None) -> Iterator[dict]:
-        """One row per (unit, concept): {"unit", "concept", "threshold", "iou" (None if the concept
-        never appears), "inter", "above", "concept_pixels"}; concept is names[k] when names given."""
-        iou = self.iou().cpu().tolist()
-        inter, above = self.inter.cpu().tolist(), self.above.cpu().tolist()
-        concept, thresholds = self.concept.cpu().tolist(), self.thresholds.cpu().tolist()
-        for u, row in enumerate(iou):
-            for k, v in enumerate(row):
-                yield {"unit": u, "concept": names[k] if names is not None else k,
-                       "threshold": thresholds[u], "iou": None if math.isnan(v) else v,
-                       "inter": inter[u][k], "above": above[u], "concept_pixels": concept[k]}
+        """One row per (unit, [level,] concept): {"unit", ["level",] "concept", "threshold", "iou"
+        (None if the concept never appears), "iqr", "inter", "above", "concept_pixels"};
+        concept is names[k] when names are given, else k."""
+        iou, iqr = (t.reshape(self._inter.shape).cpu().tolist() for t in (self.iou(), self.iqr()))
+        inter, above = self._inter.cpu().tolist(), self._above.cpu().tolist()
+        concept, thresholds = self.concept.cpu().tolist(), self._t.cpu().tolist()
+        for u in range(len(inter)):
+            for level in range(len(inter[u])):
+                for k in range(len(concept)):
+                    row = {"unit": u, "concept": names[k] if names is not None else k,
+                           "threshold": thresholds[u][level],
+                           "iou": None if math.isnan(iou[u][level][k]) else iou[u][level][k],
+                           "iqr": None if math.isnan(iqr[u][level][k]) else iqr[u][level][k],
+                           "inter": inter[u][level][k], "above": above[u][level], "concept_pixels": concept[k]}
+                    if self.thresholds.dim() == 2:
+                        row["level"] = level
+                    yield row
 
 
 # ------------------------------------------------------------------------------------------------

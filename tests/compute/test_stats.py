@@ -201,6 +201,46 @@ def test_iou_counts_streaming_equals_full_batch(tmp_path) -> None:
         load_stat(IoUCounts(t + 1), tmp_path / "i.safetensors")
 
 
+def iqr_exact(a: np.ndarray, t: float, m: np.ndarray) -> float:
+    """I(A; M) / H(A, M) for A = a > t and M = m over all pixels, from the 2x2 joint distribution."""
+    above = (a > t).ravel()
+    mask = m.ravel()
+    p = np.array([[np.mean(above & mask), np.mean(above & ~mask)],
+                  [np.mean(~above & mask), np.mean(~above & ~mask)]])
+    h = lambda v: -sum(x * np.log(x) for x in np.ravel(v) if x > 0)   # noqa: E731
+    joint = h(p)
+    return (h(p.sum(0)) + h(p.sum(1)) - joint) / joint
+
+
+def test_iou_counts_with_levels_and_iqr() -> None:
+    g = torch.Generator().manual_seed(10)
+    a = torch.randn(9, 4, 10, 10, generator=g)
+    m = torch.rand(9, 3, 10, 10, generator=g) < 0.2
+    m[:, 0] = a[:, 1] > 0.8
+    m[:, 2] = False
+    levels = torch.tensor([[0.0, 0.5, 1.0, 2.0]]).expand(4, 4) + 0.1 * torch.arange(4.0)[:, None]
+    stat, chunked = IoUCounts(levels), IoUCounts(levels, chunk=500)
+    for i in range(0, 9, 4):
+        stat.add(a[i:i + 4], m[i:i + 4])
+        chunked.add(a[i:i + 4], m[i:i + 4])
+    assert torch.equal(stat.inter, chunked.inter) and stat.inter.shape == (4, 4, 3)
+    iou, iqr = stat.iou(), stat.iqr()
+    for level in range(4):
+        single = IoUCounts(levels[:, level].contiguous())
+        single.add(a, m)
+        assert torch.equal(single.inter, stat.inter[:, level]) and torch.equal(single.above, stat.above[:, level])
+        exact = iou_exact(a, levels[:, level], m)
+        assert torch.allclose(iou[:, level, :2], exact[:, :2], atol=1e-12)
+        for u in range(4):
+            for k in range(2):
+                want = iqr_exact(a[:, u].numpy(), float(levels[u, level]), m[:, k].numpy())
+                assert abs(float(iqr[u, level, k]) - want) < 1e-9
+    assert torch.isnan(iqr[..., 2]).all()
+    assert float(iqr[1, 2, 0]) > float(iqr[1, 0, 0])                # level 1.2 fits a > 0.8 better than 0.2
+    rows = list(stat.rows())
+    assert len(rows) == 4 * 4 * 3 and rows[0]["level"] == 0
+
+
 def test_conditional_mean_exact_merge_round_trip(tmp_path) -> None:
     g = torch.Generator().manual_seed(5)
     a = torch.randn(12, 4, 6, 6, generator=g)
