@@ -1,0 +1,55 @@
+"""The gandissect dashboard: a Streamlit multipage app (st.navigation) over the DuckDB store.
+
+Reads the store named by env GANDISSECT_DB (default "gandissect.duckdb") with short read-only
+connections (`dashboard.queries`); writes only unit flags (Flags page, unit page). Pages live in
+`dashboard/app_pages/`. Start it with the CLI (binds to 127.0.0.1):
+
+    gandissect dashboard --port 8501
+    # or: GANDISSECT_DB=gandissect.duckdb streamlit run dashboard/app.py --server.address 127.0.0.1
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import queries  # noqa: E402
+from db import store  # noqa: E402
+
+PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+
+st.set_page_config(page_title="gandissect", page_icon=":material/biotech:", layout="wide")
+
+
+def page(name: str, title: str, icon: str, **kw) -> st.Page:
+    return st.Page(PAGES_DIR / f"{name}.py", title=title, icon=icon, url_path=name, **kw)
+
+
+pages = {
+    "Browse": [
+        page("overview", "Overview", ":material/home:", default=True),
+        page("units", "Units", ":material/grid_view:"),
+        page("unit", "Unit", ":material/search:", visibility="hidden"),
+        page("compare", "Compare", ":material/compare_arrows:"),
+        page("causal", "Causal", ":material/target:"),
+    ],
+    "Tools": [
+        page("sql", "SQL", ":material/database:"),
+        page("flags", "Flags", ":material/flag:"),
+        page("model_cards", "Model cards", ":material/description:"),
+    ],
+}
+current = st.navigation(pages)
+st.sidebar.caption(f"store: `{queries.db_path()}`")
+try:
+    current.run()
+except store.StoreLocked:
+    # read() already retried for a while: a job holds the store for longer; say so, never a traceback
+    st.info("A job is writing to the store right now; this page will show as soon as it is free.", icon=":material/hourglass_top:")
+    if st.button("Try again"):
+        st.rerun()

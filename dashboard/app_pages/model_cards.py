@@ -1,0 +1,31 @@
+"""Model cards: the markdown cards of the bundled models (`ingest/zoo/*.md`), with their figures."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import ui
+
+ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+st.title("Model cards")
+cards = sorted(ZOO.glob("*.md"))
+if not cards:
+    st.info("No model cards yet: training a bundled model (`gandissect train gan`) writes one to ingest/zoo/.")
+    st.stop()
+
+card = st.selectbox("card", cards, format_func=lambda p: p.stem, key="cards_card")
+text = card.read_text(encoding="utf-8")
+pos = 0
+for m in IMAGE.finditer(text):  # markdown between figures, figures from files beside the card
+    st.markdown(text[pos:m.start()])
+    target = (card.parent / m.group(2)).resolve()
+    if target.is_file() and ZOO.resolve() in target.parents:  # only files of the zoo folder
+        st.image(str(target), caption=m.group(1) or None)
+    else:
+        st.caption(f"(figure {ui.md_escape(m.group(2))} not found)")
+    pos = m.end()
+st.markdown(text[pos:])

@@ -1,0 +1,135 @@
+"""Unit: one unit of one layer — its top images with the region outlined, IoU against every concept,
+activation quantiles, α per concept, realism, flags — and a permalink (URL query parameters
+model, layer, unit[, segmenter, mode]) that reopens exactly this unit."""
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from dashboard import charts, images, queries, ui
+
+db = ui.db()
+ui.require_store(db)
+qp = st.query_params
+
+# the unit: the URL imposes it when it changed since this page last wrote it (a link, a bookmark);
+# otherwise the sidebar pickers rule and the URL follows them
+url = {k: qp.get(k) for k in ("model", "layer", "unit", "segmenter", "mode") if qp.get(k) is not None}
+from_url = url != st.session_state.get("unit_url") or "unit_num" not in st.session_state
+models = queries.models(db)["model"].to_list()
+with st.sidebar:
+    st.markdown("**Unit**")
+    model = ui.pick_model(db, "unit", st.sidebar, models, force=url.get("model") if from_url else None)
+    layer = ui.pick_layer(db, model, "unit", st.sidebar, force=url.get("layer") if from_url else None)
+if layer is None:
+    st.info(f"Model {model} has no registered layers yet.")
+    st.stop()
+n_units = ui.layer_units(db, model, layer)
+if from_url and "unit" in url:
+    try:
+        wanted = int(url["unit"])
+    except ValueError:
+        wanted = -1
+    if not 0 <= wanted < n_units:
+        st.warning(f"{model} {layer} has units 0..{n_units - 1}; there is no unit {url['unit']!r}.")
+        wanted = 0
+    st.session_state["unit_num"] = wanted
+elif st.session_state.get("unit_num", 0) >= n_units:
+    st.session_state["unit_num"] = 0
+unit = int(st.sidebar.number_input("unit", 0, max(n_units - 1, 0), key="unit_num"))
+wanted_mode = (url.get("segmenter"), url.get("mode")) if from_url and "mode" in url else None
+seg, mode = ui.pick_dissection(db, model, layer, "unit", st.sidebar, force=wanted_mode)
+params = ui.unit_link_params(model, layer, unit, seg, mode)
+if url != params:  # keep the URL a permalink of what is shown
+    qp.from_dict(params)
+st.session_state["unit_url"] = params
+
+row = queries.unit_table(db, model, layer, seg, mode, None, "unit").filter(pl.col("unit") == unit)
+info = row.row(0, named=True) if row.height else {"unit": unit}
+st.title(f"{model} · {layer} · unit {unit}")
+if info.get("label"):
+    st.markdown(f"label **{ui.md_escape(info['label'])}** *({ui.md_escape(info.get('category') or '?')})* — "
+                + ("interpretable" if info.get("interpretable") else "below the interpretability cut-off"))
+else:
+    st.markdown("no label yet (no dissection of this layer)")
+badges = ui.flag_badges(info.get("flags"), info.get("custom_label"))
+if badges:
+    st.markdown(f"flags: {badges}")
+cols = st.columns(4)
+cols[0].metric("best IoU", ui.fmt(info.get("iou")))
+cols[1].metric("p-value", ui.fmt(info.get("p_value"), ".2g"))
+cols[2].metric("null z", ui.fmt(info.get("z"), ".1f"))
+cols[3].metric("threshold", ui.fmt(info.get("threshold"), ".3g"))
+
+nav = st.columns([1, 1, 4])
+if unit > 0:
+    nav[0].page_link(ui.UNIT_PAGE, label=f"unit {unit - 1}", icon=":material/arrow_back:",
+                     query_params=ui.unit_link_params(model, layer, unit - 1, seg, mode))
+if unit + 1 < n_units:
+    nav[1].page_link(ui.UNIT_PAGE, label=f"unit {unit + 1}", icon=":material/arrow_forward:",
+                     query_params=ui.unit_link_params(model, layer, unit + 1, seg, mode))
+nav[2].markdown(f":material/link: [permalink]({ui.permalink(params)}) `?{ui.permalink(params).split('?', 1)[1]}`")
+
+strip_slot = st.empty()
+
+left, right = st.columns(2)
+with left:
+    st.subheader("IoU with every concept")
+    if seg is None:
+        st.caption("No dissection of this layer yet.")
+    else:
+        iou = queries.unit_iou(db, model, layer, unit, seg, mode)
+        if iou.filter(pl.col("iou").is_not_null()).height:
+            cut = iou["interpretable_iou"][0] if iou.height else None
+            st.altair_chart(charts.unit_iou_bars(iou, cut), width="stretch")
+            st.caption(f"dashed line: the interpretability cut-off IoU {ui.fmt(cut)}; "
+                       f"{ui.dissection_label((seg, mode))}")
+        else:
+            st.caption("No IoU rows for this unit.")
+with right:
+    st.subheader("Activation quantiles")
+    quants = queries.unit_quantiles(db, model, layer, unit)
+    if quants.height:
+        st.altair_chart(charts.quantile_curve(quants, info.get("threshold")), width="stretch")
+        st.caption("dashed line: the unit's threshold")
+    else:
+        st.caption("No quantiles for this unit yet.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("α per concept (ACE)")
+    alpha = queries.unit_alpha(db, model, layer, unit)
+    if alpha.height:
+        st.altair_chart(charts.alpha_per_concept(alpha), width="stretch")
+    else:
+        st.caption("No α optimisation covers this layer yet (an `ace` analysis).")
+    realism = queries.unit_realism(db, model, layer, unit)
+    if realism.height:
+        r = realism.row(0, named=True)
+        st.caption(f"realism: Fréchet distance of its top {r['n_top']} images to {r['n_real']} real images "
+                   f"{ui.fmt(r['frechet'], '.1f')} (rank {r['worst_rank']} from the least realistic)")
+with right:
+    st.subheader("Flags")
+    flags = queries.unit_flags(db, model, layer, unit)
+    if flags.height:
+        st.dataframe(flags, hide_index=True)
+    else:
+        st.caption("No flags.")
+    ui.flag_form(db, model, layer, unit, "unit")
+
+if images.enabled():
+    topk = queries.topk(db, model, layer, 8)
+    drawn, requests = images.requests_for([unit], row if row.height else pl.DataFrame(
+        {"unit": [unit], "threshold": [None]}, schema={"unit": pl.Int64, "threshold": pl.Float64}), topk)
+    if not requests:
+        strip_slot.caption("No top images for this unit yet (no dissection or quantiles run).")
+    else:
+        mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
+        try:
+            with st.spinner("drawing top images…"):
+                strip = images.strips(db, model, mrow["checkpoint_sha256"], layer, requests,
+                                      images.display_size(mrow["resolution"]))[0]
+            strip_slot.image(strip, caption=f"top {len(requests[0][3])} images (seed {requests[0][2]}); "
+                             f"region above threshold {ui.fmt(requests[0][1], '.3g')} outlined", width="stretch")
+        except Exception as e:
+            strip_slot.caption(f"images unavailable: {images.error_text(e)}")

@@ -1,0 +1,212 @@
+"""Altair charts for the dashboard: polars frames from `dashboard.queries` in, `alt.Chart` out.
+
+Reads and writes nothing; pure functions (the pages pass them to `st.altair_chart`). Colours of the
+concept categories are fixed across every chart (object / part / material / other).
+
+    from dashboard import charts, queries
+    chart = charts.layer_categories(queries.layer_summary(queries.db_path()))
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import altair as alt
+import polars as pl
+
+CATEGORIES = ("object", "part", "material", "other")
+CATEGORY_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#b279a2")
+RANKING_COLORS = {"ace": "#d62728", "iou": "#1f77b4", "random": "#7f7f7f"}
+
+
+def category_color(field: str = "category", title: str = "category") -> alt.Color:
+    return alt.Color(f"{field}:N", title=title, scale=alt.Scale(domain=list(CATEGORIES), range=list(CATEGORY_COLORS)),
+                     sort=list(CATEGORIES))
+
+
+def _pd(frame: pl.DataFrame):
+    """Altair and Streamlit take polars frames through narwhals; pandas keeps the widest compatibility."""
+    return frame.to_pandas()
+
+
+def category_counts(summary: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """layer_summary rows -> long rows (by..., category, units) of interpretable units per category."""
+    cols = {"object_units": "object", "part_units": "part", "material_units": "material", "other_units": "other"}
+    long = summary.select([*by, *cols]).unpivot(index=list(by), on=list(cols), variable_name="category",
+                                                value_name="units")
+    return long.with_columns(pl.col("category").replace_strict(cols))
+
+
+def layer_categories(summary: pl.DataFrame, x: str = "layer", x_title: str = "layer",
+                     order: Sequence[str] | None = None, height: int = 280) -> alt.Chart:
+    """Stacked bars: interpretable units per category for each layer (paper Fig. 6 / 19)."""
+    by = [x] + (["layer_index"] if "layer_index" in summary.columns and x != "layer_index" else [])
+    long = category_counts(summary, by)
+    sort = list(order) if order is not None else (
+        summary.sort("layer_index")[x].unique(maintain_order=True).to_list() if "layer_index" in summary.columns
+        else None)
+    return alt.Chart(_pd(long)).mark_bar().encode(
+        x=alt.X(f"{x}:N", title=x_title, sort=sort, axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("sum(units):Q", title="interpretable units"),
+        color=category_color(),
+        order=alt.Order("category:N", sort="ascending"),
+        tooltip=[alt.Tooltip(f"{x}:N", title=x_title), "category:N", alt.Tooltip("sum(units):Q", title="units")],
+    ).properties(height=height)
+
+
+def concept_distribution(concepts: pl.DataFrame, value: str = "interpretable_units", height: int = 260) -> alt.Chart:
+    """Bars: number of units whose label is each concept, coloured by category (paper Fig. 5)."""
+    data = concepts.filter(pl.col(value) > 0)
+    return alt.Chart(_pd(data)).mark_bar().encode(
+        x=alt.X("concept:N", sort="-y", title="concept", axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y(f"{value}:Q", title=value.replace("_", " ")),
+        color=category_color(),
+        tooltip=["concept:N", "category:N", "labelled_units:Q", "interpretable_units:Q",
+                 alt.Tooltip("max_iou:Q", format=".3f")],
+    ).properties(height=height)
+
+
+def unit_iou_bars(iou: pl.DataFrame, interpretable_iou: float | None = None) -> alt.Chart:
+    """Horizontal bars: a unit's IoU with every concept, sorted, with the interpretability line."""
+    data = iou.filter(pl.col("iou").is_not_null())
+    height = max(120, 18 * data.height)
+    bars = alt.Chart(_pd(data)).mark_bar().encode(
+        y=alt.Y("concept:N", sort="-x", title=None),
+        x=alt.X("iou:Q", title="IoU"),
+        color=category_color(),
+        tooltip=["concept:N", "category:N", alt.Tooltip("iou:Q", format=".4f"), alt.Tooltip("p_value:Q", format=".2g"),
+                 alt.Tooltip("z:Q", format=".1f"), alt.Tooltip("threshold:Q", format=".3f")],
+    ).properties(height=height)
+    if interpretable_iou is None:
+        return bars
+    rule = alt.Chart(_pd(pl.DataFrame({"iou": [float(interpretable_iou)]}))).mark_rule(
+        strokeDash=[4, 3], color="#444").encode(x="iou:Q")
+    return bars + rule
+
+
+def quantile_curve(quantiles: pl.DataFrame, threshold: float | None = None) -> alt.Chart:
+    """The unit's activation quantile function (value against q), with its threshold."""
+    line = alt.Chart(_pd(quantiles)).mark_line(point=True).encode(
+        x=alt.X("q:Q", title="quantile level q"), y=alt.Y("value:Q", title="activation"),
+        tooltip=[alt.Tooltip("q:Q", format=".3f"), alt.Tooltip("value:Q", format=".4f")],
+    ).properties(height=220)
+    if threshold is None:
+        return line
+    rule = alt.Chart(_pd(pl.DataFrame({"value": [float(threshold)]}))).mark_rule(
+        strokeDash=[4, 3], color="#d62728").encode(y="value:Q")
+    return line + rule
+
+
+def alpha_per_concept(alpha: pl.DataFrame) -> alt.Chart:
+    """Bars: a unit's optimised α for each concept."""
+    return alt.Chart(_pd(alpha)).mark_bar().encode(
+        y=alt.Y("concept:N", sort="-x", title=None), x=alt.X("alpha:Q", title="α", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["concept:N", alt.Tooltip("alpha:Q", format=".3f"), alt.Tooltip("alpha_init:Q", format=".3f")],
+    ).properties(height=max(80, 22 * alpha.height))
+
+
+def alpha_bars(alpha: pl.DataFrame, top: int | None = None) -> alt.Chart:
+    """Sorted bars: α of every unit for one concept (the causal unit set stands out on the left)."""
+    data = alpha.sort("alpha", descending=True)
+    if top:
+        data = data.head(top)
+    return alt.Chart(_pd(data)).mark_bar().encode(
+        x=alt.X("unit:O", sort="-y", title="unit (sorted by α)", axis=alt.Axis(labels=data.height <= 64)),
+        y=alt.Y("alpha:Q", title="α", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("alpha:Q", scale=alt.Scale(scheme="reds", domain=[0, 1]), legend=None),
+        tooltip=["unit:O", alt.Tooltip("alpha:Q", format=".3f"), alt.Tooltip("alpha_init:Q", format=".3f")],
+    ).properties(height=240)
+
+
+def ace_epochs(epochs: pl.DataFrame) -> alt.Chart:
+    """The α optimisation: causal effect and loss per epoch."""
+    long = epochs.select("epoch", "effect", "loss").unpivot(index="epoch", variable_name="series")
+    return alt.Chart(_pd(long)).mark_line(point=True).encode(
+        x=alt.X("epoch:Q"), y=alt.Y("value:Q", title=None), color=alt.Color("series:N", title=None),
+        tooltip=["epoch:Q", "series:N", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(height=200)
+
+
+def ablation_curves(curves: pl.DataFrame) -> alt.Chart:
+    """Lines: fraction of the concept left after ablating the top-n units of each ranking (paper Fig. 4);
+    the random ranking has a ±1 std band over its draws."""
+    data = curves.with_columns(
+        lo=(pl.col("remaining") - pl.col("remaining_std").fill_null(0)).clip(lower_bound=0),
+        hi=pl.col("remaining") + pl.col("remaining_std").fill_null(0))
+    rankings = [r for r in RANKING_COLORS if r in set(data["ranking"].to_list())]
+    scale = alt.Scale(domain=rankings, range=[RANKING_COLORS[r] for r in rankings])
+    color = alt.Color("ranking:N", scale=scale)
+    base = alt.Chart(_pd(data)).encode(x=alt.X("n_units:Q", title="units ablated",
+                                               axis=alt.Axis(format="d", tickMinStep=1)))
+    band = base.transform_filter("datum.remaining_std != null").mark_area(opacity=0.2).encode(
+        y=alt.Y("lo:Q"), y2="hi:Q", fill=alt.Fill("ranking:N", scale=scale, legend=None))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("remaining:Q", title="fraction of concept pixels left"), color=color,
+        tooltip=["ranking:N", "n_units:Q", alt.Tooltip("remaining:Q", format=".3f"),
+                 alt.Tooltip("remaining_std:Q", format=".3f"), "draws:Q"])
+    return (band + line).properties(height=260)
+
+
+def insertion_contexts(contexts: pl.DataFrame) -> alt.Chart:
+    """Bars with ±1 std: mean effect of inserting the concept by what is at the location (paper Fig. 11)."""
+    data = contexts.with_columns(lo=pl.col("effect") - pl.col("effect_std").fill_null(0),
+                                 hi=pl.col("effect") + pl.col("effect_std").fill_null(0))
+    base = alt.Chart(_pd(data)).encode(x=alt.X("context:N", sort="-y", title="context at the location",
+                                               axis=alt.Axis(labelAngle=-30)))
+    bars = base.mark_bar(color="#4c78a8").encode(
+        y=alt.Y("effect:Q", title="mean added concept pixels"),
+        tooltip=["context:N", "locations:Q", alt.Tooltip("effect:Q", format=".3f"),
+                 alt.Tooltip("effect_std:Q", format=".3f")])
+    err = base.mark_errorbar().encode(y="lo:Q", y2="hi:Q")
+    return (bars + err).properties(height=260)
+
+
+def heat_grid(data: pl.DataFrame, facet: str, facet_title: str, columns: int = 4, side: int = 150,
+              title: str = "effect") -> alt.FacetChart:
+    """Heat maps of `effect` over (y, x), one per value of `facet` (samples or target layers), each
+    about `side` pixels wide."""
+    w = int(data["x"].max()) + 1 if data.height else 1
+    h = int(data["y"].max()) + 1 if data.height else 1
+    cell = max(2, side // max(w, h))
+    width, height = cell * w, cell * h
+    return alt.Chart(_pd(data)).mark_rect().encode(
+        x=alt.X("x:O", axis=None), y=alt.Y("y:O", axis=None),
+        color=alt.Color("effect:Q", title=title, scale=alt.Scale(scheme="inferno")),
+        tooltip=[f"{facet}:N", "y:O", "x:O", alt.Tooltip("effect:Q", format=".4f")],
+    ).properties(width=width, height=height).facet(
+        facet=alt.Facet(f"{facet}:N", title=facet_title), columns=columns).resolve_scale(color="independent")
+
+
+def emergence(frame: pl.DataFrame, value: str = "interpretable_units") -> alt.Chart:
+    """Lines: interpretable units of each layer against the checkpoint's training step (S-6.6)."""
+    layers = frame.sort("layer_index")["layer"].unique(maintain_order=True).to_list()
+    return alt.Chart(_pd(frame)).mark_line(point=True).encode(
+        x=alt.X("training_step:Q", title="training step"),
+        y=alt.Y(f"{value}:Q", title=value.replace("_", " ")),
+        color=alt.Color("layer:N", sort=layers, scale=alt.Scale(scheme="viridis")),
+        tooltip=["model:N", "layer:N", "training_step:Q", f"{value}:Q"],
+    ).properties(height=300)
+
+
+def emergence_categories(frame: pl.DataFrame) -> alt.Chart:
+    """Stacked areas: interpretable units by category (all layers of a group together) against training step."""
+    long = category_counts(frame, ["model", "training_step"])
+    return alt.Chart(_pd(long)).mark_area(opacity=0.85).encode(
+        x=alt.X("training_step:Q", title="training step"),
+        y=alt.Y("sum(units):Q", title="interpretable units (all layers)"),
+        color=category_color(), order=alt.Order("category:N"),
+        tooltip=["model:N", "training_step:Q", "category:N", alt.Tooltip("sum(units):Q", title="units")],
+    ).properties(height=260)
+
+
+def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "interpretable_units") -> alt.Chart:
+    """Heat map: units per concept (rows) for each compared layer (columns), with counts printed."""
+    concepts = (frame.group_by("concept").agg(pl.col(value).sum()).sort(value, descending=True)["concept"]
+                .to_list())
+    base = alt.Chart(_pd(frame)).encode(
+        x=alt.X(f"{x}:N", title=None, axis=alt.Axis(labelAngle=-20)),
+        y=alt.Y("concept:N", sort=concepts, title=None))
+    rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value.replace("_", " "),
+                                                   scale=alt.Scale(scheme="blues")),
+                                   tooltip=[f"{x}:N", "concept:N", "category:N", f"{value}:Q"])
+    text = base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q"))
+    return (rect + text).properties(height=max(120, 20 * len(concepts)))

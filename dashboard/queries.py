@@ -1,0 +1,485 @@
+"""One cached query function per dashboard view: SQL constants with bound parameters, polars frames out.
+
+Reads the store (path from env GANDISSECT_DB, else "gandissect.duckdb") through `db.store.read`: a short
+read-only connection per query that retries while a job holds the lock; a missing store reads as an
+empty one. Writes nothing. Every function takes the store path first (so caches are per store) and is
+wrapped in `st.cache_data` with a short ttl, so a page rerun costs no SQL and new rows show within seconds.
+Nothing a user types reaches SQL text here: choices are bound as parameters, and the one choice that
+changes the SQL (the unit ranking) selects among fixed ORDER BY constants.
+
+    GANDISSECT_DB=gandissect.duckdb python -c "from dashboard import queries as q; print(q.layer_summary(q.db_path()))"
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import polars as pl
+import streamlit as st
+
+from db import store
+
+TTL_S = 5  # result tables: new rows appear within seconds
+RUNS_TTL_S = 2  # job status
+READ_TIMEOUT_S = float(os.environ.get("GANDISSECT_DASHBOARD_TIMEOUT", "20"))  # lock retry window
+
+
+def db_path() -> str:
+    """The store the dashboard reads: $GANDISSECT_DB, else "gandissect.duckdb" (as an absolute path)."""
+    return os.path.abspath(store.store_path())
+
+
+def _read(db: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    return store.read(sql, params, path=db, timeout=READ_TIMEOUT_S, missing_ok=True)
+
+
+def _cached(ttl: float = TTL_S):
+    return st.cache_data(ttl=ttl, show_spinner=False, max_entries=256)
+
+
+# ---------------------------------------------------------------- SQL: store contents
+
+COUNTS_SQL = """
+SELECT (SELECT count(*) FROM models) AS models,
+       (SELECT count(*) FROM layers) AS layers,
+       (SELECT count(*) FROM segmenters) AS segmenters,
+       (SELECT count(*) FROM concepts) AS concepts,
+       (SELECT count(*) FROM runs) AS runs,
+       (SELECT count(*) FROM runs WHERE status = 'done') AS done,
+       (SELECT count(*) FROM runs WHERE status = 'running') AS running,
+       (SELECT count(*) FROM runs WHERE status = 'failed') AS failed,
+       (SELECT count(*) FROM (SELECT DISTINCT model, layer FROM dissections)) AS dissected_layers,
+       (SELECT count(*) FROM unit_flags) AS flags
+"""
+
+MODELS_SQL = """
+SELECT m.model, m.family, m.dataset, m.model_group, m.training_step, m.resolution, m.z_dim,
+       count(l.layer) AS layers, sum(l.units)::BIGINT AS units, m.checkpoint, m.checkpoint_sha256, m.registered_at
+FROM models m LEFT JOIN layers l USING (model)
+GROUP BY ALL
+ORDER BY m.model_group NULLS LAST, m.training_step NULLS LAST, m.model
+"""
+
+LAYERS_SQL = """
+SELECT model, layer, layer_index, units, height, width
+FROM layers
+ORDER BY model, layer_index
+"""
+
+SEGMENTERS_SQL = """
+SELECT s.segmenter, s.family, s.resolution, count(c.concept) AS concepts,
+       count(c.concept) FILTER (WHERE c.category = 'object') AS objects,
+       count(c.concept) FILTER (WHERE c.category = 'part') AS parts,
+       count(c.concept) FILTER (WHERE c.category = 'material') AS materials,
+       s.checkpoint_sha256
+FROM segmenters s LEFT JOIN concepts c USING (segmenter)
+GROUP BY ALL
+ORDER BY s.segmenter
+"""
+
+CONCEPTS_SQL = """
+SELECT segmenter, concept, category, concept_index
+FROM concepts
+ORDER BY segmenter, category, concept_index, concept
+"""
+
+RUNS_SQL = """
+SELECT status, analysis, name, model, layer, segmenter, n_samples, seed, started_at, finished_at,
+       round(seconds, 2) AS seconds, device, error, params, run_key
+FROM runs
+ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END, started_at DESC
+LIMIT 500
+"""
+
+BENCHMARKS_SQL = """
+SELECT bench, metric, value, unit, params, created_at FROM benchmarks ORDER BY bench, metric
+"""
+
+# ---------------------------------------------------------------- SQL: dissection
+
+LAYER_SUMMARY_SQL = """
+SELECT s.*, m.model_group, m.training_step
+FROM layer_summary s LEFT JOIN models m USING (model)
+ORDER BY s.model, s.layer_index, s.segmenter, s.threshold_mode DESC  -- quantile (PNAS) before iqr
+"""
+
+DISSECTION_MODES_SQL = """
+SELECT DISTINCT segmenter, threshold_mode, threshold_spec, interpretable_iou, n_samples, seed, run_key
+FROM dissections
+WHERE is_latest AND model = ? AND layer = ?
+ORDER BY threshold_mode DESC, segmenter
+"""
+
+LAYER_CONCEPTS_SQL = """
+SELECT concept, category, labelled_units, interpretable_units, max_iou, mean_interpretable_iou
+FROM layer_concepts
+WHERE model = ? AND layer = ? AND segmenter = ? AND threshold_mode = ?
+ORDER BY interpretable_units DESC, labelled_units DESC, concept
+"""
+
+LABEL_CONCEPTS_SQL = """
+SELECT model, layer, concept, category, labelled_units, interpretable_units
+FROM layer_concepts
+WHERE segmenter = ? AND threshold_mode = ?
+ORDER BY model, layer, interpretable_units DESC, concept
+"""
+
+ALPHA_CONCEPTS_SQL = """
+SELECT DISTINCT concept FROM ace_alpha WHERE model = ? AND layer = ? ORDER BY concept
+"""
+
+_LATEST_ALPHA_RUN = """
+SELECT a.run_key FROM (SELECT DISTINCT run_key, model, layer, concept FROM ace_alpha) a JOIN runs r USING (run_key)
+WHERE r.status = 'done' AND a.model = $model AND a.layer = $layer AND a.concept = $concept
+ORDER BY r.finished_at DESC NULLS LAST, a.run_key DESC LIMIT 1
+"""
+
+_LATEST_QUANTILE_RUN = """
+SELECT q.run_key FROM (SELECT DISTINCT run_key, model, layer FROM unit_quantiles) q JOIN runs r USING (run_key)
+WHERE r.status = 'done' AND q.model = $model AND q.layer = $layer
+ORDER BY r.finished_at DESC NULLS LAST, q.run_key DESC LIMIT 1
+"""
+
+# every unit of a layer with its label, the chosen concept's IoU, alpha, threshold and flags
+UNIT_TABLE_SQL = f"""
+WITH units AS (
+    SELECT unnest(range(units)) AS unit FROM layers WHERE model = $model AND layer = $layer
+), lab AS (
+    SELECT unit, concept, category, iou, iqr, z, p_value, interpretable, beats_chance, threshold
+    FROM unit_labels
+    WHERE model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
+), ci AS (
+    SELECT i.unit, i.iou AS concept_iou, i.threshold AS concept_threshold, i.p_value AS concept_p_value
+    FROM unit_iou i JOIN dissections d USING (run_key, model, layer)
+    WHERE d.is_latest AND i.model = $model AND i.layer = $layer AND d.segmenter = $segmenter
+      AND d.threshold_mode = $mode AND i.concept = $concept
+), al AS (
+    SELECT unit, alpha FROM ace_alpha
+    WHERE model = $model AND layer = $layer AND concept = $concept AND run_key = ({_LATEST_ALPHA_RUN})
+), q AS (
+    SELECT unit, value FROM unit_quantiles
+    WHERE model = $model AND layer = $layer AND abs(q - 0.99) < 1e-9 AND run_key = ({_LATEST_QUANTILE_RUN})
+), fl AS (
+    SELECT unit, string_agg(flag, ', ' ORDER BY flag) AS flags,
+           max(note) FILTER (WHERE flag = 'label') AS custom_label
+    FROM unit_flags WHERE model = $model AND layer = $layer GROUP BY unit
+)
+SELECT u.unit, lab.concept AS label, lab.category, lab.iou, lab.p_value, lab.z, lab.iqr,
+       coalesce(lab.interpretable, false) AS interpretable, lab.beats_chance,
+       ci.concept_iou, ci.concept_p_value, al.alpha,
+       coalesce(lab.threshold, q.value) AS threshold, ci.concept_threshold,
+       fl.flags, fl.custom_label
+FROM units u
+LEFT JOIN lab USING (unit) LEFT JOIN ci USING (unit) LEFT JOIN al USING (unit)
+LEFT JOIN q USING (unit) LEFT JOIN fl USING (unit)
+"""
+
+# ranking -> (label shown in the UI, ORDER BY); the ranking key selects a constant, never user text
+RANKINGS: dict[str, tuple[str, str]] = {
+    "iou": ("best IoU (label)", "iou DESC NULLS LAST, unit"),
+    "concept_iou": ("IoU for a concept", "concept_iou DESC NULLS LAST, unit"),
+    "alpha": ("α for a concept (ACE)", "alpha DESC NULLS LAST, unit"),
+    "label": ("label (grouped)", "label NULLS LAST, iou DESC NULLS LAST, unit"),
+    "z": ("null-baseline z-score", "z DESC NULLS LAST, unit"),
+    "unit": ("unit number", "unit"),
+}
+
+TOPK_SQL = """
+WITH latest AS (
+    SELECT t.run_key FROM (SELECT DISTINCT run_key, model, layer FROM unit_topk) t JOIN runs r USING (run_key)
+    WHERE r.status = 'done' AND t.model = ? AND t.layer = ?
+    ORDER BY r.finished_at DESC NULLS LAST, t.run_key DESC LIMIT 1
+)
+SELECT unit, rank, seed, sample, value
+FROM unit_topk
+WHERE model = ? AND layer = ? AND rank <= ? AND run_key = (SELECT run_key FROM latest)
+ORDER BY unit, rank
+"""
+
+UNIT_QUANTILES_SQL = f"""
+SELECT q, value FROM unit_quantiles
+WHERE model = $model AND layer = $layer AND unit = $unit AND run_key = ({_LATEST_QUANTILE_RUN})
+ORDER BY q
+"""
+
+UNIT_IOU_SQL = """
+SELECT i.concept, c.category, i.iou, i.threshold, i.p_value, i.z, i.iqr, i.null_mean,
+       i.inter, i.above, i.concept_pixels, d.interpretable_iou
+FROM unit_iou i
+JOIN dissections d USING (run_key, model, layer)
+LEFT JOIN concepts c ON c.segmenter = d.segmenter AND c.concept = i.concept
+WHERE d.is_latest AND i.model = ? AND i.layer = ? AND i.unit = ? AND d.segmenter = ? AND d.threshold_mode = ?
+ORDER BY i.iou DESC NULLS LAST, i.concept
+"""
+
+UNIT_ALPHA_SQL = """
+SELECT a.concept, a.alpha, a.alpha_init, a.run_key, r.finished_at
+FROM ace_alpha a JOIN runs r USING (run_key)
+WHERE a.model = ? AND a.layer = ? AND a.unit = ? AND r.status = 'done'
+QUALIFY row_number() OVER (PARTITION BY a.concept ORDER BY r.finished_at DESC NULLS LAST, a.run_key DESC) = 1
+ORDER BY a.alpha DESC, a.concept
+"""
+
+UNIT_REALISM_SQL = """
+SELECT frechet, worst_rank, n_top, n_real FROM unit_realism_latest WHERE model = ? AND layer = ? AND unit = ?
+"""
+
+FLAGS_SQL = """
+SELECT f.model, f.layer, f.unit, f.flag, f.note, f.created_at, l.concept AS label, l.iou
+FROM unit_flags f
+LEFT JOIN unit_labels l ON l.model = f.model AND l.layer = f.layer AND l.unit = f.unit
+     AND l.threshold_mode = 'quantile'
+QUALIFY row_number() OVER (PARTITION BY f.model, f.layer, f.unit, f.flag ORDER BY l.segmenter NULLS LAST) = 1
+ORDER BY f.created_at DESC, f.model, f.layer, f.unit, f.flag
+"""
+
+UNIT_FLAGS_SQL = """
+SELECT flag, note, created_at FROM unit_flags WHERE model = ? AND layer = ? AND unit = ? ORDER BY flag
+"""
+
+# ---------------------------------------------------------------- SQL: causal analyses
+
+CAUSAL_INDEX_SQL = """
+SELECT model, layer, concept, tbl, count(*) AS n_rows FROM (
+    SELECT model, layer, concept, 'ace_alpha' AS tbl FROM ace_alpha
+    UNION ALL SELECT model, layer, concept, 'ablation_curves' FROM ablation_curves
+    UNION ALL SELECT model, layer, concept, 'insertion_contexts' FROM insertion_contexts
+    UNION ALL SELECT model, layer, concept, 'insertion_maps' FROM insertion_maps
+    UNION ALL SELECT model, layer, concept, 'trace_effects' FROM trace_effects
+    UNION ALL SELECT model, layer, concept, 'causal_effects' FROM causal_effects
+)
+GROUP BY ALL
+ORDER BY model, layer, concept, tbl
+"""
+
+
+def _latest_of(table: str, extra: str = "") -> str:
+    """Rows of `table` for (model, layer, concept) from its latest done run (table: a constant name)."""
+    return f"""
+SELECT t.* EXCLUDE (run_key, model, layer, concept) FROM {table} t
+WHERE t.model = $model AND t.layer = $layer AND t.concept = $concept AND t.run_key = (
+    SELECT x.run_key FROM (SELECT DISTINCT run_key, model, layer, concept FROM {table}) x JOIN runs r USING (run_key)
+    WHERE r.status = 'done' AND x.model = $model AND x.layer = $layer AND x.concept = $concept
+    ORDER BY r.finished_at DESC NULLS LAST, x.run_key DESC LIMIT 1)
+{extra}"""
+
+
+ALPHA_SQL = _latest_of("ace_alpha", "ORDER BY t.alpha DESC, t.unit")
+ACE_EPOCHS_SQL = _latest_of("ace_epochs", "ORDER BY t.epoch")
+ABLATION_SQL = _latest_of("ablation_curves", "ORDER BY t.ranking, t.n_units")
+INSERTION_CONTEXTS_SQL = _latest_of("insertion_contexts", "ORDER BY t.effect DESC NULLS LAST, t.context")
+INSERTION_MAPS_SQL = _latest_of("insertion_maps", "ORDER BY t.seed, t.sample, t.y, t.x")
+TRACE_SQL = _latest_of("trace_effects", "ORDER BY t.target_layer, t.y, t.x")
+CAUSAL_EFFECTS_SQL = _latest_of("causal_effects", "ORDER BY t.ace DESC NULLS LAST, t.unit_set")
+
+# ---------------------------------------------------------------- SQL: comparisons
+
+EMERGENCE_SQL = """
+WITH groups AS (
+    SELECT model_group FROM models
+    WHERE model_group IS NOT NULL AND training_step IS NOT NULL
+    GROUP BY model_group HAVING count(*) > 1
+)
+SELECT m.model_group, m.model, m.training_step, s.layer, s.layer_index, s.segmenter, s.threshold_mode,
+       s.units, s.interpretable_units, s.object_units, s.part_units, s.material_units, s.other_units,
+       s.distinct_concepts
+FROM layer_summary s JOIN models m USING (model) JOIN groups g USING (model_group)
+ORDER BY m.model_group, s.layer_index, m.training_step
+"""
+
+
+# ---------------------------------------------------------------- cached query functions
+
+@_cached()
+def counts(db: str) -> dict[str, int]:
+    """How much the store holds: models, layers, segmenters, concepts, runs by status, dissected layers."""
+    return _read(db, COUNTS_SQL).row(0, named=True)
+
+
+@_cached()
+def models(db: str) -> pl.DataFrame:
+    return _read(db, MODELS_SQL)
+
+
+@_cached()
+def layers(db: str) -> pl.DataFrame:
+    return _read(db, LAYERS_SQL)
+
+
+@_cached()
+def segmenters(db: str) -> pl.DataFrame:
+    return _read(db, SEGMENTERS_SQL)
+
+
+@_cached()
+def concepts(db: str) -> pl.DataFrame:
+    return _read(db, CONCEPTS_SQL)
+
+
+@_cached(RUNS_TTL_S)
+def runs(db: str) -> pl.DataFrame:
+    return _read(db, RUNS_SQL)
+
+
+@_cached()
+def benchmarks(db: str) -> pl.DataFrame:
+    return _read(db, BENCHMARKS_SQL)
+
+
+@_cached()
+def layer_summary(db: str) -> pl.DataFrame:
+    """layer_summary (every model, layer, segmenter, threshold mode) with the model's group and step."""
+    return _read(db, LAYER_SUMMARY_SQL)
+
+
+@_cached()
+def dissection_modes(db: str, model: str, layer: str) -> pl.DataFrame:
+    """The latest dissections of a layer: one row per (segmenter, threshold mode)."""
+    return _read(db, DISSECTION_MODES_SQL, [model, layer])
+
+
+@_cached()
+def layer_concepts(db: str, model: str, layer: str, segmenter: str, mode: str) -> pl.DataFrame:
+    """Concept distribution of a layer's unit labels (paper Fig. 5)."""
+    return _read(db, LAYER_CONCEPTS_SQL, [model, layer, segmenter, mode])
+
+
+@_cached()
+def label_concepts(db: str, segmenter: str, mode: str) -> pl.DataFrame:
+    """layer_concepts of every model and layer for one segmenter and threshold mode."""
+    return _read(db, LABEL_CONCEPTS_SQL, [segmenter, mode])
+
+
+@_cached()
+def alpha_concepts(db: str, model: str, layer: str) -> list[str]:
+    return _read(db, ALPHA_CONCEPTS_SQL, [model, layer])["concept"].to_list()
+
+
+@_cached()
+def unit_table(db: str, model: str, layer: str, segmenter: str | None, mode: str | None,
+               concept: str | None, ranking: str = "iou") -> pl.DataFrame:
+    """Every unit of a layer, ranked: label, category, IoU, p-value, z, the concept's IoU, α, threshold, flags."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"unknown ranking {ranking!r}; rankings: {', '.join(RANKINGS)}")
+    sql = f"{UNIT_TABLE_SQL}ORDER BY {RANKINGS[ranking][1]}"
+    return _read(db, sql, {"model": model, "layer": layer, "segmenter": segmenter, "mode": mode,
+                           "concept": concept})
+
+
+@_cached()
+def topk(db: str, model: str, layer: str, k: int = 5) -> pl.DataFrame:
+    """Top-k samples of every unit of a layer from its latest run with top-k rows: unit, rank, seed, sample."""
+    return _read(db, TOPK_SQL, [model, layer, model, layer, int(k)])
+
+
+@_cached()
+def unit_quantiles(db: str, model: str, layer: str, unit: int) -> pl.DataFrame:
+    return _read(db, UNIT_QUANTILES_SQL, {"model": model, "layer": layer, "unit": int(unit)})
+
+
+@_cached()
+def unit_iou(db: str, model: str, layer: str, unit: int, segmenter: str, mode: str) -> pl.DataFrame:
+    """IoU of one unit against every concept in the latest dissection of (segmenter, mode)."""
+    return _read(db, UNIT_IOU_SQL, [model, layer, int(unit), segmenter, mode])
+
+
+@_cached()
+def unit_alpha(db: str, model: str, layer: str, unit: int) -> pl.DataFrame:
+    """α of one unit for each concept (latest ACE run per concept)."""
+    return _read(db, UNIT_ALPHA_SQL, [model, layer, int(unit)])
+
+
+@_cached()
+def unit_realism(db: str, model: str, layer: str, unit: int) -> pl.DataFrame:
+    return _read(db, UNIT_REALISM_SQL, [model, layer, int(unit)])
+
+
+@_cached()
+def flags(db: str) -> pl.DataFrame:
+    return _read(db, FLAGS_SQL)
+
+
+@_cached()
+def unit_flags(db: str, model: str, layer: str, unit: int) -> pl.DataFrame:
+    return _read(db, UNIT_FLAGS_SQL, [model, layer, int(unit)])
+
+
+@_cached()
+def causal_index(db: str) -> pl.DataFrame:
+    """Which causal tables have rows for each (model, layer, concept)."""
+    return _read(db, CAUSAL_INDEX_SQL)
+
+
+def _mlc(model: str, layer: str, concept: str) -> dict[str, str]:
+    return {"model": model, "layer": layer, "concept": concept}
+
+
+@_cached()
+def alpha(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, ALPHA_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def ace_epochs(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, ACE_EPOCHS_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def ablation_curves(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, ABLATION_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def insertion_contexts(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, INSERTION_CONTEXTS_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def insertion_maps(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, INSERTION_MAPS_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def trace_effects(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, TRACE_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def causal_effects(db: str, model: str, layer: str, concept: str) -> pl.DataFrame:
+    return _read(db, CAUSAL_EFFECTS_SQL, _mlc(model, layer, concept))
+
+
+@_cached()
+def emergence(db: str) -> pl.DataFrame:
+    """layer_summary of every model group with several checkpoints, with each checkpoint's training step."""
+    return _read(db, EMERGENCE_SQL)
+
+
+def clear_flags_cache() -> None:
+    """After a flag write: forget cached reads that show flags."""
+    flags.clear()
+    unit_flags.clear()
+    unit_table.clear()
+    counts.clear()
+
+
+# ---------------------------------------------------------------- saved examples of the SQL page
+
+EXAMPLES_SQL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples.sql")
+
+
+def examples() -> dict[str, str]:
+    """dashboard/examples.sql as {title: query}, in file order."""
+    out: dict[str, str] = {}
+    title, lines = None, []
+    with open(EXAMPLES_SQL, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("-- example:"):
+                if title:
+                    out[title] = "".join(lines).strip()
+                title, lines = line.removeprefix("-- example:").strip(), []
+            elif title and not (line.startswith("--") and not lines):
+                lines.append(line)
+    if title:
+        out[title] = "".join(lines).strip()
+    return out

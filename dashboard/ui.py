@@ -1,0 +1,224 @@
+"""Widgets shared by the dashboard pages: the empty-store message, model / layer / dissection pickers
+that remember the choice across pages, unit cards, flag forms and number formatting.
+
+Reads the store through `dashboard.queries` (and writes flags through `db.store.set_flag` /
+`clear_flag`, one short transaction each); no SQL here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Sequence
+from urllib.parse import urlencode
+
+import polars as pl
+import streamlit as st
+
+from dashboard import queries
+from db import store
+
+EMPTY_MSG = "Nothing computed yet: run `gandissect run` (or `make demo`) to fill the store, then reload."
+UNIT_PAGE = "app_pages/unit.py"
+UNITS_PAGE = "app_pages/units.py"
+FLAG_HELP = {"artifact": "visible artifact", "watermark": "draws a watermark", "interesting": "worth a look",
+             "label": "custom label (the note is the label)"}
+FLAG_ICONS = {"artifact": ":material/warning:", "watermark": ":material/water_drop:", "interesting": ":material/star:",
+              "label": ":material/label:"}
+
+
+def db() -> str:
+    return queries.db_path()
+
+
+def require_store(path: str) -> dict[str, int]:
+    """Counts of the store; stops the page with the empty-store message when nothing is registered."""
+    c = queries.counts(path)
+    if not c["models"] and not c["runs"]:
+        st.info(EMPTY_MSG, icon=":material/inventory_2:")
+        st.caption(f"store: `{path}`")
+        st.stop()
+    return c
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt(x: Any, spec: str = ".3f", none: str = "–") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return none
+    return format(x, spec)
+
+
+_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def md_escape(text: Any) -> str:
+    """Text shown inside markdown (labels, notes typed by users) with markdown syntax escaped."""
+    return _MD.sub(r"\\\1", str(text))
+
+
+def flag_badges(flags: str | None, custom_label: str | None = None) -> str:
+    if not flags:
+        return ""
+    parts = []
+    for f in flags.split(", "):
+        icon = FLAG_ICONS.get(f, ":material/flag:")
+        parts.append(f"{icon} {md_escape(custom_label)}" if f == "label" and custom_label else f"{icon} {f}")
+    return " · ".join(parts)
+
+
+def unit_link_params(model: str, layer: str, unit: int, segmenter: str | None = None,
+                     mode: str | None = None) -> dict[str, str]:
+    params = {"model": model, "layer": layer, "unit": str(int(unit))}
+    if segmenter and mode:
+        params.update(segmenter=segmenter, mode=mode)
+    return params
+
+
+def permalink(params: dict[str, str]) -> str:
+    """A relative URL of the unit page that reopens exactly this unit."""
+    return "unit?" + urlencode(params)
+
+
+# ---------------------------------------------------------------- pickers (remember choices across pages)
+
+def _remembered(name: str, options: Sequence[Any], default: Any = None) -> int:
+    value = st.session_state.get(f"sel_{name}", default)
+    return list(options).index(value) if value in options else 0
+
+
+def pick(label: str, name: str, options: Sequence[Any], key: str, container: Any = st,
+         format_func: Any = str, default: Any = None, help: str | None = None, force: Any = None) -> Any:
+    """A selectbox whose choice is remembered under `sel_<name>` for every page; `force` (when one of
+    the options) imposes a value, e.g. one from the URL."""
+    options = list(options)
+    if not options:
+        return None
+    if force is not None and force in options:
+        st.session_state[key] = force
+    if key in st.session_state and st.session_state[key] in options:
+        value = container.selectbox(label, options, key=key, format_func=format_func, help=help)
+    else:
+        st.session_state.pop(key, None)
+        value = container.selectbox(label, options, index=_remembered(name, options, default), key=key,
+                                    format_func=format_func, help=help)
+    st.session_state[f"sel_{name}"] = value
+    return value
+
+
+def pick_model(path: str, key: str, container: Any = st, models: Iterable[str] | None = None,
+               force: str | None = None) -> str | None:
+    names = list(models) if models is not None else queries.models(path)["model"].to_list()
+    return pick("model", "model", names, f"{key}_model", container, force=force)
+
+
+def layer_names(path: str, model: str) -> list[str]:
+    return queries.layers(path).filter(pl.col("model") == model)["layer"].to_list()
+
+
+def pick_layer(path: str, model: str, key: str, container: Any = st, layers: Iterable[str] | None = None,
+               default: str | None = None, force: str | None = None) -> str | None:
+    names = list(layers) if layers is not None else layer_names(path, model)
+    return pick("layer", "layer", names, f"{key}_layer", container, default=default, force=force)
+
+
+def dissection_label(row: tuple[str, str]) -> str:
+    seg, mode = row
+    return f"{seg} · {'IQR (ICLR)' if mode == 'iqr' else 'quantile (PNAS)'}"
+
+
+def pick_dissection(path: str, model: str, layer: str, key: str, container: Any = st,
+                    force: tuple[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(segmenter, threshold mode) of the layer's latest dissections; (None, None) when none exists."""
+    modes = queries.dissection_modes(path, model, layer)
+    options = list(dict.fromkeys(zip(modes["segmenter"].to_list(), modes["threshold_mode"].to_list())))
+    if not options:
+        return None, None
+    if len(options) == 1:
+        return options[0]
+    return pick("dissection", "dissection", options, f"{key}_dissection", container, format_func=dissection_label,
+                help="segmenter and threshold mode of the dissection to show", force=force)
+
+
+def layer_units(path: str, model: str, layer: str) -> int:
+    rows = queries.layers(path).filter((pl.col("model") == model) & (pl.col("layer") == layer))
+    return int(rows["units"][0]) if rows.height else 0
+
+
+# ---------------------------------------------------------------- unit cards
+
+def card_text(row: dict[str, Any], ranking: str) -> tuple[str, str]:
+    """(title markdown, caption) of a unit card."""
+    label = row.get("label")
+    title = f"**unit {row['unit']}**"
+    if label:
+        title += f" · {md_escape(label)} *({md_escape(row.get('category') or '?')})*"
+        if not row.get("interpretable"):
+            title += " ·  not interpretable"
+    else:
+        title += " · unlabelled"
+    bits = [f"IoU {fmt(row.get('iou'))}", f"p {fmt(row.get('p_value'), '.2g')}"] if label else []
+    if row.get("z") is not None:
+        bits.append(f"z {fmt(row.get('z'), '.1f')}")
+    if ranking == "concept_iou" and row.get("concept_iou") is not None:
+        bits.append(f"concept IoU {fmt(row.get('concept_iou'))}")
+    if row.get("alpha") is not None:
+        bits.append(f"α {fmt(row.get('alpha'), '.2f')}")
+    return title, " · ".join(bits) or "no dissection of this layer yet"
+
+
+def unit_card(row: dict[str, Any], model: str, layer: str, ranking: str, segmenter: str | None,
+              mode: str | None) -> Any:
+    """Draw one card; returns the placeholder where its image strip goes."""
+    with st.container(border=True):
+        title, caption = card_text(row, ranking)
+        st.markdown(title)
+        st.caption(caption)
+        badges = flag_badges(row.get("flags"), row.get("custom_label"))
+        if badges:
+            st.markdown(badges)
+        slot = st.empty()
+        st.page_link(UNIT_PAGE, label=f"open unit {row['unit']}", icon=":material/open_in_new:",
+                     query_params=unit_link_params(model, layer, row["unit"], segmenter, mode))
+    return slot
+
+
+# ---------------------------------------------------------------- flags
+
+def flag_form(path: str, model: str, layer: str, unit: int | None, key: str) -> None:
+    """A small form that sets a flag on a unit (one short write transaction)."""
+    units = layer_units(path, model, layer)
+    with st.form(f"{key}_flag_form", clear_on_submit=True):
+        cols = st.columns([1, 1, 2])
+        u = cols[0].number_input("unit", min_value=0, max_value=max(units - 1, 0),
+                                 value=int(unit or 0), step=1, key=f"{key}_flag_unit",
+                                 disabled=unit is not None)
+        flag = cols[1].selectbox("flag", list(store.FLAGS), key=f"{key}_flag_kind",
+                                 format_func=lambda f: f"{f} ({FLAG_HELP[f]})")
+        note = cols[2].text_input("note (the label, for a custom label)", key=f"{key}_flag_note", max_chars=200)
+        if st.form_submit_button("Save flag"):
+            save_flag(path, model, layer, int(unit if unit is not None else u), flag, note or None)
+
+
+def save_flag(path: str, model: str, layer: str, unit: int, flag: str, note: str | None) -> bool:
+    try:
+        store.set_flag(model, layer, unit, flag, note, path=path)
+    except store.StoreLocked:
+        st.warning("The store is busy (a job is writing to it); the flag was not saved, try again in a moment.")
+        return False
+    except store.StoreError as e:
+        st.error(str(e))
+        return False
+    queries.clear_flags_cache()
+    st.toast(f"flagged {model} {layer} unit {unit}: {flag}")
+    return True
+
+
+def remove_flag(path: str, model: str, layer: str, unit: int, flag: str) -> bool:
+    try:
+        store.clear_flag(model, layer, unit, flag, path=path)
+    except store.StoreLocked:
+        st.warning("The store is busy (a job is writing to it); try again in a moment.")
+        return False
+    queries.clear_flags_cache()
+    st.toast(f"removed {flag} from {model} {layer} unit {unit}")
+    return True
