@@ -74,6 +74,9 @@ def test_quantile_on_4d_featuremaps_and_small_chunks() -> None:
     a.add(x)
     b.add(x)
     assert torch.equal(a.counts, b.counts)
+    c = Quantile()
+    c.add(x.clone().requires_grad_())                                 # statistics detach their input
+    assert torch.equal(c.counts, a.counts)
     data = x.transpose(0, 1).reshape(3, -1)
     assert rank_error(data, a.quantiles(QS), QS).max() <= 1e-3
 
