@@ -385,6 +385,15 @@ class IoUCounts:
         self.concept: torch.Tensor | None = None                                         # [K]
         self._inter: torch.Tensor | None = None                                           # [C, T, K]
         self.samples = self.pixels = 0
+        self._scratch: dict[str, torch.Tensor] = {}   # reused buffers (fresh big ones page-fault)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 scratch tensor of this shape, reused across calls."""
+        size = math.prod(shape)
+        buf = self._scratch.get(name)
+        if buf is None or buf.numel() < size:
+            buf = self._scratch[name] = torch.empty(size, dtype=torch.float32, device=self.device)
+        return buf[:size].view(shape)
 
     def add(self, a: torch.Tensor, m: torch.Tensor) -> None:
         """a [N, C, H, W] activations (upsampled), m [N, K, H, W] bool concept masks."""
@@ -405,17 +414,21 @@ class IoUCounts:
         if k != self.concept.numel():
             raise ValueError(f"IoUCounts.add: {k} concepts, this stat has {self.concept.numel()}")
         a = _units(a.to(self.device), "IoUCounts.add")                                   # [N, C, HW]
-        masks = torch.ones(n, hw, k + 1, dtype=torch.float32, device=self.device)        # last: ones
-        masks[:, :, :k] = m.to(self.device).reshape(n, k, hw).transpose(1, 2)
-        step = max(1, self.chunk // (c * levels * hw))
+        masks = self._buffer("masks", (n, k + 1, hw))                                    # last: ones
+        masks[:, k] = 1.0
+        masks[:, :k] = m.to(self.device).reshape(n, k, hw)
+        rows = c * levels
+        step = max(1, self.chunk // ((rows + 1) * hw))
         for i in range(0, n, step):
-            above = torch.empty(min(step, n - i), c, levels, hw, dtype=torch.float32, device=self.device)
-            torch.gt(a[i:i + step, :, None, :], self._t[None, :, :, None], out=above)
-            counts = torch.bmm(above.view(above.shape[0], c * levels, hw), masks[i:i + step])
-            counts = counts.sum(0, dtype=torch.float64).round().long().view(c, levels, k + 1)  # exact
-            self._inter += counts[..., :k]
-            self._above += counts[..., k]
-        self.concept += masks[:, :, :k].sum(dim=(0, 1), dtype=torch.float64).round().long()
+            above = self._buffer("above", (min(step, n - i), rows + 1, hw))              # last: ones
+            above[:, rows] = 1.0
+            torch.gt(a[i:i + step, :, None, :], self._t[None, :, :, None],
+                     out=above[:, :rows].view(above.shape[0], c, levels, hw))
+            counts = torch.bmm(above, masks[i:i + step].transpose(1, 2))                # [n, CT+1, K+1]
+            counts = counts.sum(0, dtype=torch.float64).round().long()                   # exact
+            self._inter += counts[:rows, :k].view(c, levels, k)
+            self._above += counts[:rows, k].view(c, levels)
+            self.concept += counts[rows, :k]
         self.samples += n
         self.pixels += n * hw
 
