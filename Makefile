@@ -37,4 +37,4 @@ bench: install
 	$(BIN)/gandissect bench
 
 clean:
-	rm -rf .cache gandissect.duckdb gandissect.duckdb.wal
+	rm -rf .cache gandissect.duckdb gandissect.duckdb.wal gandissect.duckdb.gate

@@ -104,7 +104,8 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
     """Materialise every missing run; returns one outcome per planned job."""
     dev = resolve_device(device)
     jobs = plan(spec, only)
-    store.ensure_schema(spec.store)
+    with store.session(spec.store) as con:
+        store.ensure_schema(con)
     done_keys = _done_keys(spec.store, [j.run_key for j in jobs])
     ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
     failed: set[str] = set()
@@ -146,23 +147,20 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
     t0 = time.time()
     try:
         _register(job, ctx)
-        store.start_run(ctx.store, run_key=job.run_key, analysis=job.analysis.kind, name=job.analysis.name,
+        store.start_run(job.run_key, job.analysis.kind, name=job.analysis.name,
                         model=job.model.name, layer=job.layer_label,
                         segmenter=job.segmenter.name if job.segmenter else None,
                         n_samples=job.analysis.samples, seed=job.analysis.seed, params=job.params,
-                        code_version=job.code_version)
+                        code_version=job.code_version, device=str(ctx.device), path=ctx.store)
         results = analyses.module(job.analysis.kind).compute(job, ctx)
         seconds = time.time() - t0
-        store.publish_many(ctx.store, job.run_key, results, seconds=seconds)
-        bad = store.run_audits(ctx.store)
-        if bad:
-            raise RuntimeError("audits failed after publish: " + ", ".join(f"{n} ({k} rows)" for n, k in bad))
+        # one transaction: delete the run's slice, insert, audit, mark done
+        store.publish_many(job.run_key, results, finish={"status": "done", "seconds": seconds}, path=ctx.store)
     except Exception as e:  # the run is marked failed with its error; no result rows remain
         seconds = time.time() - t0
         msg = f"{type(e).__name__}: {e}"
         try:
-            store.fail_run(ctx.store, job.run_key, seconds=seconds,
-                           error=msg + "\n" + traceback.format_exc(limit=8))
+            store.fail_run(job.run_key, msg + "\n" + traceback.format_exc(limit=8), seconds, path=ctx.store)
         except Exception as e2:  # the store itself failed: report both
             msg += f" (and recording the failure failed: {e2})"
         echo(f"failed: {label}: {msg}")
@@ -181,12 +179,12 @@ def _register(job: Job, ctx: RunContext) -> None:
 
     net = describe_model(job.model)
     shapes = layer_shapes(net, list(net.layers), torch.device("cpu"))
-    store.upsert_dimension(ctx.store, "models", [register.model_row(job.model, net)])
-    store.upsert_dimension(ctx.store, "layers", register.layer_rows(job.model.name, net.layers, shapes))
+    store.upsert_dimension("models", [register.model_row(job.model, net)], path=ctx.store)
+    store.upsert_dimension("layers", register.layer_rows(job.model.name, net.layers, shapes), path=ctx.store)
     if job.segmenter is not None:
         seg = describe_segmenter(job.segmenter)
-        store.upsert_dimension(ctx.store, "segmenters", [register.segmenter_row(job.segmenter, seg)])
-        store.upsert_dimension(ctx.store, "concepts", register.concept_rows(job.segmenter.name, seg))
+        store.upsert_dimension("segmenters", [register.segmenter_row(job.segmenter, seg)], path=ctx.store)
+        store.upsert_dimension("concepts", register.concept_rows(job.segmenter.name, seg), path=ctx.store)
 
 
 def status(spec: Spec) -> list[tuple[Job, str, str | None]]:

@@ -35,7 +35,7 @@ def layer_rows(model: str, layers: Sequence[str], shapes: dict[str, tuple[int, .
 
 
 def segmenter_row(spec_seg: Any, seg: Any) -> dict[str, Any]:
-    return {"segmenter": spec_seg.name, "family": spec_seg.family,
+    return {"segmenter": spec_seg.name, "family": spec_seg.family, "checkpoint": spec_seg.checkpoint,
             "checkpoint_sha256": file_sha256(spec_seg.checkpoint), "resolution": int(seg.resolution)}
 
 
