@@ -24,8 +24,10 @@ below ~1 % of the value) accuracy rests on that interpolation.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -47,6 +49,31 @@ def load_stat(stat, path: str | Path):
     from safetensors.torch import load_file
     stat.load_state_dict(load_file(str(path)))
     return stat
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _scatter_pool() -> ThreadPoolExecutor:
+    """One worker thread for Quantile's serial index_add_ on CPU (created on first use)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(1, thread_name_prefix="quantile-count")
+    return _POOL
+
+
+@contextmanager
+def _one_torch_thread():
+    """Run torch ops single-threaded inside the block (restored after): many small OpenMP regions
+    are slow, very slow when the cores are shared, while two plain threads keep two cores busy."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _units(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -172,26 +199,50 @@ class Quantile:
         budget = self.chunk or (1 << 20 if x.device.type == "cpu" else 1 << 26)
         cs = max(1, min(c, budget // length))
         ns = max(1, budget // (cs * length))
-        R = self.half
-        offsets = (torch.arange(c, device=x.device, dtype=torch.int32) * (2 * R))[None, :, None]
-        size = ns * cs * length
-        bufs = (torch.empty(size, dtype=torch.int32, device=x.device),
-                torch.empty(size, dtype=torch.int32, device=x.device))
-        wide = n * length >= 2 ** 31
-        batch = torch.zeros((c + self._lag) * 2 * R, dtype=torch.int64 if wide else torch.int32,
+        blocks = [(slice(c0, c0 + cs), x[n0:n0 + ns, c0:c0 + cs]) for c0 in range(0, c, cs) for n0 in range(0, n, ns)]
+        wide = n * length >= 2 ** 31               # per-batch counts fit int32 unless
+        batch = torch.zeros((c + self._lag) * 2 * self.half, dtype=torch.int64 if wide else torch.int32,
                             device=x.device)
-        one = torch.ones(1, dtype=batch.dtype, device=x.device).expand(size)
-        s1, s2 = self._scales(self.g)
-        for c0 in range(0, c, cs):
-            units = slice(c0, c0 + cs)
-            for n0 in range(0, n, ns):
-                xb = x[n0:n0 + ns, units]
-                if self._observe(xb, units, batch):
-                    s1, s2 = self._scales(self.g)
-                k = self._keys(xb, s1[units], None if s2 is None else s2[units], offsets[:, units], bufs)
-                batch.index_add_(0, k, one[:k.numel()])
+        if x.device.type == "cpu":
+            with _one_torch_thread():
+                self._count(blocks, batch, _scatter_pool())
+        else:
+            self._count(blocks, batch, None)
         self._flush(batch)
         self.n += n * length
+
+    def _count(self, blocks: list[tuple[slice, torch.Tensor]], batch: torch.Tensor,
+               pool: ThreadPoolExecutor | None) -> None:
+        """Observe and bin each block [n, c, L] into the flat batch counts. With a pool, block i is
+        counted (index_add_) in the worker thread while this thread computes the keys of block i + 1."""
+        device = batch.device
+        size = max(xb.numel() for _, xb in blocks)
+        offsets = (torch.arange(self.counts.shape[0], device=device, dtype=torch.int32)
+                   * (2 * self.half))[None, :, None]
+        one = torch.ones(1, dtype=batch.dtype, device=device).expand(size)
+        bufsets = [(torch.empty(size, dtype=torch.int32, device=device),
+                    torch.empty(size, dtype=torch.int32, device=device)) for _ in range(2 if pool else 1)]
+        pending: list[Future | None] = [None] * len(bufsets)
+
+        def drain() -> None:
+            for f in pending:
+                if f is not None:
+                    f.result()
+
+        try:
+            for i, (units, xb) in enumerate(blocks):
+                self._observe(xb, units, batch, drain)
+                slot = i % len(bufsets)
+                if pending[slot] is not None:
+                    pending[slot].result()                       # its buffers are free again
+                s1, s2 = self._scales(self.g[units])
+                k = self._keys(xb, s1, s2, offsets[:, units], bufsets[slot])
+                if pool is None:
+                    batch.index_add_(0, k, one[:k.numel()])
+                else:
+                    pending[slot] = pool.submit(batch.index_add_, 0, k, one[:k.numel()])
+        finally:
+            drain()
 
     @property
     def _lag(self) -> int:
@@ -206,9 +257,9 @@ class Quantile:
         self.counts[:, R:] += flat[self._lag:, R:]
         batch.zero_()
 
-    def _observe(self, xb: torch.Tensor, units: slice, batch: torch.Tensor) -> bool:
-        """Update min/max/sum of some units from a block [n, c, L]; widen windows where the max grew
-        (then True)."""
+    def _observe(self, xb: torch.Tensor, units: slice, batch: torch.Tensor, drain: Callable[[], None]) -> None:
+        """Update min/max/sum of some units from a block [n, c, L]; where the max grew, wait for the
+        pending counts (`drain()`) and widen the windows."""
         hi, lo = xb.amax(dim=(0, 2)), xb.amin(dim=(0, 2))
         if not bool(torch.isfinite(hi).all() & torch.isfinite(lo).all()):
             _check_finite(xb, "Quantile.add", units.start)
@@ -217,12 +268,11 @@ class Quantile:
         self.total[units] += xb.sum(dim=2).double().sum(dim=0)
         g = torch.frexp(torch.maximum(hi.abs(), lo.abs())).exponent.long()
         if bool((g > self.g[units]).any()):         # the max grew: rebin everything counted so far
+            drain()
             self._flush(batch)
             whole = self.g.clone()
             whole[units] = torch.maximum(whole[units], g)
             self._grow(whole)
-            return True
-        return False
 
     def _keys(self, xb: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None, offsets: torch.Tensor,
               bufs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
