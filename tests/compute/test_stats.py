@@ -81,6 +81,18 @@ def test_quantile_on_4d_featuremaps_and_small_chunks() -> None:
     assert rank_error(data, a.quantiles(QS), QS).max() <= 1e-3
 
 
+def test_quantile_window_growth_between_blocks_is_exact() -> None:
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(16, 2, 512, generator=g) * (2.0 ** torch.arange(16.0)).view(16, 1, 1)
+    one_block, many = Quantile(), Quantile(chunk=1024)              # many: one block per sample
+    one_block.add(x)
+    many.add(x)
+    assert torch.equal(one_block.counts, many.counts) and torch.equal(one_block.g, many.g)
+    data = x.transpose(0, 1).reshape(2, -1)
+    q99 = torch.tensor([0.99], dtype=torch.float64)
+    assert rank_error(data, many.quantiles(q99), q99).max() <= 1e-3
+
+
 @pytest.mark.parametrize("bits, octaves", [(7, 15), (4, 63), (6, 31)])
 def test_quantile_other_resolutions_and_2d_input(bits: int, octaves: int) -> None:
     g = torch.Generator().manual_seed(8)
