@@ -167,9 +167,12 @@ def test_topk_exact_merge_and_round_trip(tmp_path) -> None:
         values, indices = stat.result()
         assert indices.tolist() == full_i
         assert torch.allclose(values, torch.tensor(full_v, dtype=torch.float64))
-    save_stat(whole, tmp_path / "t.safetensors")
-    back = load_stat(TopK(7), tmp_path / "t.safetensors")
-    assert torch.equal(back.result()[1], whole.result()[1])
+    part = TopK(7)
+    part.add(scores[:48], torch.arange(48))
+    save_stat(part, tmp_path / "t.safetensors")
+    back = load_stat(TopK(7), tmp_path / "t.safetensors")             # resume, then continue
+    back.add(scores[48:], torch.arange(48, 100))
+    assert torch.equal(back.result()[1], whole.result()[1]) and torch.equal(back.result()[0], whole.result()[0])
     few = TopK(7)
     few.add(scores[:3], torch.arange(3))
     assert few.result()[0].shape == (6, 3)                            # only the samples seen
@@ -205,9 +208,13 @@ def test_iou_counts_streaming_equals_full_batch(tmp_path) -> None:
         assert torch.allclose(got[:, :4], exact[:, :4], atol=1e-6, rtol=0)
         assert torch.equal(stat.above, (a > t.view(1, -1, 1, 1)).sum((0, 2, 3)))
         assert torch.equal(stat.concept, m.sum((0, 2, 3)))
-    save_stat(whole, tmp_path / "i.safetensors")
-    back = load_stat(IoUCounts(t), tmp_path / "i.safetensors")
-    assert torch.equal(back.inter, whole.inter) and back.samples == 24
+    part = IoUCounts(t)
+    part.add(a[:10], m[:10])
+    save_stat(part, tmp_path / "i.safetensors")
+    back = load_stat(IoUCounts(t), tmp_path / "i.safetensors")         # resume, then continue
+    back.add(a[10:], m[10:])
+    assert torch.equal(back.inter, whole.inter) and torch.equal(back.above, whole.above)
+    assert torch.equal(back.concept, whole.concept) and back.samples == 24 and back.pixels == whole.pixels
     rows = list(whole.rows(["a", "b", "c", "d", "e"]))
     assert len(rows) == 50 and rows[4]["concept"] == "e" and rows[4]["iou"] is None
     with pytest.raises(ValueError, match="masks"):
@@ -270,8 +277,18 @@ def test_conditional_mean_exact_merge_round_trip(tmp_path) -> None:
     for stat in (whole, first):
         k = stat.result()
         assert torch.allclose(k[:, :2], exact[:, :2], rtol=1e-12) and torch.isnan(k[:, 2]).all()
-    save_stat(whole, tmp_path / "c.safetensors")
-    assert torch.equal(load_stat(ConditionalMean(), tmp_path / "c.safetensors").num, whole.num)
+    save_stat(second, tmp_path / "c.safetensors")                      # second holds samples 4..11
+    back = ConditionalMean()
+    back.add(a[:4], w[:4])
+    back.merge(load_stat(ConditionalMean(), tmp_path / "c.safetensors"))
+    assert torch.allclose(back.num, whole.num, rtol=1e-12) and torch.allclose(back.den, whole.den, rtol=1e-12)
+    part = ConditionalMean()
+    part.add(a[:4], w[:4])
+    save_stat(part, tmp_path / "c.safetensors")
+    resumed = load_stat(ConditionalMean(), tmp_path / "c.safetensors")   # resume, then continue
+    resumed.add(a[4:8], w[4:8])
+    resumed.add(a[8:], w[8:])
+    assert torch.allclose(resumed.result()[:, :2], whole.result()[:, :2], rtol=1e-12)
     assert len(list(whole.rows())) == 12
 
 
@@ -304,8 +321,13 @@ def test_covariance_matches_numpy(tmp_path) -> None:
         whole.add(x[i:i + 33])
         (first if i < 99 else second).add(x[i:i + 33])
     first.merge(second)
-    save_stat(first, tmp_path / "v.safetensors")
-    back = load_stat(Covariance(), tmp_path / "v.safetensors")
+    part = Covariance()
+    for i in range(0, 99, 33):
+        part.add(x[i:i + 33])
+    save_stat(part, tmp_path / "v.safetensors")
+    back = load_stat(Covariance(), tmp_path / "v.safetensors")           # resume, then continue
+    for i in range(99, 200, 33):
+        back.add(x[i:i + 33])
     ref = x.double().numpy()
     for stat in (whole, first, back):
         assert np.allclose(stat.mean().numpy(), ref.mean(0), rtol=1e-12)
