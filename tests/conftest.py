@@ -55,3 +55,56 @@ def quantile_spec(tmp_path, tiny_gan) -> Path:
         seed = 3
         batch_size = 16
         """)
+
+
+@pytest.fixture(scope="session")
+def tiny_seg(tmp_path_factory) -> Path:
+    """A tiny random-weight village segmenter (4 widths of 8 channels) saved as safetensors."""
+    from ingest.models.village_seg import VillageSegmenter, save_village_seg
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("zoo") / "tiny-seg.safetensors"
+    save_village_seg(VillageSegmenter(widths=(8, 8, 8, 8)).eval(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dissect_spec(tmp_path_factory, tiny_gan, tiny_seg) -> Path:
+    """Tiny generator + tiny segmenter, two dissections (q0.99 and iqr) of two layers."""
+    tmp_path = tmp_path_factory.mktemp("dissect")
+    return write_spec(tmp_path, f"""
+        [store]
+        path = "{tmp_path / 'store.duckdb'}"
+
+        [[models]]
+        name = "tiny"
+        family = "progan"
+        checkpoint = "{tiny_gan}"
+
+        [[segmenters]]
+        name = "tiny-seg"
+        family = "village"
+        checkpoint = "{tiny_seg}"
+
+        [[analyses]]
+        name = "dq"
+        kind = "dissect"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer3", "layer8"]
+        samples = 40
+        seed = 2
+        batch_size = 16
+
+        [[analyses]]
+        name = "diqr"
+        kind = "dissect"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer8"]
+        samples = 40
+        seed = 2
+        batch_size = 16
+        threshold = "iqr"
+        holdout_samples = 24
+        """)

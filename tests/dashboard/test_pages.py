@@ -154,3 +154,19 @@ def test_topk_query_matches_fixture(dash_store):
     topk = queries.topk(str(dash_store), TINY, TINY_LAYERS[0], TINY_K)
     assert topk.height == 8 * TINY_K
     assert topk.group_by("unit").len()["len"].to_list() == [TINY_K] * 8
+
+
+def test_model_card_renders_markdown_and_figures(dash_store, tmp_path, monkeypatch):
+    from PIL import Image
+
+    cards = tmp_path / "zoo"
+    cards.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(cards / "demo-samples.png")
+    (cards / "demo.md").write_text("# demo-gan\n\nTrained on the village.\n\n![samples](demo-samples.png)\n\n"
+                                   "![missing](nope.png)\n\nFréchet distance 12.3\n")
+    monkeypatch.setenv("GANDISSECT_MODEL_CARDS", str(cards))
+    at = open_page("model_cards")
+    assert_ok(at)
+    shown = texts(at)
+    assert "# demo-gan" in shown and "Fréchet distance 12.3" in shown and "not found" in shown
+    assert len(at.image) == 1
