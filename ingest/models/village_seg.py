@@ -33,6 +33,7 @@ from ingest.village.concepts import CATEGORIES, CONCEPTS, INDEX, Concept, names_
 HEAD_CONCEPTS: tuple[tuple[int, ...], ...] = tuple(
     (0,) + tuple(INDEX[n] for n in names_in(cat)) for cat in CATEGORIES)
 HEAD_SIZES: tuple[int, ...] = tuple(len(h) for h in HEAD_CONCEPTS)
+assert all(list(h[1:]) == list(range(h[1], h[1] + len(h) - 1)) for h in HEAD_CONCEPTS), "heads need consecutive concepts"
 DEFAULT_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 
 
@@ -130,8 +131,9 @@ def labels_from_logits(logits: Tensor) -> Tensor:
     with parts kept only on building pixels and materials only on wall pixels."""
     out = []
     for h, p in enumerate(torch.split(logits, list(HEAD_SIZES), dim=1)):
-        table = torch.tensor(HEAD_CONCEPTS[h], device=p.device)
-        out.append(table[p.argmax(1)])
+        cls = p.argmax(1)  # head class; classes 1.. of a head are consecutive concept indices
+        offset = HEAD_CONCEPTS[h][1] - 1
+        out.append(cls if offset == 0 else torch.where(cls > 0, cls + offset, cls))
     obj, part, mat = out
     part = torch.where(obj == INDEX["building"], part, torch.zeros_like(part))
     mat = torch.where(part == INDEX["wall"], mat, torch.zeros_like(mat))
