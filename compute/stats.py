@@ -54,11 +54,12 @@ def load_stat(stat, path: str | Path):
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _scatter_pool() -> ThreadPoolExecutor:
-    """One worker thread for Quantile's serial index_add_ on CPU (created on first use)."""
+def _worker_pool() -> ThreadPoolExecutor:
+    """Two worker threads for Quantile's binning on CPU (created on first use, inside
+    `_one_torch_thread`, so their torch ops stay single-threaded)."""
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(1, thread_name_prefix="quantile-count")
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="quantile-bin")
     return _POOL
 
 
@@ -199,50 +200,59 @@ class Quantile:
         budget = self.chunk or (1 << 20 if x.device.type == "cpu" else 1 << 26)
         cs = max(1, min(c, budget // length))
         ns = max(1, budget // (cs * length))
-        blocks = [(slice(c0, c0 + cs), x[n0:n0 + ns, c0:c0 + cs]) for c0 in range(0, c, cs) for n0 in range(0, n, ns)]
+        blocks = [(slice(c0, c0 + cs), x[n0:n0 + ns, c0:c0 + cs])
+                  for c0 in range(0, c, cs) for n0 in range(0, n, ns)]
         wide = n * length >= 2 ** 31               # per-batch counts fit int32 unless
-        batch = torch.zeros((c + self._lag) * 2 * self.half, dtype=torch.int64 if wide else torch.int32,
-                            device=x.device)
         if x.device.type == "cpu":
             with _one_torch_thread():
-                self._count(blocks, batch, _scatter_pool())
+                self._count(blocks, wide, _worker_pool())
         else:
-            self._count(blocks, batch, None)
-        self._flush(batch)
+            self._count(blocks, wide, None)
         self.n += n * length
 
-    def _count(self, blocks: list[tuple[slice, torch.Tensor]], batch: torch.Tensor,
+    def _count(self, blocks: list[tuple[slice, torch.Tensor]], wide: bool,
                pool: ThreadPoolExecutor | None) -> None:
-        """Observe and bin each block [n, c, L] into the flat batch counts. With a pool, block i is
-        counted (index_add_) in the worker thread while this thread computes the keys of block i + 1."""
-        device = batch.device
+        """Observe each block [n, c, L] here, then bin it (keys + index_add_): inline, or with a pool in
+        two lanes that run in parallel, each with its own buffers and flat batch counts."""
+        device, lanes = blocks[0][1].device, 2 if pool else 1
         size = max(xb.numel() for _, xb in blocks)
         offsets = (torch.arange(self.counts.shape[0], device=device, dtype=torch.int32)
                    * (2 * self.half))[None, :, None]
-        one = torch.ones(1, dtype=batch.dtype, device=device).expand(size)
-        bufsets = [(torch.empty(size, dtype=torch.int32, device=device),
-                    torch.empty(size, dtype=torch.int32, device=device)) for _ in range(2 if pool else 1)]
-        pending: list[Future | None] = [None] * len(bufsets)
+        one = torch.ones(1, dtype=torch.int64 if wide else torch.int32, device=device).expand(size)
+        bufs = [(torch.empty(size, dtype=torch.int32, device=device),
+                 torch.empty(size, dtype=torch.int32, device=device)) for _ in range(lanes)]
+        batches = [torch.zeros((self.counts.shape[0] + self._lag) * 2 * self.half, dtype=one.dtype,
+                               device=device) for _ in range(lanes)]
+        pending: list[Future | None] = [None] * lanes
 
         def drain() -> None:
             for f in pending:
                 if f is not None:
                     f.result()
 
+        def fold() -> None:                         # all counts so far into self.counts
+            drain()
+            for b in batches:
+                self._flush(b)
+
+        def work(lane: int, xb: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None, units: slice) -> None:
+            k = self._keys(xb, s1, s2, offsets[:, units], bufs[lane])
+            batches[lane].index_add_(0, k, one[:k.numel()])
+
         try:
             for i, (units, xb) in enumerate(blocks):
-                self._observe(xb, units, batch, drain)
-                slot = i % len(bufsets)
-                if pending[slot] is not None:
-                    pending[slot].result()                       # its buffers are free again
+                self._observe(xb, units, fold)
                 s1, s2 = self._scales(self.g[units])
-                k = self._keys(xb, s1, s2, offsets[:, units], bufsets[slot])
+                lane = i % lanes
                 if pool is None:
-                    batch.index_add_(0, k, one[:k.numel()])
-                else:
-                    pending[slot] = pool.submit(batch.index_add_, 0, k, one[:k.numel()])
+                    work(lane, xb, s1, s2, units)
+                    continue
+                if pending[lane] is not None:
+                    pending[lane].result()              # the lane's buffers are free again
+                pending[lane] = pool.submit(work, lane, xb, s1, s2, units)
         finally:
             drain()
+        fold()
 
     @property
     def _lag(self) -> int:
@@ -257,9 +267,9 @@ class Quantile:
         self.counts[:, R:] += flat[self._lag:, R:]
         batch.zero_()
 
-    def _observe(self, xb: torch.Tensor, units: slice, batch: torch.Tensor, drain: Callable[[], None]) -> None:
-        """Update min/max/sum of some units from a block [n, c, L]; where the max grew, wait for the
-        pending counts (`drain()`) and widen the windows."""
+    def _observe(self, xb: torch.Tensor, units: slice, fold: Callable[[], None]) -> None:
+        """Update min/max/sum of some units from a block [n, c, L]; where the max grew, move all
+        counts so far into self.counts (`fold()`) and widen the windows (rebinning them)."""
         hi, lo = xb.amax(dim=(0, 2)), xb.amin(dim=(0, 2))
         if not bool(torch.isfinite(hi).all() & torch.isfinite(lo).all()):
             _check_finite(xb, "Quantile.add", units.start)
@@ -268,8 +278,7 @@ class Quantile:
         self.total[units] += xb.sum(dim=2).double().sum(dim=0)
         g = torch.frexp(torch.maximum(hi.abs(), lo.abs())).exponent.long()
         if bool((g > self.g[units]).any()):         # the max grew: rebin everything counted so far
-            drain()
-            self._flush(batch)
+            fold()
             whole = self.g.clone()
             whole[units] = torch.maximum(whole[units], g)
             self._grow(whole)
@@ -761,7 +770,7 @@ class Covariance:
 
 
 # ------------------------------------------------------------------------------------------------
-# Speed check: python -m compute.stats [--device cpu|cuda] [--repeat 7] [--threads T]
+# Speed check: python -m compute.stats [--device cpu|cuda] [--repeat 7] [--threads T] [--stages]
 # ------------------------------------------------------------------------------------------------
 def _bench(device: str, repeat: int, shape: tuple[int, ...] = (32, 128, 64, 64), concepts: int = 14) -> None:
     import time
@@ -789,13 +798,48 @@ def _bench(device: str, repeat: int, shape: tuple[int, ...] = (32, 128, 64, 64),
               f"({device}, {torch.get_num_threads()} threads)")
 
 
+def _bench_parts(shape: tuple[int, ...] = (32, 128, 64, 64), repeat: int = 7) -> None:
+    """Thread CPU time of Quantile.add's three stages on one batch, single-threaded: with two cores
+    free, the wall time is about max(observe, (keys + count) / 2) plus overheads."""
+    import time
+    torch.set_num_threads(1)
+    x = _units(torch.randn(*shape, generator=torch.Generator().manual_seed(0)), "bench")
+    q = Quantile()
+    q.add(x)
+    budget = 1 << 20
+    ns = max(1, budget // (x.shape[1] * x.shape[2]))
+    blocks = [(slice(0, x.shape[1]), x[n0:n0 + ns]) for n0 in range(0, x.shape[0], ns)]
+    size = blocks[0][1].numel()
+    offsets = (torch.arange(x.shape[1], dtype=torch.int32) * (2 * q.half))[None, :, None]
+    bufs = (torch.empty(size, dtype=torch.int32), torch.empty(size, dtype=torch.int32))
+    batch = torch.zeros((x.shape[1] + q._lag) * 2 * q.half, dtype=torch.int32)
+    one = torch.ones(1, dtype=torch.int32).expand(size)
+    keys = [q._keys(xb, *q._scales(q.g[u]), offsets, bufs).clone() for u, xb in blocks]
+    stages = {"observe": lambda: [q._observe(xb, u, lambda: None) for u, xb in blocks],
+              "keys": lambda: [q._keys(xb, *q._scales(q.g[u]), offsets, bufs) for u, xb in blocks],
+              "count": lambda: [batch.index_add_(0, k, one[:k.numel()]) for k in keys]}
+    for name, fn in stages.items():
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.thread_time()
+            fn()
+            times.append((time.thread_time() - t) * 1e3)
+        print(f"Quantile.add stage {name:8s} {list(shape)}: median {sorted(times)[repeat // 2]:.1f} ms "
+              f"thread CPU (1 thread)")
+
+
 if __name__ == "__main__":
     import argparse
     parser = argparse.ArgumentParser(description="time Quantile.add and IoUCounts.add on one batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--stages", action="store_true", help="CPU time of Quantile.add's stages")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    _bench(args.device, args.repeat)
+    if args.stages:
+        _bench_parts(repeat=args.repeat)
+    else:
+        _bench(args.device, args.repeat)
