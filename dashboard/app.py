@@ -47,7 +47,8 @@ pages = {
 current = st.navigation(pages)
 st.sidebar.caption(f"store: `{queries.db_path()}`")
 try:
-    current.run()
+    with queries.page_scope():  # one short read-only connection for the page's queries
+        current.run()
 except store.StoreLocked:
     # read() already retried for a while: a job holds the store for longer; say so, never a traceback
     st.info("A job is writing to the store right now; this page will show as soon as it is free.", icon=":material/hourglass_top:")

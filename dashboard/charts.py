@@ -68,19 +68,19 @@ def concept_distribution(concepts: pl.DataFrame, value: str = "interpretable_uni
 def unit_iou_bars(iou: pl.DataFrame, interpretable_iou: float | None = None) -> alt.Chart:
     """Horizontal bars: a unit's IoU with every concept, sorted, with the interpretability line."""
     data = iou.filter(pl.col("iou").is_not_null())
-    height = max(120, 18 * data.height)
+    height = max(100, 22 * data.height)
     bars = alt.Chart(_pd(data)).mark_bar().encode(
-        y=alt.Y("concept:N", sort="-x", title=None),
+        y=alt.Y("concept:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
         x=alt.X("iou:Q", title="IoU"),
         color=category_color(),
         tooltip=["concept:N", "category:N", alt.Tooltip("iou:Q", format=".4f"), alt.Tooltip("p_value:Q", format=".2g"),
                  alt.Tooltip("z:Q", format=".1f"), alt.Tooltip("threshold:Q", format=".3f")],
-    ).properties(height=height)
+    )
     if interpretable_iou is None:
-        return bars
+        return bars.properties(height=height)
     rule = alt.Chart(_pd(pl.DataFrame({"iou": [float(interpretable_iou)]}))).mark_rule(
         strokeDash=[4, 3], color="#444").encode(x="iou:Q")
-    return bars + rule
+    return (bars + rule).properties(height=height)
 
 
 def quantile_curve(quantiles: pl.DataFrame, threshold: float | None = None) -> alt.Chart:

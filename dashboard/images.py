@@ -9,6 +9,8 @@ $GANDISSECT_DASHBOARD_IMAGES=0 to turn images off.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Sequence
 
 import numpy as np
@@ -31,10 +33,19 @@ def display_size(resolution: int | None) -> int | None:
     return 128 if resolution and resolution < 128 else None
 
 
+def _let_the_page_out() -> None:
+    """Before the first torch import of the process (seconds of CPU, mostly holding the GIL): pause once
+    so the server sends the page's text and the browser draws it first (0.2 s was not enough on a
+    loaded 2-core machine; 1 s was)."""
+    if "torch" not in sys.modules:
+        time.sleep(1.0)
+
+
 @st.cache_data(ttl=3600, max_entries=64, show_spinner=False)
 def strips(db: str, model: str, checkpoint_sha256: str | None, layer: str, requests: tuple[Request, ...],
            size: int | None = None) -> list[np.ndarray]:
     """One uint8 [h, w, 3] strip per request (units' top images with their region outlined)."""
+    _let_the_page_out()
     from compute.images import StripRequest, unit_strips
 
     reqs = [StripRequest(int(u), float(t), int(s), tuple(int(i) for i in samples)) for u, t, s, samples in requests]
@@ -45,6 +56,7 @@ def strips(db: str, model: str, checkpoint_sha256: str | None, layer: str, reque
 def samples(db: str, model: str, checkpoint_sha256: str | None, seed: int, indices: tuple[int, ...],
             size: int | None = None) -> np.ndarray:
     """Generated images (model, seed, sample) for each index: uint8 [N, H, W, 3]."""
+    _let_the_page_out()
     from compute.images import generate
 
     images = generate(model, int(seed), list(indices), db, device())

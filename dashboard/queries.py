@@ -1,8 +1,11 @@
 """One cached query function per dashboard view: SQL constants with bound parameters, polars frames out.
 
-Reads the store (path from env GANDISSECT_DB, else "gandissect.duckdb") through `db.store.read`: a short
-read-only connection per query that retries while a job holds the lock; a missing store reads as an
-empty one. Writes nothing. Every function takes the store path first (so caches are per store) and is
+Reads the store (path from env GANDISSECT_DB, else "gandissect.duckdb") through short read-only
+connections that retry while a job holds the lock (`db.store`); a missing store reads as an empty one.
+Writes nothing. Inside `page_scope()` (app.py wraps each page run in it) the queries of one page run
+share one read-only connection, opened at the first query that misses the cache and closed when the run
+ends or `release()` is called (before image generation and before any write), so a page costs one
+connect instead of one per query; outside a scope each query uses `db.store.read`. Every function takes the store path first (so caches are per store) and is
 wrapped in `st.cache_data` with a short ttl, so a page rerun costs no SQL and new rows show within seconds.
 Nothing a user types reaches SQL text here: choices are bound as parameters, and the one choice that
 changes the SQL (the unit ranking) selects among fixed ORDER BY constants.
@@ -11,8 +14,11 @@ changes the SQL (the unit ranking) selects among fixed ORDER BY constants.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Mapping, Sequence
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import polars as pl
 import streamlit as st
@@ -29,8 +35,38 @@ def db_path() -> str:
     return os.path.abspath(store.store_path())
 
 
+_local = threading.local()  # Streamlit runs each session's script in its own thread
+
+
+@contextlib.contextmanager
+def page_scope() -> Iterator[None]:
+    """Share one short read-only connection among the queries of one page run (see the module doc)."""
+    _local.scope = {"con": None, "db": None}
+    try:
+        yield
+    finally:
+        release()
+        _local.scope = None
+
+
+def release() -> None:
+    """Close the page run's shared connection now (it reopens at the next uncached query)."""
+    scope = getattr(_local, "scope", None)
+    if scope and scope["con"] is not None:
+        con, scope["con"] = scope["con"], None
+        con.close()
+
+
 def _read(db: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
-    return store.read(sql, params, path=db, timeout=READ_TIMEOUT_S, missing_ok=True)
+    scope = getattr(_local, "scope", None)
+    if scope is None:
+        return store.read(sql, params, path=db, timeout=READ_TIMEOUT_S, missing_ok=True)
+    if scope["con"] is None or scope["db"] != db:
+        release()
+        scope["con"] = (store.empty_store() if not Path(db).exists()
+                        else store.connect(db, read_only=True, timeout=READ_TIMEOUT_S))
+        scope["db"] = db
+    return scope["con"].sql(sql, params=params).pl()
 
 
 def _cached(ttl: float = TTL_S):
@@ -57,7 +93,7 @@ SELECT m.model, m.family, m.dataset, m.model_group, m.training_step, m.resolutio
        count(l.layer) AS layers, sum(l.units)::BIGINT AS units, m.checkpoint, m.checkpoint_sha256, m.registered_at
 FROM models m LEFT JOIN layers l USING (model)
 GROUP BY ALL
-ORDER BY m.model_group NULLS LAST, m.training_step NULLS LAST, m.model
+ORDER BY m.model_group NULLS LAST, m.training_step DESC NULLS LAST, m.model  -- newest checkpoint first
 """
 
 LAYERS_SQL = """

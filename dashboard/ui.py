@@ -193,13 +193,14 @@ def flag_form(path: str, model: str, layer: str, unit: int | None, key: str) -> 
                                  value=int(unit or 0), step=1, key=f"{key}_flag_unit",
                                  disabled=unit is not None)
         flag = cols[1].selectbox("flag", list(store.FLAGS), key=f"{key}_flag_kind",
-                                 format_func=lambda f: f"{f} ({FLAG_HELP[f]})")
+                                 help=" · ".join(f"{f}: {h}" for f, h in FLAG_HELP.items()))
         note = cols[2].text_input("note (the label, for a custom label)", key=f"{key}_flag_note", max_chars=200)
         if st.form_submit_button("Save flag"):
             save_flag(path, model, layer, int(unit if unit is not None else u), flag, note or None)
 
 
 def save_flag(path: str, model: str, layer: str, unit: int, flag: str, note: str | None) -> bool:
+    queries.release()  # this process must not hold a read connection while it writes
     try:
         store.set_flag(model, layer, unit, flag, note, path=path)
     except store.StoreLocked:
@@ -214,6 +215,7 @@ def save_flag(path: str, model: str, layer: str, unit: int, flag: str, note: str
 
 
 def remove_flag(path: str, model: str, layer: str, unit: int, flag: str) -> bool:
+    queries.release()
     try:
         store.clear_flag(model, layer, unit, flag, path=path)
     except store.StoreLocked:

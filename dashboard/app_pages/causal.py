@@ -80,6 +80,7 @@ if "insertion_maps" in have:
     st.caption("effect of inserting the concept at each featuremap location (brighter: more of it appears)")
     if images.enabled() and st.toggle("overlay on the sample images", key="causal_overlay"):
         mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
+        queries.release()  # no read connection held while the generator runs
         seed = int(keys["seed"][0])
         one_seed = maps.filter(pl.col("seed") == seed)
         samples = one_seed["sample"].unique(maintain_order=True).to_list()

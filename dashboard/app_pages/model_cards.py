@@ -1,6 +1,8 @@
-"""Model cards: the markdown cards of the bundled models (`ingest/zoo/*.md`), with their figures."""
+"""Model cards: the markdown cards of the bundled models (`ingest/zoo/*.md`, or the folder named by
+$GANDISSECT_MODEL_CARDS), with the figures they reference from that folder."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import streamlit as st
 
 from dashboard import ui
 
-ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
+ZOO = Path(os.environ.get("GANDISSECT_MODEL_CARDS") or Path(__file__).resolve().parents[2] / "ingest" / "zoo")
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 st.title("Model cards")
@@ -21,7 +23,8 @@ card = st.selectbox("card", cards, format_func=lambda p: p.stem, key="cards_card
 text = card.read_text(encoding="utf-8")
 pos = 0
 for m in IMAGE.finditer(text):  # markdown between figures, figures from files beside the card
-    st.markdown(text[pos:m.start()])
+    if text[pos:m.start()].strip():
+        st.markdown(text[pos:m.start()])
     target = (card.parent / m.group(2)).resolve()
     if target.is_file() and ZOO.resolve() in target.parents:  # only files of the zoo folder
         st.image(str(target), caption=m.group(1) or None)

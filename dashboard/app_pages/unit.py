@@ -125,6 +125,7 @@ if images.enabled():
         strip_slot.caption("No top images for this unit yet (no dissection or quantiles run).")
     else:
         mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
+        queries.release()  # no read connection held while the generator runs
         try:
             with st.spinner("drawing top images…"):
                 strip = images.strips(db, model, mrow["checkpoint_sha256"], layer, requests,

@@ -79,6 +79,7 @@ if images.enabled():
         slots[u].caption("no top images for this unit yet (no dissection or quantiles run)")
     if requests:
         mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
+        queries.release()  # no read connection held while the generator runs
         try:
             with st.spinner("drawing top images…"):
                 strips = images.strips(db, model, mrow["checkpoint_sha256"], layer, requests,

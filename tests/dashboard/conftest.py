@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 TINY = "tiny-gan"
+TINY_EARLY = "tiny-gan-step50"  # an earlier checkpoint of the same model group (same weights file)
 TINY_LAYERS = ("layer3", "layer5")  # the dissected layers of tiny-gan
 TINY_SEED, TINY_SAMPLES, TINY_K = 7, 24, 5
 
 
-def add_tiny_model(path: Path, checkpoint: Path) -> None:
-    """Register tiny-gan with every layer, and publish a dissection of TINY_LAYERS computed from it."""
+def add_tiny_model(path: Path, checkpoint: Path, model: str = TINY, step: int = 100, flag: bool = True) -> None:
+    """Register `model` (group tiny-gan) with every layer, and publish a dissection of TINY_LAYERS
+    computed from it."""
     import numpy as np
     import torch
 
@@ -34,11 +36,11 @@ def add_tiny_model(path: Path, checkpoint: Path) -> None:
 
     net = load_progan(checkpoint, "cpu")
     shapes = layer_shapes(net, net.layers, torch.device("cpu"))
-    store.upsert_dimension("models", [{"model": TINY, "family": "progan", "dataset": "village",
+    store.upsert_dimension("models", [{"model": model, "family": "progan", "dataset": "village",
                                        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
                                        "resolution": int(net.resolution), "z_dim": int(net.z_dim),
-                                       "training_step": 100, "model_group": TINY}], path)
-    store.upsert_dimension("layers", [{"model": TINY, "layer": name, "layer_index": i, "units": shapes[name][0],
+                                       "training_step": step, "model_group": TINY}], path)
+    store.upsert_dimension("layers", [{"model": model, "layer": name, "layer_index": i, "units": shapes[name][0],
                                        "height": shapes[name][1], "width": shapes[name][2]}
                                       for i, name in enumerate(net.layers)], path)
     z = latents(TINY_SEED, TINY_SAMPLES, int(net.z_dim))
@@ -46,7 +48,7 @@ def add_tiny_model(path: Path, checkpoint: Path) -> None:
         net(z)
         acts = {name: tap[name] for name in TINY_LAYERS}
     quantiles, topk, iou = [], [], []
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(step)
     for name, a in acts.items():  # a: [N, C, h, w]
         up = torch.nn.functional.interpolate(a, size=(int(net.resolution),) * 2, mode="bilinear", align_corners=True)
         flat = up.transpose(0, 1).flatten(1).numpy()  # [C, N*H*W]
@@ -54,25 +56,26 @@ def add_tiny_model(path: Path, checkpoint: Path) -> None:
         values = np.quantile(flat, qs, axis=1)  # [Q, C]
         peak = a.flatten(2).amax(2)  # [N, C]
         for u in range(a.shape[1]):
-            quantiles += [{"model": TINY, "layer": name, "unit": u, "q": q, "value": float(values[j, u])}
+            quantiles += [{"model": model, "layer": name, "unit": u, "q": q, "value": float(values[j, u])}
                           for j, q in enumerate(qs)]
             order = torch.argsort(peak[:, u], descending=True)[:TINY_K]
-            topk += [{"model": TINY, "layer": name, "unit": u, "rank": r + 1, "seed": TINY_SEED, "sample": int(s),
+            topk += [{"model": model, "layer": name, "unit": u, "rank": r + 1, "seed": TINY_SEED, "sample": int(s),
                       "value": float(peak[s, u])} for r, s in enumerate(order)]
             t = float(values[qs.index(0.99), u])
             for c in CONCEPTS:
-                v = None if c == "brick" else round(float(torch.rand(1, generator=gen)) * 0.2, 4)
+                v = None if c == "brick" else round(float(torch.rand(1, generator=gen)) * 0.2 * step / 100, 4)
                 above, pixels = 100.0, (0.0 if v is None else 80.0)
                 inter = 0.0 if v is None else v * (above + pixels) / (1 + v)
-                iou.append({"model": TINY, "layer": name, "unit": u, "concept": c, "threshold": t, "iou": v,
+                iou.append({"model": model, "layer": name, "unit": u, "concept": c, "threshold": t, "iou": v,
                             "inter": inter, "above": above, "concept_pixels": pixels})
-    key = "k-tiny-dissect"
-    store.start_run(key, "dissect", name="tiny-dissect", model=TINY, layer="*", segmenter=SEG,
+    key = f"k-{model}-dissect"
+    store.start_run(key, "dissect", name="tiny-dissect", model=model, layer="*", segmenter=SEG,
                     n_samples=TINY_SAMPLES, seed=TINY_SEED, params={"threshold": "q0.99"}, code_version="test",
                     device="cpu", path=path)
     store.publish_many(key, {"unit_quantiles": quantiles, "unit_topk": topk, "unit_iou": iou},
                        {"status": "done", "seconds": 0.1}, path)
-    store.set_flag(TINY, TINY_LAYERS[0], 1, "interesting", "a note", path=path)
+    if flag:
+        store.set_flag(model, TINY_LAYERS[0], 1, "interesting", "a note", path=path)
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +84,7 @@ def dash_store_master(tmp_path_factory, tiny_gan) -> Path:
 
     path = build_small_store(tmp_path_factory.mktemp("dash") / "dash.duckdb")
     add_tiny_model(path, tiny_gan)
+    add_tiny_model(path, tiny_gan, TINY_EARLY, 50, flag=False)
     return path
 
 

@@ -45,7 +45,7 @@ def test_page_waits_for_a_short_write(dash_store, page):
 
 def test_long_write_shows_a_message_not_an_error(dash_store, monkeypatch):
     monkeypatch.setattr(queries, "READ_TIMEOUT_S", 0.3)
-    writer = hold_write_lock(dash_store, 4)
+    writer = hold_write_lock(dash_store, 2.5)
     try:
         at = open_page("overview")
         assert_ok(at)

@@ -17,7 +17,8 @@ EXPECTED = {
                  "NaN activations in layer1 unit 2"],
     "units": ["Units", "units of", "open unit"],
     "unit": ["Activation quantiles", "IoU with every concept", "permalink"],
-    "compare": ["Compare", "Interpretable units by category", "Emergence across training checkpoints"],
+    "compare": ["Compare", "Interpretable units by category", "Emergence across training checkpoints",
+                "2 checkpoints of tiny-gan, training steps 50–100"],
     "causal": ["Causal", "α per unit", "Ablation curves", "Insertion by context", "Where can it be inserted?",
                "Tracing into later layers"],
     "sql": ["SQL", "rows ×"],
@@ -121,7 +122,7 @@ def test_sql_page_refuses_writes_and_runs_selects(dash_store):
     at.button[0].click().run()
     assert_ok(at)
     assert any("refused" in w.value for w in at.warning)
-    assert store.read("select count(*) AS n from models", path=dash_store)["n"][0] == 2
+    assert store.read("select count(*) AS n from models", path=dash_store)["n"][0] == 3
     at.text_area(key="sql_text").set_value("select model, unit, concept from unit_labels where model = 'tiny-gan'")
     at.button[0].click().run()
     assert_ok(at)
@@ -170,3 +171,10 @@ def test_model_card_renders_markdown_and_figures(dash_store, tmp_path, monkeypat
     shown = texts(at)
     assert "# demo-gan" in shown and "Fréchet distance 12.3" in shown and "not found" in shown
     assert len(at.image) == 1
+
+
+def test_causal_overlay_without_a_checkpoint_says_why(dash_store):
+    at = open_page("causal")
+    at.toggle(key="causal_overlay").set_value(True).run()
+    assert_ok(at)
+    assert "images unavailable: checkpoint of 'toy-gan' not found" in texts(at)
