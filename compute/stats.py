@@ -203,11 +203,16 @@ class Quantile:
         blocks = [(slice(c0, c0 + cs), x[n0:n0 + ns, c0:c0 + cs])
                   for c0 in range(0, c, cs) for n0 in range(0, n, ns)]
         wide = n * length >= 2 ** 31               # per-batch counts fit int32 unless
-        if x.device.type == "cpu":
-            with _one_torch_thread():
-                self._count(blocks, wide, _worker_pool())
-        else:
-            self._count(blocks, wide, None)
+        before = [t.clone() for t in (self.counts, self.g, self.lo, self.hi, self.total)]
+        try:
+            if x.device.type == "cpu":
+                with _one_torch_thread():
+                    self._count(blocks, wide, _worker_pool())
+            else:
+                self._count(blocks, wide, None)
+        except BaseException:                       # e.g. NaN in a later block: leave the state as it was
+            self.counts, self.g, self.lo, self.hi, self.total = before
+            raise
         self.n += n * length
 
     def _count(self, blocks: list[tuple[slice, torch.Tensor]], wide: bool,

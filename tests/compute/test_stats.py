@@ -144,8 +144,12 @@ def test_quantile_rejects_nan_naming_the_unit() -> None:
     with pytest.raises(ValueError, match=r"unit\(s\) \[3\]"):
         Quantile().add(x)
     x[1, 3, 2] = float("inf")
+    q = Quantile(chunk=16)                                            # blocks of 2 units: fails midway
+    q.add(torch.randn(2, 5, 8))
+    before = {k: v.clone() for k, v in q.state_dict().items()}
     with pytest.raises(ValueError, match=r"\[3\]"):
-        Quantile(chunk=16).add(x)
+        q.add(x * 100)
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in before.items())   # state untouched
 
 
 def test_topk_exact_merge_and_round_trip(tmp_path) -> None:
