@@ -106,7 +106,7 @@ class Checkpoint:
 
     def save(self, done: int, tensors: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
         tmp = self.path.with_suffix(".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={"done": str(done), "extra": json.dumps(extra or {})})
         os.replace(tmp, self.path)
 

@@ -9,6 +9,7 @@ k samples with the highest spatial-max activation per unit). Streaming state is 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterator, Sequence
 
@@ -36,11 +37,32 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
 
 
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """[n_out, n_in] weights of 1-D linear interpolation with align_corners=True."""
+    if n_in == 1:
+        return torch.ones(n_out, 1, device=device)
+    pos = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
+    lo = pos.floor().long().clamp(max=n_in - 2)
+    frac = pos - lo
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    w[torch.arange(n_out), lo] = 1 - frac
+    w[torch.arange(n_out), lo + 1] += frac
+    return w.float().to(device)
+
+
 def upsample(act: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, C, h, w] -> [N, C, size, size], bilinear with align_corners=True (the recorded choice)."""
-    if act.shape[-1] == size and act.shape[-2] == size:
+    """[N, C, h, w] -> [N, C, size, size], bilinear with align_corners=True (the recorded choice).
+
+    Separable: two small matmuls (rows, then columns), several times faster on CPU than
+    F.interpolate and equal to it up to float rounding (tested).
+    """
+    h, w = act.shape[-2:]
+    if h == size and w == size:
         return act
-    return F.interpolate(act, size=(size, size), mode="bilinear", align_corners=True)
+    wy = _bilinear_matrix(h, size, act.device)  # [size, h]
+    wx = _bilinear_matrix(w, size, act.device)  # [size, w]
+    return torch.matmul(wy, torch.matmul(act, wx.T))
 
 
 def check_finite(act: torch.Tensor, layer: str, model: str) -> None:

@@ -94,3 +94,12 @@ def test_iqr_of_known_tables() -> None:
     # independence: p(a, c) = p(a) p(c) -> 0
     indep = iqr(torch.tensor([[[4.0]]]), torch.tensor([[[20.0]]]), torch.tensor([[[20.0]]]), total)
     assert abs(float(indep)) < 1e-9
+
+
+@pytest.mark.parametrize("h", [1, 4, 8, 32])
+def test_matmul_upsample_equals_interpolate(h: int) -> None:
+    from compute.analyses.quantiles import upsample
+
+    x = torch.randn(3, 5, h, h)
+    want = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=True)
+    assert torch.allclose(upsample(x, 64), want, atol=1e-5)
