@@ -45,7 +45,7 @@ def layer_categories(summary: pl.DataFrame, x: str = "layer", x_title: str = "la
         summary.sort("layer_index")[x].unique(maintain_order=True).to_list() if "layer_index" in summary.columns
         else None)
     return alt.Chart(_pd(long)).mark_bar().encode(
-        x=alt.X(f"{x}:N", title=x_title, sort=sort, axis=alt.Axis(labelAngle=-30)),
+        x=alt.X(f"{x}:N", title=x_title, sort=sort, axis=alt.Axis(labelAngle=-30, labelLimit=260)),
         y=alt.Y("sum(units):Q", title="interpretable units"),
         color=category_color(),
         order=alt.Order("category:N", sort="ascending"),
@@ -57,7 +57,7 @@ def concept_distribution(concepts: pl.DataFrame, value: str = "interpretable_uni
     """Bars: number of units whose label is each concept, coloured by category (paper Fig. 5)."""
     data = concepts.filter(pl.col(value) > 0)
     return alt.Chart(_pd(data)).mark_bar().encode(
-        x=alt.X("concept:N", sort="-y", title="concept", axis=alt.Axis(labelAngle=-40)),
+        x=alt.X("concept:N", sort="-y", title="concept", axis=alt.Axis(labelAngle=-40, labelOverlap=False)),
         y=alt.Y(f"{value}:Q", title=value.replace("_", " ")),
         color=category_color(),
         tooltip=["concept:N", "category:N", "labelled_units:Q", "interpretable_units:Q",
@@ -68,7 +68,7 @@ def concept_distribution(concepts: pl.DataFrame, value: str = "interpretable_uni
 def unit_iou_bars(iou: pl.DataFrame, interpretable_iou: float | None = None) -> alt.Chart:
     """Horizontal bars: a unit's IoU with every concept, sorted, with the interpretability line."""
     data = iou.filter(pl.col("iou").is_not_null())
-    height = max(100, 22 * data.height)
+    height = alt.Step(22)  # discrete y: a fixed band per concept (a number here is squeezed by Streamlit)
     bars = alt.Chart(_pd(data)).mark_bar().encode(
         y=alt.Y("concept:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
         x=alt.X("iou:Q", title="IoU"),
@@ -80,7 +80,7 @@ def unit_iou_bars(iou: pl.DataFrame, interpretable_iou: float | None = None) -> 
         return bars.properties(height=height)
     rule = alt.Chart(_pd(pl.DataFrame({"iou": [float(interpretable_iou)]}))).mark_rule(
         strokeDash=[4, 3], color="#444").encode(x="iou:Q")
-    return (bars + rule).properties(height=height)
+    return alt.layer(bars, rule).properties(height=height)
 
 
 def quantile_curve(quantiles: pl.DataFrame, threshold: float | None = None) -> alt.Chart:
@@ -99,9 +99,10 @@ def quantile_curve(quantiles: pl.DataFrame, threshold: float | None = None) -> a
 def alpha_per_concept(alpha: pl.DataFrame) -> alt.Chart:
     """Bars: a unit's optimised α for each concept."""
     return alt.Chart(_pd(alpha)).mark_bar().encode(
-        y=alt.Y("concept:N", sort="-x", title=None), x=alt.X("alpha:Q", title="α", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("concept:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("alpha:Q", title="α", scale=alt.Scale(domain=[0, 1])),
         tooltip=["concept:N", alt.Tooltip("alpha:Q", format=".3f"), alt.Tooltip("alpha_init:Q", format=".3f")],
-    ).properties(height=max(80, 22 * alpha.height))
+    ).properties(height=alt.Step(22))
 
 
 def alpha_bars(alpha: pl.DataFrame, top: int | None = None) -> alt.Chart:
@@ -203,10 +204,13 @@ def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "int
     concepts = (frame.group_by("concept").agg(pl.col(value).sum()).sort(value, descending=True)["concept"]
                 .to_list())
     base = alt.Chart(_pd(frame)).encode(
-        x=alt.X(f"{x}:N", title=None, axis=alt.Axis(labelAngle=-20)),
-        y=alt.Y("concept:N", sort=concepts, title=None))
+        x=alt.X(f"{x}:N", title=None, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
+        y=alt.Y("concept:N", sort=concepts, title=None, axis=alt.Axis(labelOverlap=False)))
     rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value.replace("_", " "),
                                                    scale=alt.Scale(scheme="blues")),
                                    tooltip=[f"{x}:N", "concept:N", "category:N", f"{value}:Q"])
-    text = base.mark_text(fontSize=11).encode(text=alt.Text(f"{value}:Q"))
-    return (rect + text).properties(height=max(120, 20 * len(concepts)))
+    top = float(frame[value].max() or 0) if frame.height else 0.0
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text(f"{value}:Q"),
+        color=alt.condition(alt.datum[value] > top / 2, alt.value("white"), alt.value("black")))
+    return alt.layer(rect, text).properties(height=alt.Step(24))

@@ -118,7 +118,10 @@ def layer_names(path: str, model: str) -> list[str]:
 def pick_layer(path: str, model: str, key: str, container: Any = st, layers: Iterable[str] | None = None,
                default: str | None = None, force: str | None = None) -> str | None:
     names = list(layers) if layers is not None else layer_names(path, model)
-    return pick("layer", "layer", names, f"{key}_layer", container, default=default, force=force)
+    if st.session_state.get(f"{key}_layer_model") != model:  # another model: its own remembered layer
+        st.session_state.pop(f"{key}_layer", None)
+        st.session_state[f"{key}_layer_model"] = model
+    return pick("layer", f"layer_of_{model}", names, f"{key}_layer", container, default=default, force=force)
 
 
 def dissection_label(row: tuple[str, str]) -> str:
