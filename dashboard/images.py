@@ -41,7 +41,7 @@ def _let_the_page_out() -> None:
         time.sleep(1.0)
 
 
-@st.cache_data(ttl=3600, max_entries=64, show_spinner=False)
+@st.cache_data(ttl=3600, max_entries=32, show_spinner=False)
 def strips(db: str, model: str, checkpoint_sha256: str | None, layer: str, requests: tuple[Request, ...],
            size: int | None = None) -> list[np.ndarray]:
     """One uint8 [h, w, 3] strip per request (units' top images with their region outlined)."""
@@ -52,7 +52,7 @@ def strips(db: str, model: str, checkpoint_sha256: str | None, layer: str, reque
     return unit_strips(model, layer, reqs, db, device(), size)
 
 
-@st.cache_data(ttl=3600, max_entries=64, show_spinner=False)
+@st.cache_data(ttl=3600, max_entries=32, show_spinner=False)
 def samples(db: str, model: str, checkpoint_sha256: str | None, seed: int, indices: tuple[int, ...],
             size: int | None = None) -> np.ndarray:
     """Generated images (model, seed, sample) for each index: uint8 [N, H, W, 3]."""
@@ -67,7 +67,7 @@ def samples(db: str, model: str, checkpoint_sha256: str | None, seed: int, indic
     return images
 
 
-@st.cache_data(ttl=3600, max_entries=64, show_spinner=False)
+@st.cache_data(ttl=3600, max_entries=32, show_spinner=False)
 def heat_overlays(db: str, model: str, checkpoint_sha256: str | None, seed: int, indices: tuple[int, ...],
                   heats: tuple[tuple[tuple[float, ...], ...], ...], size: int | None = None) -> list[np.ndarray]:
     """Each sample image with a heat map (rows of floats, featuremap grid) blended over it."""
