@@ -60,6 +60,12 @@ class VillageSegNet(nn.Module):
         self.dec = nn.ModuleList([_conv(w[i], w[i]) for i in range(len(w) - 1)])
         self.head = nn.Conv2d(w[0], sum(HEAD_SIZES), 1)
 
+    def encode(self, x: Tensor) -> Tensor:
+        """x [N,3,64,64] -> bottleneck [N, widths[-1], 8, 8] (the encoder only)."""
+        for enc in self.enc:
+            x = enc(x)
+        return x
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         skips = []
         for enc in self.enc:
@@ -115,7 +121,10 @@ class VillageSegmenter(nn.Module):
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         """Pooled encoder features [N, D] (global average of the bottleneck, D = widths[-1])."""
-        return self.logits(images)[1].mean((2, 3))
+        x = images
+        if x.shape[2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        return self.net.encode(x).mean((2, 3))
 
     @torch.no_grad()
     def concept_masks(self, images: Tensor) -> Tensor:
