@@ -1,0 +1,113 @@
+"""Insertion by context (paper section 4.4, Fig. 11): where can a concept be inserted?
+
+Reads the job's generator and segmenter and the alphas of the ACE run it depends on (`ace_alpha`);
+writes `insertion_contexts` (one row per inserted concept and context concept) and `insertion_maps`
+(one row per inserted concept, sample and featuremap location: where insertion works).
+
+For each declared concept c and layer: the top-`units` units by alpha (ties by unit index) are set to
+the insertion constant k_c (S-6.4; estimated on this analysis's samples) at ONE featuremap location
+at a time, for every location of every sample (the generator below the layer runs once per sample;
+edited copies are stacked `chunk` per pass). The effect is the number of pixels labelled c after the
+edit that were not before, within the pixel block of the location's (2*neighbourhood+1)^2 cells.
+
+Context = what the unedited image shows at the location: per segmenter category (object, part,
+material), the concept covering the largest share of the location's pixel block (unless most of it
+is none of that category's concepts). `insertion_contexts` has one row per context concept with the
+number of locations, the mean effect and its standard deviation (a wall location also counts under
+building and brick). `insertion_maps.context` is the location's part if any, else its object.
+
+    gandissect run examples/intervene.toml --only insert
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compute.analyses.ace import require_concepts
+from compute.context import Checkpoint, Job, RunContext
+from compute.intervene import (InterventionError, cell_contexts, concept_index, constant_for, coverage,
+                               featuremap, finish, insertion_effects, map_context, unit_alpha)
+from compute.stats import ConditionalMean
+from ingest.samples import latents
+
+CODE_VERSION = "1"
+NEEDS: tuple[str, ...] = ("ace",)
+TABLES = ("insertion_contexts", "insertion_maps")
+
+TOP_SQL = ("select unit from ace_alpha where run_key = ? and layer = ? and concept = ? "
+           "order by alpha desc, unit limit ?")
+
+
+def top_units(ctx: RunContext, ace_key: str, layer: str, concept: str, n: int) -> list[int]:
+    """The n highest-alpha units of a concept in an ACE run."""
+    units = [int(u) for u in ctx.read(TOP_SQL, [ace_key, layer, concept, n])["unit"].to_list()]
+    if not units:
+        raise InterventionError(f"the ACE run has no alpha for concept {concept!r} at layer {layer!r}: "
+                                f"declare it in the ace analysis's concepts")
+    return units
+
+
+def context_rows(seg: Any, effects: torch.Tensor, contexts: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Effect statistics per context concept: effects [N, h, w], contexts {category: [N, h, w] indices}."""
+    rows = []
+    e = effects.flatten().double().cpu()
+    for cat, lab in contexts.items():
+        lab = lab.flatten().cpu()
+        for k in sorted(set(lab.tolist()) - {0}):
+            sel = e[lab == k]
+            rows.append({"context": seg.concepts[k].name, "locations": int(sel.numel()),
+                         "effect": float(sel.mean()), "effect_std": float(sel.std(unbiased=False))})
+    return rows
+
+
+def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
+    a = job.analysis
+    gen, seg = ctx.generator(job), ctx.segmenter(job)
+    concepts = require_concepts(job)
+    n_units = int(a.param("units", 20))
+    radius = int(a.param("radius", 0))
+    hood = int(a.param("neighbourhood", 1))
+    chunk = int(a.param("chunk", 256))
+    bs = int(a.param("batch_size", 32))
+    base = {"run_key": job.run_key, "model": job.model.name}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    for layer in job.layers:
+        rs, masks, stat = [], [], ConditionalMean()
+        for s in range(0, a.samples, bs):
+            z = latents(a.seed, min(bs, a.samples - s), int(gen.z_dim), start=s).to(ctx.device)
+            r = featuremap(gen, layer, z)
+            with torch.no_grad():
+                m = seg.concept_masks(finish(gen, layer, r))
+            stat.add(r, coverage(m, r.shape[2], r.shape[3]))
+            rs.append(r)
+            masks.append(m)
+        r_all, m_all = torch.cat(rs), torch.cat(masks)
+        n, units, h, w = r_all.shape
+        k = stat.result().T.float()
+        contexts = cell_contexts(seg, m_all, h, w)
+        single = map_context(contexts).cpu()
+        for name in concepts:
+            c = concept_index(seg, name)
+            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(r_all.device)
+            alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer,
+                               device=r_all.device)
+            ckpt = Checkpoint(ctx.cache_dir(job), f"insert.{layer}.{name}")
+            done, saved, _ = ckpt.load()
+            parts = [saved[f"b{i}"] for i in range(done)]
+            for i in ctx.progress(range(done, len(rs)), desc=f"insert {name}", total=len(rs), initial=done):
+                sl = slice(i * bs, i * bs + rs[i].shape[0])
+                parts.append(insertion_effects(gen, seg, layer, rs[i], m_all[sl, c], alpha, kc, c, radius=radius,
+                                               neighbourhood=hood, chunk=chunk).view(-1, h, w).cpu())
+                ckpt.save(i + 1, {f"b{j}": p for j, p in enumerate(parts)})
+            effects = torch.cat(parts)  # [N, h, w]
+            row = {**base, "layer": layer, "concept": name}
+            out["insertion_contexts"] += [{**row, **cr} for cr in context_rows(seg, effects, contexts)]
+            for i in range(n):
+                for y in range(h):
+                    for x in range(w):
+                        lab = int(single[i, y, x])
+                        out["insertion_maps"].append({
+                            **row, "seed": a.seed, "sample": i, "y": y, "x": x,
+                            "context": seg.concepts[lab].name if lab else None, "effect": float(effects[i, y, x])})
+    return out
