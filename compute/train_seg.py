@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
 import shlex
 import sys
 import time
@@ -298,8 +299,9 @@ Concepts covering >= 1 % of pixels: {', '.join(big)}.
 Quality bar (IoU >= 0.80 for every object and part concept covering >= 1 % of pixels, mean IoU >= 0.85):
 **{'met' if ok else 'NOT met'}**.
 
-Speed: `segment` of 32 images at 64x64 takes {speed_ms:.0f} ms here (CPU, median of 5, wall clock,
-shared machine).
+Speed: `segment` of 32 images at 64x64 took {speed_ms:.0f} ms (median of 5, wall clock) when this card was
+written, with {torch.get_num_threads()} torch thread(s) and a 1-minute load average of {os.getloadavg()[0]:.1f}
+on {os.cpu_count()} CPUs (a shared machine: `gandissect bench` measures it properly).
 """
 
 
