@@ -151,9 +151,10 @@ def test_deterministic_and_batch_matches() -> None:
 
 
 def test_render_speed() -> None:
+    """A few ms of CPU per scene (process time: robust to other jobs sharing the cores)."""
     render(0)
-    t = time.perf_counter()
+    t = time.process_time()
     for s in range(100):
         render(s)
-    per_scene = (time.perf_counter() - t) / 100
-    assert per_scene < 0.030, f"{per_scene * 1000:.1f} ms per scene"
+    per_scene = (time.process_time() - t) / 100
+    assert per_scene < 0.025, f"{per_scene * 1000:.1f} ms of CPU per scene"
