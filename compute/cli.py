@@ -116,7 +116,8 @@ def cmd_sql(a: argparse.Namespace) -> int:
     else:
         import polars as pl
 
-        with pl.Config(tbl_rows=min(len(df), 200), tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+        with pl.Config(tbl_rows=min(len(df), 200), tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                       tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
             print(df)
     return 0
 
