@@ -26,8 +26,8 @@ ANALYSIS_KINDS: dict[str, str] = {
     "trace": "effect of one insertion on every later layer",
     "realism": "per-unit realism (Frechet distance of top images)",
 }
-MODEL_FAMILIES = ("progan", "module", "stylegan2")
-SEGMENTER_FAMILIES = ("village", "module", "transformers")
+MODEL_FAMILIES = ("progan", "module", "stylegan2")  # loaders: ingest.zoo.GENERATOR_LOADERS (docs/own-models.md)
+SEGMENTER_FAMILIES = ("village", "module", "transformers")  # loaders: ingest.zoo.SEGMENTER_LOADERS
 THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr")
 DEFAULT_SPEC = "gandissect.toml"
 
@@ -301,7 +301,7 @@ def _check_layers_and_concepts(spec: Spec) -> None:
                     if layer not in layer_cache[mn]:
                         raise SpecError(spec.path, label, "layers",
                                         f"model {mn!r} has no layer {layer!r}; available: {', '.join(layer_cache[mn])}")
-        if a.concepts and a.segmenter:
+        if a.segmenter:  # every used segmenter loads (a bad one is bad input, exit 2, before any run)
             try:
                 known = [c.name for c in zoo.describe_segmenter(spec.segmenter(a.segmenter)).concepts]
             except zoo.ZooError as e:

@@ -1,8 +1,15 @@
 """The model zoo: bundled village models and loaders for models declared in a spec.
 
-Reads safetensors checkpoints (bundled beside this file, or files a spec names); writes nothing.
-Families: generators `progan` (bundled village-gan and its training checkpoints) and `module`
-(a user's factory `pkg.mod:factory`); segmenters `village` and `module`.
+Reads checkpoints (bundled safetensors beside this file, or the files and directories a spec names;
+PyTorch pickles only with `weights_only=True`); writes nothing. Families (see docs/own-models.md):
+
+- generators: `progan` (the bundled village-gan format, or the paper's netdissect ProGAN `.pth`,
+  `ingest.models.progan_paper`), `stylegan2` (rosinality `g_ema` checkpoints, `ingest.models.stylegan2`),
+  `module` (a user's factory `pkg.mod:factory` + checkpoint, `ingest.models.module_family`);
+- segmenters: `village` (bundled), `module` (a user's factory + labels), `transformers` (a local
+  Hugging Face `AutoModelForSemanticSegmentation` directory, `ingest.models.hf_segmenter`).
+
+Every loading problem is one line in a `ZooError` (the CLI exits with status 2).
 
     python -c "from ingest.zoo import load_generator; print(load_generator('village-gan'))"
 """
@@ -10,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +45,14 @@ def _sha256_cached(path: str, mtime_ns: int, size: int) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint file (cached per path, mtime and size)."""
+    """sha256 of a checkpoint file (cached per path, mtime and size); for a model directory (the
+    transformers family), the sha256 of its files' relative paths and their own sha256, in order."""
+    if os.path.isdir(path):
+        h = hashlib.sha256()
+        root = Path(path)
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            h.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
+        return h.hexdigest()
     st = os.stat(path)
     return _sha256_cached(str(path), st.st_mtime_ns, st.st_size)
 
@@ -95,66 +108,126 @@ def load_segmenter(name: str, spec: "str | os.PathLike | Spec | None" = None,
     return load_village_seg(str(path), torch.device(device)).eval()
 
 
-def _import_factory(ref: str) -> Any:
-    mod_name, _, attr = ref.partition(":")
-    if not mod_name or not attr:
-        raise ZooError(f"factory must look like 'package.module:function', got {ref!r}")
+def _read_meta_format(path: str) -> str | None:
+    """The `format` metadata of a safetensors file (None for any other file)."""
+    if not path.endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
     try:
-        return getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ZooError(f"cannot import factory {ref!r}: {e}") from None
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:
+        return None
 
 
-def _load_state(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _load_progan(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+    """The bundled village format (safetensors with format metadata) or the paper's .pth state dicts."""
+    from ingest.models.progan import FORMAT
 
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled code objects are refused by weights_only
-        raise ZooError(f"{path}: refused to unpickle (only tensors are loaded, weights_only=True): "
-                       f"{str(e).splitlines()[0]}") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    if _read_meta_format(m.checkpoint) == FORMAT:
+        from ingest.models.progan import load_progan
+
+        return load_progan(m.checkpoint, device)
+    from ingest.models.progan_paper import load_progan_paper
+
+    return load_progan_paper(m.checkpoint, device)
+
+
+def _load_stylegan2(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.stylegan2 import load_stylegan2
+
+    return load_stylegan2(m.checkpoint, device, key=m.option("key", "g_ema"), input_space=m.option("input", "z"),
+                          truncation=float(m.option("truncation", 1.0)), noise=m.option("noise", "fixed"),
+                          lr_mlp=float(m.option("lr_mlp", 0.01)))
+
+
+def _load_module(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.module_family import load_module_generator
+
+    return load_module_generator(m, device)
+
+
+GENERATOR_LOADERS = {"progan": _load_progan, "stylegan2": _load_stylegan2, "module": _load_module}
+
+
+def _check_generator(m: "ModelSpec", net: torch.nn.Module) -> torch.nn.Module:
+    """Entry options every family shares: `layers` (a subset / other module paths), `z_dim`, `resolution`."""
+    where = f"model {m.name!r}"
+    if m.family != "module" and m.option("layers") is not None:
+        layers = m.option("layers")
+        layers = [layers] if isinstance(layers, str) else list(layers)
+        names = dict(net.named_modules())
+        for name in layers:
+            if not isinstance(name, str) or not name or name not in names:
+                raise ZooError(f"{where}: has no layer {name!r}; available: {', '.join(net.layers)}")
+        net.layers = layers
+    z_dim = m.option("z_dim")
+    if z_dim is not None and int(z_dim) != int(net.z_dim):
+        raise ZooError(f"{where}: latent size mismatch: the spec says z_dim = {z_dim}, "
+                       f"the checkpoint's generator takes {net.z_dim}")
+    res = m.option("resolution")
+    if res is not None and int(res) != int(net.resolution):
+        raise ZooError(f"{where}: resolution = {res} declared, the checkpoint's generator makes "
+                       f"{net.resolution}x{net.resolution} images")
+    return net
 
 
 def load_model_spec(m: "ModelSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Instantiate the generator a spec entry declares."""
+    """Instantiate the generator a spec entry declares (families: progan, stylegan2, module)."""
     device = torch.device(device)
     if not Path(m.checkpoint).exists():
         raise ZooError(f"checkpoint not found: {m.checkpoint}")
-    if m.family == "progan":
-        from ingest.models.progan import load_progan
+    loader = GENERATOR_LOADERS.get(m.family)
+    if loader is None:
+        raise ZooError(f"model family {m.family!r} is not supported; families: {', '.join(GENERATOR_LOADERS)}")
+    return _check_generator(m, loader(m, device)).eval()
 
-        return load_progan(m.checkpoint, device).eval()
-    if m.family == "module":
-        factory = _import_factory(m.option("factory", ""))
-        net = factory(**dict(m.option("kwargs", ())))
-        missing, unexpected = net.load_state_dict(_load_state(m.checkpoint), strict=False)
-        if missing or unexpected:
-            raise ZooError(f"{m.checkpoint}: keys do not match the factory's module; missing {list(missing)[:5]}, "
-                           f"unexpected {list(unexpected)[:5]}")
-        net.z_dim = int(m.option("z_dim", getattr(net, "z_dim", 0)))
-        net.resolution = int(m.option("resolution", getattr(net, "resolution", 0)))
-        net.layers = list(m.option("layers", getattr(net, "layers", [])))
-        names = dict(net.named_modules())
-        bad = [x for x in net.layers if x not in names]
-        if bad:
-            raise ZooError(f"model {m.name!r} has no layer {bad[0]!r}; available: {', '.join(n for n in names if n)}")
-        return net.to(device).eval()
-    raise ZooError(f"model family {m.family!r} is not supported yet")
+
+def _load_village(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.village_seg import load_village_seg
+
+    return load_village_seg(s.checkpoint, device)
+
+
+def _load_module_seg(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.module_family import load_module_segmenter
+
+    return load_module_segmenter(s, device)
+
+
+def _load_transformers(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.hf_segmenter import load_hf_segmenter
+
+    return load_hf_segmenter(s.checkpoint, device, dict(s.options), s.name)
+
+
+SEGMENTER_LOADERS = {"village": _load_village, "module": _load_module_seg, "transformers": _load_transformers}
 
 
 def load_segmenter_spec(s: "SegmenterSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Instantiate the segmenter a spec entry declares."""
+    """Instantiate the segmenter a spec entry declares (families: village, module, transformers)."""
     device = torch.device(device)
     if not Path(s.checkpoint).exists():
         raise ZooError(f"checkpoint not found: {s.checkpoint}")
-    if s.family == "village":
-        from ingest.models.village_seg import load_village_seg
+    loader = SEGMENTER_LOADERS.get(s.family)
+    if loader is None:
+        raise ZooError(f"segmenter family {s.family!r} is not supported; families: {', '.join(SEGMENTER_LOADERS)}")
+    return loader(s, device).eval()
 
-        return load_village_seg(s.checkpoint, device).eval()
-    raise ZooError(f"segmenter family {s.family!r} is not supported yet")
+
+def resolution_record(generator: Any, segmenter: Any) -> dict[str, Any]:
+    """How generated images meet the segmenter: both resolutions and the resizing applied (for run records).
+
+    Images are resized to the segmenter's resolution (bilinear, antialiased when shrinking) and
+    featuremaps are upsampled to it; a segmenter with its own input size resizes again inside."""
+    g, s = int(generator.resolution), int(segmenter.resolution)
+    rec: dict[str, Any] = {"generator_resolution": g, "segmenter_resolution": s,
+                           "images": "as generated" if g == s else ("downsampled" if g > s else "upsampled")}
+    size = getattr(segmenter, "input_size", None)
+    if size is not None:
+        rec["segmenter_input_size"] = list(size)
+    return rec
 
 
 @functools.lru_cache(maxsize=64)
