@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                       "(apt-get install chromium; .ci/run does it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(),
+                                 reason="Debian's chromium is not installed at /usr/bin/chromium "
+                                        "(apt-get install chromium; .ci/run does it)")]
 
 
 def free_port() -> int:
@@ -100,7 +101,6 @@ def test_click_through_units_to_a_unit_page(server, output_dir):
             page.locator("h1", has_text="Overview").wait_for(timeout=60_000)
             timings["overview_first_content_s"] = time.perf_counter() - t0
             page.get_by_text("Interpretable units per layer").wait_for()
-            wait_idle(page)
             no_exception(page)
 
             t0 = time.perf_counter()

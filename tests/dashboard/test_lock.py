@@ -31,7 +31,7 @@ def hold_write_lock(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("page", ["units"])
+@pytest.mark.parametrize("page", ["overview"])
 def test_page_waits_for_a_short_write(dash_store, page):
     writer = hold_write_lock(dash_store, 1.0)
     try:

@@ -1,6 +1,6 @@
 """Timing: on the fixture store each page's first content (every query and chart, images excluded: they
 come last) renders within 1 s with cold query caches in a warm process (a running dashboard has its
-modules imported): the better of two cold runs per page. Times go to test-output/dashboard/timings.json."""
+modules imported): the better of up to two cold runs per page. Times go to test-output/dashboard/timings.json."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,8 @@ def test_first_content_within_a_second(dash_store, monkeypatch, output_dir):
         at.switch_page(f"app_pages/{page}.py").run()
         assert_ok(at)
     trials: dict[str, list[float]] = {p: [] for p in TIMED}
-    for _ in range(2):  # the better of two cold-cache runs (the CPU is shared with other jobs)
-        for page in TIMED:
+    for trial in range(2):  # a second cold-cache run for pages over the limit (the CPU is shared)
+        for page in [p for p in TIMED if trial == 0 or min(trials[p]) > LIMIT_S]:
             st.cache_data.clear()
             at.switch_page(f"app_pages/{page}.py")
             t0 = time.perf_counter()

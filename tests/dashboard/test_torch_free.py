@@ -7,9 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a fresh interpreter (the test process has torch imported already)
 def test_browsing_pages_do_not_import_torch(dash_store):
     code = textwrap.dedent(f"""
         import os, sys
