@@ -1,0 +1,184 @@
+"""The runner end to end on tiny models: dissect -> ace -> ablate / insert / trace write rows that pass the
+store audits and agree with each other; a non-held-out ablation set is refused with a clear message."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from compute import runner, spec as specmod
+from db import store
+from tests.conftest import write_spec
+
+pytestmark = pytest.mark.slow  # about 30 s on a shared 2-core CPU
+
+BODY = """
+[store]
+path = "{dir}/store.duckdb"
+
+[[models]]
+name = "tiny"
+family = "progan"
+checkpoint = "{gan}"
+
+[[segmenters]]
+name = "tiny-seg"
+family = "village"
+checkpoint = "{seg}"
+
+[[analyses]]
+name = "d"
+kind = "dissect"
+models = ["tiny"]
+segmenter = "tiny-seg"
+layers = ["layer4"]
+samples = 16
+seed = 2
+batch_size = 16
+
+[[analyses]]
+name = "a"
+kind = "ace"
+models = ["tiny"]
+segmenter = "tiny-seg"
+layers = ["layer4"]
+samples = 10
+seed = 2
+concepts = ["tree", "watermark"]
+epochs = 1
+steps_per_epoch = 1
+batch = 4
+eval_items = 4
+lr = 0.05
+l2 = 0.01
+
+[[analyses]]
+name = "ab"
+kind = "ablate"
+models = ["tiny"]
+segmenter = "tiny-seg"
+layers = ["layer4"]
+samples = 6
+seed = {ablate_seed}
+concepts = ["tree"]
+n_max = 3
+draws = 2
+effect_units = 3
+insert_locations = 1
+
+[[analyses]]
+name = "ins"
+kind = "insert"
+models = ["tiny"]
+segmenter = "tiny-seg"
+layers = ["layer4"]
+samples = 2
+seed = 3
+concepts = ["tree"]
+units = 3
+
+[[analyses]]
+name = "tr"
+kind = "trace"
+models = ["tiny"]
+segmenter = "tiny-seg"
+layers = ["layer4"]
+samples = 2
+seed = 3
+concepts = ["tree"]
+units = 3
+location = [2, 3]
+"""
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory, tiny_gan: Path, tiny_seg: Path) -> tuple[Path, str]:
+    d = tmp_path_factory.mktemp("intervene")
+    path = write_spec(d, BODY.format(dir=d, gan=tiny_gan, seg=tiny_seg, ablate_seed=3))
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        out = runner.run(specmod.load(path), quiet=True, echo=lambda m: None)
+    finally:
+        os.chdir(cwd)
+    assert [o.state for o in out] == ["done"] * 5, [o.error for o in out]
+    return path, str(d / "store.duckdb")
+
+
+def q(db: str, sql: str):
+    return store.read(sql, path=db)
+
+
+def test_rows_pass_every_store_audit(computed) -> None:
+    _, db = computed
+    assert store.run_audits(db) == []
+    counts = {t: int(q(db, f"select count(*) n from {t}")["n"][0]) for t in (
+        "ace_alpha", "ace_epochs", "ace_trajectory", "ablation_curves", "causal_effects",
+        "insertion_contexts", "insertion_maps", "trace_effects")}
+    assert counts["ace_alpha"] == 2 * 8 and counts["ace_epochs"] == 2 * 2 and counts["ace_trajectory"] == 2 * 2 * 8
+    assert counts["ablation_curves"] == 3 * 4 and counts["causal_effects"] == 3
+    assert counts["insertion_maps"] == 2 * 64 and counts["insertion_contexts"] > 0
+    assert counts["trace_effects"] == 2 * 16 * 16 + 2 * 32 * 32 + 2 * 64 * 64
+
+
+def test_ace_rows(computed) -> None:
+    _, db = computed
+    df = q(db, "select concept, max(alpha_init) m, min(alpha) lo, max(alpha) hi from ace_alpha group by concept")
+    assert sorted(df["concept"].to_list()) == ["tree", "watermark"]
+    assert all(abs(m - 1) < 1e-9 for m in df["m"].to_list())  # IoU init: the best unit starts at 1
+    params = json.loads(q(db, "select params from runs where name = 'a'")["params"][0])
+    assert {"l2", "lr", "epochs", "steps_per_epoch", "batch", "seed"} <= set(params)
+
+
+def test_ablation_curves_and_causal_effects_agree(computed) -> None:
+    _, db = computed
+    cur = q(db, "select ranking, n_units, remaining, remaining_std, draws from ablation_curves order by all")
+    assert set(cur["ranking"].to_list()) == {"ace", "iou", "random"}
+    assert all(abs(r - 1) < 1e-12 for r in cur.filter(cur["n_units"] == 0)["remaining"].to_list())
+    rnd = cur.filter(cur["ranking"] == "random")
+    assert set(rnd["draws"].to_list()) == {2} and rnd["remaining_std"].null_count() == 0
+    eff = q(db, "select unit_set, n_units, units, ace, ablation, insertion from causal_effects order by unit_set")
+    assert eff["unit_set"].to_list() == ["ace_top3", "iou_top3", "random_top3"]
+    for row in eff.iter_rows(named=True):
+        assert abs(row["ace"] - (row["ablation"] + row["insertion"])) < 1e-12
+    at3 = {r["ranking"]: r["remaining"] for r in cur.filter(cur["n_units"] == 3).iter_rows(named=True)}
+    by = {r["unit_set"]: r for r in eff.iter_rows(named=True)}
+    assert abs(by["ace_top3"]["ablation"] - (1 - at3["ace"])) < 1e-9
+    assert abs(by["random_top3"]["ablation"] - (1 - at3["random"])) < 1e-9
+    top = q(db, "select unit from ace_alpha a join runs r using (run_key) where r.name = 'a' and a.concept = 'tree' "
+                "order by alpha desc limit 3")["unit"].to_list()
+    assert sorted(json.loads(by["ace_top3"]["units"])) == sorted(top)
+
+
+def test_insertion_contexts_summarise_the_maps(computed) -> None:
+    _, db = computed
+    maps = q(db, "select context, count(*) n, avg(effect) e from insertion_maps where context is not null "
+                 "group by context")
+    ctx = q(db, "select context, locations, effect from insertion_contexts")
+    by = {r["context"]: r for r in ctx.iter_rows(named=True)}
+    for r in maps.iter_rows(named=True):  # tiny segmenter: no parts, so a map's context is the object
+        assert by[r["context"]]["locations"] == r["n"] and abs(by[r["context"]]["effect"] - r["e"]) < 1e-9
+
+
+def test_trace_effects_start_near_the_insertion(computed) -> None:
+    _, db = computed
+    df = q(db, "select target_layer, y, x, effect from trace_effects where target_layer = 'layer5'")
+    near = df.filter((df["y"] >= 3) & (df["y"] <= 6) & (df["x"] >= 5) & (df["x"] <= 8))
+    far = df.filter((df["y"] < 3) | (df["y"] > 6) | (df["x"] < 5) | (df["x"] > 8))
+    assert near["effect"].min() > 0 and far["effect"].max() == 0
+
+
+def test_ablation_on_the_ace_samples_is_refused(computed, tmp_path: Path, tiny_gan: Path, tiny_seg: Path) -> None:
+    path, db = computed
+    d = path.parent
+    bad = write_spec(d, BODY.format(dir=d, gan=tiny_gan, seg=tiny_seg, ablate_seed=2), name="bad.toml")
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        out = runner.run(specmod.load(bad), only="ab", quiet=True, echo=lambda m: None)
+    finally:
+        os.chdir(cwd)
+    assert out[0].state == "failed"
+    assert "seed 2 is the ACE run's seed; the ablation set must be held out" in out[0].error
