@@ -125,8 +125,11 @@ def cmd_sql(a: argparse.Namespace) -> int:
 def cmd_dashboard(a: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ, GANDISSECT_DB=os.path.abspath(store_path(a.db, a.spec)))
+    if Path(a.spec).exists():  # lets the image pages load models whose options live in the spec
+        env["GANDISSECT_SPEC"] = os.path.abspath(a.spec)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.host,
-           "--server.port", str(a.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.port", str(a.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal"]
     print(f"dashboard: http://{a.host}:{a.port}  (store {env['GANDISSECT_DB']})", flush=True)
     return subprocess.call(cmd, env=env)
 
