@@ -64,6 +64,11 @@ def thaw(value: Any) -> Any:
     return value
 
 
+def as_lists(value: Any) -> Any:
+    """A frozen spec list back to (nested) lists, keeping the order (no table detection)."""
+    return [as_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
 def import_factory(ref: Any, where: str) -> Any:
     """The callable named by "package.module:function" (nested attributes allowed after the colon)."""
     if not isinstance(ref, str) or ":" not in ref:
@@ -202,17 +207,31 @@ def load_module_generator(m: "ModelSpec", device: torch.device) -> ModuleGenerat
 
 @torch.no_grad()
 def probe_resolution(gen: ModuleGenerator, where: str, declared: Any) -> int:
-    """One forward pass on z #0 of seed 0: the output must be [1, 3, R, R]; returns R."""
+    """One forward pass on z #0 of seed 0: every layer must output [1, C, H, W] and the image must be
+    [1, 3, R, R]; returns R."""
     from ingest.samples import latents
 
     device = next((p.device for p in gen.parameters()), torch.device("cpu"))
     z = latents(0, 1, gen.z_dim).to(device)
     shape = (1, *gen.latent_shape)
+    seen: dict[str, Any] = {}
+    modules = dict(gen.named_modules())
+    handles = [modules[name].register_forward_hook(
+        lambda _m, _i, out, name=name: seen.__setitem__(name, out)) for name in gen.layers]
     try:
         out = gen(z)
     except Exception as e:
         raise ZooError(f"{where}: latent size mismatch? the module fails on a latent of shape {shape}: "
                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    for name in gen.layers:
+        got = seen.get(name)
+        if not isinstance(got, torch.Tensor) or got.dim() != 4:
+            what = "never runs in forward()" if name not in seen else (
+                f"returns {type(got).__name__}" if not isinstance(got, torch.Tensor) else f"returns shape {tuple(got.shape)}")
+            raise ZooError(f"{where}: layer {name!r} {what}; a dissectable layer outputs a [N, C, H, W] tensor")
     if out.dim() != 4 or out.shape[1] != 3 or out.shape[2] != out.shape[3]:
         raise ZooError(f"{where}: the module returns {tuple(out.shape)} for a latent of shape {shape}; "
                        f"expected square RGB images [N, 3, R, R]")
@@ -238,8 +257,8 @@ def load_module_segmenter(s: "SegmenterSpec", device: torch.device) -> LabelSegm
     where = f"segmenter {s.name!r}"
     if s.option("factory") is None:
         raise ZooError(f"{where}: family 'module' needs factory = 'package.module:function'")
-    if s.option("labels") is not None:
-        labels = read_labels(thaw(s.option("labels")), where)
+    if s.option("labels") is not None:  # a list: names or [name, category] pairs, in channel order
+        labels = read_labels(as_lists(s.option("labels")), where)
     elif s.option("labels_file") is not None:
         labels = read_labels_file(s.option("labels_file"), Path(s.checkpoint).parent, where)
     else:

@@ -22,7 +22,6 @@ g = load_progan_paper('churchoutdoor_lsun.pth'); print(g.resolution, g.layers)"
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,9 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ingest.models.checkpoints import CheckpointError, key_mismatch, read_state_dict
-
-LAYER_KEY = re.compile(r"^layer(\d+)\.(conv\.weight|wscale\.b)$")
-OUTPUT_KEY = re.compile(r"^output_(\d+)x(\d+)\.(conv\.weight|wscale\.b)$")
 
 
 class PixelNormLayer(nn.Module):

@@ -15,10 +15,9 @@ from torch import nn
 
 from compute import cli, runner, spec as specmod
 from db import store
-from ingest.zoo import ZooError, file_sha256, load_model_spec, load_segmenter_spec
+from ingest.zoo import ZooError, file_sha256, load_model_spec, load_segmenter_spec, resolution_record
 from tests.conftest import write_spec
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- factories named by specs ("module" family)
@@ -32,6 +31,7 @@ class TinyGenerator(nn.Module):
                                   nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1),
                                   nn.ReLU())
         self.rgb = nn.Conv2d(width, 3, 1)
+        self.spare = nn.Identity()  # never used in forward
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.rgb(self.body(self.stem(z))))
@@ -161,8 +161,7 @@ def test_paper_progan_256_dissection(tmp_path, church_pth, tiny_seg, monkeypatch
 
 @pytest.mark.slow
 def test_paper_progan_256_dissection_64_samples(tmp_path, church_pth, tiny_seg, monkeypatch) -> None:
-    db = dissect(tmp_path, paper_entries(church_pth, tiny_seg), "church", "seg", ["layer4", "layer14"], 64,
-                 monkeypatch)
+    db = dissect(tmp_path, paper_entries(church_pth, tiny_seg), "church", "seg", ["layer4"], 64, monkeypatch)
     assert store.read("select n_samples from runs", path=db)["n_samples"].to_list() == [64]
     assert layer_table(db, "church")["layer4"] == (512, 8, 8)
 
@@ -494,6 +493,7 @@ def test_module_generator_dissection(tmp_path, mine_ckpt, tiny_seg, monkeypatch)
     ('factory = "tests.ingest.no_such_module:make"', "cannot import factory 'tests.ingest.no_such_module:make'"),
     ('factory = "tests.ingest.test_adapters:no_such_factory"', "has no 'no_such_factory'"),
     ('layers = ["body.9"]', r"has no layer 'body.9'; available: stem, body, body.0"),
+    ('layers = ["spare"]', r"layer 'spare' never runs in forward\(\); a dissectable layer outputs"),
     ('latent_shape = [10, 1, 1]', r"latent size mismatch\? the module fails on a latent of shape \(1, 10, 1, 1\)"),
     ('z_dim = 10', "latent size mismatch: z_dim = 10 but latent_shape"),
     ('state_key = "g_ema"', "has no entry 'g_ema'"),
@@ -561,9 +561,8 @@ def module_seg_entries(tiny_gan: Path, seg_ckpt: Path) -> str:
         checkpoint = "{seg_ckpt}"
         factory = "tests.ingest.test_adapters:make_segmenter"
         kwargs = {{ labels = 4 }}
-        labels = ["background", "sky", "tree", "window"]
+        labels = ["background", "sky", "tree", ["window", "part"]]
         background = "background"
-        categories = {{ window = "part" }}
         resolution = 32
         input_range = "signed"
 
@@ -589,6 +588,10 @@ def test_module_segmenter_dissection_both_resize_directions(tmp_path, tiny_gan, 
         concepts = store.read("select concept, category from concepts order by concept_index", path=db).rows()
         assert concepts == [("sky", "object"), ("tree", "object"), ("window", "part")]
         assert store.read("select count(*) from unit_iou", path=db).row(0) == (8 * 3,)
+        seg = load_segmenter_spec(seg_spec(d, module_seg_entries(tiny_gan, seg_ckpt), name))
+        gen = load_model_spec(model_spec(d, module_seg_entries(tiny_gan, seg_ckpt), "tiny"))
+        assert resolution_record(gen, seg) == {"generator_resolution": 64, "segmenter_resolution": res,
+                                               "images": "downsampled" if res < 64 else "upsampled"}
     seg = load_segmenter_spec(seg_spec(tmp_path, module_seg_entries(tiny_gan, seg_ckpt), "small"))
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     p = seg.probs(images)
@@ -600,10 +603,10 @@ def test_module_segmenter_dissection_both_resize_directions(tmp_path, tiny_gan, 
 
 def test_module_segmenter_errors(tmp_path, tiny_gan, seg_ckpt) -> None:
     entries = module_seg_entries(tiny_gan, seg_ckpt)
-    wrong = entries.replace('labels = ["background", "sky", "tree", "window"]', 'labels = ["background", "sky"]')
+    wrong = entries.replace('labels = ["background", "sky", "tree", ["window", "part"]]', 'labels = ["background", "sky"]')
     with pytest.raises(ZooError, match=r"logits of shape \(1, 4, 16, 16\), expected \[N, 2, h, w\]"):
         load_segmenter_spec(seg_spec(tmp_path, wrong, "small"))
-    none = entries.replace('labels = ["background", "sky", "tree", "window"]', "")
+    none = entries.replace('labels = ["background", "sky", "tree", ["window", "part"]]', "")
     with pytest.raises(ZooError, match="give labels"):
         load_segmenter_spec(seg_spec(tmp_path, none, "small"))
     missing = entries.replace("labels.json", "nope.json")
