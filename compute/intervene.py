@@ -407,14 +407,14 @@ def _bundled(gen: torch.nn.Module | None, seg: Any | None, device: torch.device)
 
 def bench_ace(device: torch.device | str = "cpu", gen: torch.nn.Module | None = None, seg: Any | None = None,
               layer: str = "layer4", concept: str = "tree", samples: int = 64, epochs: int = 5,
-              steps_per_epoch: int = 10, batch: int = 32) -> list[dict[str, Any]]:
+              steps_per_epoch: int = 10, batch: int = 32, eval_items: int = 64) -> list[dict[str, Any]]:
     """Seconds for one alpha optimisation (one concept: sample pool, constants, Adam steps) on the
     bundled village-gan / village-seg (or the given models). Rows for the `benchmarks` table."""
     from compute.analyses.ace import AceConfig, build_pool, optimise_alpha
 
     device = torch.device(device)
     g, s, gname, sname = _bundled(gen, seg, device)
-    cfg = AceConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, seed=1)
+    cfg = AceConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, eval_items=eval_items, seed=1)
     t0 = time.perf_counter()
     pool = build_pool(g, s, layer, seed=1, n=samples, cfg=cfg, device=device)
     c = concept_index(s, concept)
@@ -423,7 +423,8 @@ def bench_ace(device: torch.device | str = "cpu", gen: torch.nn.Module | None = 
     seconds = time.perf_counter() - t0
     params = json.dumps({"device": str(device), "threads": torch.get_num_threads(), "generator": gname,
                          "segmenter": sname, "layer": layer, "concept": concept, "samples": samples,
-                         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch": batch})
+                         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch": batch,
+                         "eval_items": eval_items})
     return [{"bench": "ace", "metric": "seconds", "value": seconds, "unit": "s", "params": params}]
 
 

@@ -5,7 +5,7 @@ ACE run (`ace_alpha`) it depends on; writes `ablation_curves` and `causal_effect
 
 For each declared concept c and layer, the units are ranked three ways: by alpha (`ace`: alpha
 descending, ties by IoU), by IoU (`iou`) and at random (`random`: `draws` permutations). The top-n
-units (n in 0..`n_max`) are ablated (set to 0) over the whole image, and `remaining` is the fraction of
+units (n in 0..`n_max`, or the list `n_units`) are ablated (set to 0) over the whole image, and `remaining` is the fraction of
 c's baseline pixels (hard segmentation, summed over the held-out images) still labelled c; for random,
 the mean over draws with its standard deviation.
 
@@ -152,7 +152,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     for layer in job.layers:
         data = Samples(gen, seg, layer, a.seed, a.samples, bs, ctx.device)
         units = data.r[0].shape[1]
-        grid = list(range(0, min(n_max, units) + 1))
+        grid = sorted({int(n) for n in a.param("n_units", range(0, n_max + 1)) if 0 <= int(n) <= units} | {0})
         h, w = data.r[0].shape[2:]
         pixels = float(data.masks.shape[0] * data.masks.shape[2] * data.masks.shape[3])
         for name in concepts:

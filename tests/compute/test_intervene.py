@@ -209,3 +209,16 @@ def test_conditional_mean_is_reused_streaming(models) -> None:
     iv.insertion_constants(gen, seg, LAYER, z[:3], stat=stat)
     parts = iv.insertion_constants(gen, seg, LAYER, z[3:], stat=stat)
     assert torch.allclose(whole.nan_to_num(-1), parts.nan_to_num(-1), atol=1e-6)
+
+
+def test_bench_functions_return_benchmark_rows(models) -> None:
+    gen, seg = models
+    rows = iv.bench_insert("cpu", gen, seg, concept="tree", samples=1, n_units=3) + \
+        iv.bench_ace("cpu", gen, seg, concept="tree", samples=4, epochs=1, steps_per_epoch=1, batch=2,
+                     eval_items=2)
+    assert [(r["bench"], r["metric"]) for r in rows] == [("insert", "seconds"), ("insert", "ms_per_location"),
+                                                        ("ace", "seconds")]
+    assert all(r["value"] > 0 and r["unit"] in ("s", "ms") for r in rows)
+    import json
+
+    assert json.loads(rows[0]["params"])["locations"] == 64
