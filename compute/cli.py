@@ -9,6 +9,7 @@ unless `--debug`.
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
     gandissect train segmenter|gan [ARGS...]
+    gandissect edit --model M --seed S --sample I --brush B --action draw|remove --region x0,y0,x1,y1
     gandissect version
 """
 from __future__ import annotations
@@ -64,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--spec", default="gandissect.toml")
     b.add_argument("--only", help="one bench: dissect | edit | ace | insert")
+
+    e = sub.add_parser("edit", help="paint one edit onto a generated sample (GANPaint)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--layer", help="edited layer (default: the layer of the brush's causal units)")
+    e.add_argument("--seed", type=int, required=True, help="sample set seed")
+    e.add_argument("--sample", type=int, required=True, help="sample index within the seed")
+    e.add_argument("--brush", required=True, help="a concept (door, tree, ...) or flag:artifact, label:NOTE")
+    e.add_argument("--action", required=True, choices=["draw", "remove"])
+    e.add_argument("--region", required=True, help="x0,y0,x1,y1 in image pixels (x1, y1 exclusive)")
+    e.add_argument("--strength", default="high", help="low | medium | high (or a number in (0, 1])")
+    e.add_argument("--out", default="edited.png", help="PNG written at the generator's resolution")
+    e.add_argument("--json", action="store_true", help='print {"before", "after", "ms"}')
+    e.add_argument("--db", help="store path")
+    e.add_argument("--spec", default="gandissect.toml")
+    e.add_argument("--device", default="cpu")
 
     sub.add_parser("version", help="print the version")
     return p
@@ -148,6 +164,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return int(bench(a) or 0)
 
 
+def cmd_edit(a: argparse.Namespace) -> int:
+    from compute import paint
+
+    return paint.cmd_edit(a, store_path(a.db, a.spec))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -161,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gandissect {PACKAGE_VERSION}")
         return 0
     handlers = {"run": cmd_run, "status": cmd_status, "sql": cmd_sql, "dashboard": cmd_dashboard,
-                "train": cmd_train, "bench": cmd_bench}
+                "train": cmd_train, "bench": cmd_bench, "edit": cmd_edit}
     try:
         return handlers[a.command](a)
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ pages = {
         page("causal", "Causal", ":material/target:"),
     ],
     "Tools": [
+        page("paint", "Paint", ":material/brush:"),
         page("sql", "SQL", ":material/database:"),
         page("flags", "Flags", ":material/flag:"),
         page("model_cards", "Model cards", ":material/description:"),
