@@ -105,11 +105,18 @@ def load_hf_segmenter(directory: str, device: torch.device | str = "cpu", option
         from transformers import AutoModelForSemanticSegmentation
     except ImportError:
         raise ZooError(f"{where}: family 'transformers' needs the optional extra: {EXTRA}") from None
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # gandissect shows its own progress
     try:
         net = AutoModelForSemanticSegmentation.from_pretrained(str(d), local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise ZooError(f"{where}: cannot load {d} as AutoModelForSemanticSegmentation: "
                        f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     seg = label_segmenter(net.float(), _logits, labels, opt, where, default_input_size=pre.get("input_size"),
                           input_range="unit", mean=pre.get("mean"), std=pre.get("std"), features=_features)
     seg.model_type = cfg.get("model_type", "?")  # type: ignore[attr-defined]
