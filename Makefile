@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dashboard,dev]'
+	$(BIN)/pip install -q -e '.[dashboard,dev,transformers]'
 	touch $@
 
 compute: install
