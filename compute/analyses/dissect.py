@@ -54,20 +54,19 @@ def segment_batch(job: Job, ctx: RunContext, images: torch.Tensor, size: int) ->
 
 
 def iou_pass(job: Job, ctx: RunContext, thresholds: dict[str, torch.Tensor], size: int, seed: int, n: int,
-             name: str) -> tuple[dict[str, list[IoUCounts]], dict[str, list[IoUCounts]]]:
-    """Counts at each threshold level (thresholds[layer] is [J, C]) for true and null segmentations."""
+             name: str) -> tuple[dict[str, IoUCounts], dict[str, IoUCounts]]:
+    """Counts at each threshold level (thresholds[layer] is [C, J]) for true and null segmentations."""
     gen = ctx.generator(job)
     bs = int(job.analysis.param("batch_size", 32))
     todo = batches(n, bs)
     ckpt = Checkpoint(ctx.cache_dir(job), name)
     done, saved, _ = ckpt.load()
-    real = {l: [IoUCounts(t, device=ctx.device) for t in thresholds[l]] for l in job.layers}
-    null = {l: [IoUCounts(t, device=ctx.device) for t in thresholds[l]] for l in job.layers}
+    real = {l: IoUCounts(thresholds[l], device=ctx.device) for l in job.layers}
+    null = {l: IoUCounts(thresholds[l], device=ctx.device) for l in job.layers}
     if done:
         for l in job.layers:
-            for j in range(len(real[l])):
-                real[l][j].load_state_dict(unflat_state(f"r.{l}.{j}", saved))
-                null[l][j].load_state_dict(unflat_state(f"n.{l}.{j}", saved))
+            real[l].load_state_dict(unflat_state(f"r.{l}", saved))
+            null[l].load_state_dict(unflat_state(f"n.{l}", saved))
     for b in ctx.progress(range(done, len(todo)), desc=f"{job.model.name} {name}", total=len(todo), initial=done):
         s, cnt = todo[b]
         z = latents(seed, cnt, int(gen.z_dim), start=s).to(ctx.device)
@@ -80,36 +79,15 @@ def iou_pass(job: Job, ctx: RunContext, thresholds: dict[str, torch.Tensor], siz
             for l, a in acts.items():
                 check_finite(a, l, job.model.name)
                 up = upsample(a, size)
-                for j in range(len(real[l])):
-                    real[l][j].add(up, masks)
-                    null[l][j].add(up, shuffled)
+                real[l].add(up, masks)
+                null[l].add(up, shuffled)
         if (b + 1) % ctx.checkpoint_every == 0:
             state: dict[str, torch.Tensor] = {}
             for l in job.layers:
-                for j in range(len(real[l])):
-                    state.update(flat_state(f"r.{l}.{j}", real[l][j].state_dict()))
-                    state.update(flat_state(f"n.{l}.{j}", null[l][j].state_dict()))
+                state.update(flat_state(f"r.{l}", real[l].state_dict()))
+                state.update(flat_state(f"n.{l}", null[l].state_dict()))
             ckpt.save(b + 1, state)
     return real, null
-
-
-def iqr(inter: torch.Tensor, above: torch.Tensor, concept: torch.Tensor, total: float) -> torch.Tensor:
-    """Information quality ratio I(A;C)/H(A,C) of the 2x2 table (unit above t) x (concept present).
-
-    inter [J, C, K], above [J, C, 1], concept [1, 1, K] counts over `total` pixels -> [J, C, K].
-    """
-    n11 = inter
-    n10 = above - inter
-    n01 = concept - inter
-    n00 = total - n11 - n10 - n01
-    cells = torch.stack([n11, n10, n01, n00]).double() / total  # [4, J, C, K]
-    pa = torch.stack([above, above, total - above, total - above]).double().expand_as(cells) / total
-    pc = torch.stack([concept, total - concept, concept, total - concept]).double().expand_as(cells) / total
-    plogp = torch.where(cells > 0, cells * torch.log(cells.clamp_min(1e-300)), torch.zeros_like(cells))
-    joint_h = -plogp.sum(0)
-    mi = torch.where(cells > 0, cells * torch.log(cells.clamp_min(1e-300) / (pa * pc).clamp_min(1e-300)),
-                     torch.zeros_like(cells)).sum(0)
-    return torch.where(joint_h > 0, mi / joint_h, torch.zeros_like(mi))
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
@@ -121,24 +99,23 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     mode = a.threshold
     if mode == "iqr":
         levels = torch.tensor(IQR_LEVELS, dtype=torch.float64)
-        cand = {l: quant[l].quantiles(levels).T.contiguous().float() for l in job.layers}  # [J, C]
+        cand = {l: quant[l].quantiles(levels).float() for l in job.layers}  # [C, J]
         hold_n = int(a.param("holdout_samples", max(64, a.samples // 2)))
         hold, _ = iou_pass(job, ctx, cand, size, a.seed + HOLDOUT_SEED_OFFSET, hold_n, "holdout")
         real, null = iou_pass(job, ctx, cand, size, a.seed, a.samples, "iou")
     else:
         q = float(mode[1:])
-        cand = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64)).T.contiguous().float()
-                for l in job.layers}
+        cand = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64)).float() for l in job.layers}
         hold = None
         real, null = iou_pass(job, ctx, cand, size, a.seed, a.samples, "iou")
     iou_rows: list[dict[str, Any]] = []
     null_rows: list[dict[str, Any]] = []
     absent: set[str] = set()
     for l in job.layers:
-        rows, summary = _layer_rows(job, l, names, cand[l], real[l], null[l], hold[l] if hold else None, size * size)
+        rows, summary = _layer_rows(job, l, names, cand[l], real[l], null[l], hold[l] if hold else None)
         iou_rows += rows
         null_rows.append(summary)
-        absent |= {names[k] for k in range(len(names)) if float(real[l][0].concept[k]) == 0}
+        absent |= {names[k] for k in range(len(names)) if int(real[l].concept[k]) == 0}
     if absent:
         print(f"note: {job.analysis.name} [{job.model.name}]: concepts never present in the sample "
               f"(IoU NULL): {', '.join(sorted(absent))}")
@@ -146,40 +123,28 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             "unit_iou": iou_rows, "layer_null_iou": null_rows}
 
 
-def _stack(counts: list[IoUCounts], pixels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    inter = torch.stack([c.inter for c in counts]).double().cpu()  # [J, C, K]
-    above = torch.stack([c.above for c in counts]).double().cpu()[:, :, None]  # [J, C, 1]
-    concept = counts[0].concept.double().cpu()[None, None, :]  # [1, 1, K]
-    return inter, above, concept, float(counts[0].samples * pixels)
+def _pick(values: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """values [C, J, K] at the per-(unit, concept) level index choice [C, K] -> [C, K]."""
+    return values.gather(1, choice[:, None, :]).squeeze(1)
 
 
-def _select(values: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-    """values [J, C, K] at per-(unit, concept) level index choice [C, K] -> [C, K]."""
-    return values.gather(0, choice[None]).squeeze(0)
-
-
-def _layer_rows(job: Job, layer: str, names: list[str], thresholds: torch.Tensor, real: list[IoUCounts],
-                null: list[IoUCounts], hold: list[IoUCounts] | None, pixels: int) -> tuple[list[dict], dict]:
-    inter, above, concept, total = _stack(real, pixels)
-    n_inter, n_above, n_concept, _ = _stack(null, pixels)
-    j_count, units, k = inter.shape
-    if hold is not None:
-        h_inter, h_above, h_concept, h_total = _stack(hold, pixels)
-        score = iqr(h_inter, h_above, h_concept, h_total)  # [J, C, K]
-        choice = score.argmax(0)  # [C, K]
-        iqr_value = _select(score, choice)
+def _layer_rows(job: Job, layer: str, names: list[str], thresholds: torch.Tensor, real: IoUCounts,
+                null: IoUCounts, hold: IoUCounts | None) -> tuple[list[dict], dict]:
+    """unit_iou rows and the layer_null_iou summary of one layer; thresholds [C, J]."""
+    units, levels = thresholds.shape
+    k = len(names)
+    if hold is not None:  # ICLR: per (unit, concept) the level with the best IQR on the held-out set
+        choice = torch.nan_to_num(hold.iqr().cpu(), nan=-1.0).argmax(1)  # [C, K]
+        iqr_value = _pick(real.iqr().cpu(), choice)  # reported on the main set
     else:
         choice = torch.zeros(units, k, dtype=torch.long)
         iqr_value = None
-    th = thresholds.double().cpu()[:, :, None].expand(j_count, units, k)
-    t_sel = _select(th.contiguous(), choice)
-    i_sel, a_sel = _select(inter, choice), _select(above.expand_as(inter).contiguous(), choice)
-    c_all = concept.expand(1, units, k)[0]
-    union = a_sel + c_all - i_sel
-    iou = torch.where(c_all > 0, i_sel / union.clamp_min(1), torch.full_like(i_sel, float("nan")))
-    ni, na = _select(n_inter, choice), _select(n_above.expand_as(n_inter).contiguous(), choice)
-    nc = n_concept.expand(1, units, k)[0]
-    null_iou = torch.where(nc > 0, ni / (na + nc - ni).clamp_min(1), torch.full_like(ni, float("nan")))
+    t_sel = _pick(thresholds.double().cpu()[:, :, None].expand(units, levels, k), choice)
+    i_sel = _pick(real.inter.double().cpu(), choice)
+    a_sel = _pick(real.above.double().cpu()[:, :, None].expand(units, levels, k), choice)
+    c_all = real.concept.double().cpu()[None, :].expand(units, k)
+    iou = _pick(real.iou().cpu(), choice)
+    null_iou = _pick(null.iou().cpu(), choice)
     # the layer's null distribution: each unit's best IoU against segmentations of other images
     null_best = torch.nan_to_num(null_iou, nan=-1.0).amax(1)
     mu, sd = float(null_best.mean()), float(null_best.std()) if units > 1 else 0.0
@@ -195,7 +160,7 @@ def _layer_rows(job: Job, layer: str, names: list[str], thresholds: torch.Tensor
                 "run_key": job.run_key, "model": job.model.name, "layer": layer, "unit": u, "concept": names[c],
                 "threshold": float(t_sel[u, c]), "iou": v if finite else None,
                 "inter": float(i_sel[u, c]), "above": float(a_sel[u, c]), "concept_pixels": float(c_all[u, c]),
-                "iqr": float(iqr_value[u, c]) if iqr_value is not None else None,
+                "iqr": float(iqr_value[u, c]) if iqr_value is not None and finite else None,
                 "null_mean": mu, "null_std": sd,
                 "z": float(z[u, c]) if finite else None, "p_value": float(p[u, c]) if finite else None,
             })

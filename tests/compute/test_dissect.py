@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from compute import runner, spec as specmod
-from compute.analyses.dissect import iqr
 from compute.tap import Tap
 from db import store
 from ingest.samples import latents
@@ -84,16 +83,6 @@ def test_iqr_mode_and_null_baseline(computed) -> None:
     assert '"threshold":"iqr"' in params
     views = store.read("select * from unit_labels", path=db)
     assert len(views) > 0
-
-
-def test_iqr_of_known_tables() -> None:
-    total = 100.0
-    # perfect agreement: unit above exactly where the concept is -> I/H = 1
-    perfect = iqr(torch.tensor([[[20.0]]]), torch.tensor([[[20.0]]]), torch.tensor([[[20.0]]]), total)
-    assert abs(float(perfect) - 1.0) < 1e-9
-    # independence: p(a, c) = p(a) p(c) -> 0
-    indep = iqr(torch.tensor([[[4.0]]]), torch.tensor([[[20.0]]]), torch.tensor([[[20.0]]]), total)
-    assert abs(float(indep)) < 1e-9
 
 
 @pytest.mark.parametrize("h", [1, 4, 8, 32])
