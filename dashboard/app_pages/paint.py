@@ -119,7 +119,7 @@ def _brush_label(name: str) -> str:
 
 # ---------------------------------------------------------------- brush controls
 
-row = st.columns([2, 2, 2, 2, 2])
+row = st.columns([2, 2, 3, 3, 2])
 names = list(brushes)
 brush_name = ui.pick("brush", "paint_brush", names, "paint_brush", row[0], format_func=_brush_label,
                      default="tree" if "tree" in names else None,
@@ -139,7 +139,8 @@ st.caption(f"brush **{ui.md_escape(brush.name)}** at {layer}: {n_units} units "
 if brush.note:
     st.caption(f":material/info: {ui.md_escape(brush.note)}")
 
-ctl = st.columns([1, 1, 1, 3])
+
+from streamlit_drawable_canvas import st_canvas  # noqa: E402
 
 
 def _undo() -> None:
@@ -157,22 +158,8 @@ def _reset() -> None:
     _bump()
 
 
-ctl[0].button("undo", icon=":material/undo:", on_click=_undo, disabled=not session.can_undo, key="paint_undo")
-ctl[1].button("redo", icon=":material/redo:", on_click=_redo, disabled=not session.can_redo, key="paint_redo")
-ctl[2].button("reset", icon=":material/restart_alt:", on_click=_reset, disabled=not (session.can_undo or session.can_redo),
-              key="paint_reset")
-ctl[3].caption(f"{len(session.strokes)} stroke(s) on the stack" + (f", {session.undone} to redo" if session.can_redo else ""))
-
-
-def _apply(region: Any) -> None:
-    """One stroke onto the stack; a bad stroke leaves the stack as it was and says why."""
-    try:
-        res = session.apply(painter.stroke(brush, action, region, strength))
-        st.session_state["paint_ms"] = res.ms
-    except paint.EditError as e:
-        st.session_state["paint_error"] = str(e)
-    _bump()
-    st.rerun()
+def _box_stroke() -> None:
+    st.session_state["paint_pending"] = st.session_state.get("paint_box", "")
 
 
 def _png(image: np.ndarray, side: int | None = None) -> Any:
@@ -182,52 +169,19 @@ def _png(image: np.ndarray, side: int | None = None) -> Any:
     return im.resize((side, side), Image.NEAREST) if side else im
 
 
-# ---------------------------------------------------------------- canvas and images
-
-from streamlit_drawable_canvas import st_canvas  # noqa: E402
-
-left, right = st.columns([3, 4])
-with left:
-    st.markdown("**paint here** (edited image)")
-    colour = paint.concept_colour(brush.concept or "", 0) if brush.concept else "#ff00ff"
-    result = st_canvas(fill_color=colour + "66", stroke_width=width, stroke_color=colour + "aa",
-                       background_image=_png(session.current.image, CANVAS), update_streamlit=True,
-                       height=CANVAS, width=CANVAS, drawing_mode="freedraw" if tool == "freehand" else "rect",
-                       key=f"paint_canvas_{st.session_state['paint_version']}")
-    objects = (result.json_data or {}).get("objects") or []
-    if objects:
-        _apply(paint.canvas_region(objects, CANVAS, painter.resolution))
-    if "paint_error" in st.session_state:
-        st.warning(st.session_state.pop("paint_error"), icon=":material/block:")
-    with st.expander("stroke by coordinates"):
-        box = st.text_input("region x0,y0,x1,y1 (image pixels, x1 and y1 exclusive)", key="paint_box",
-                            placeholder=f"e.g. 8,24,24,40 on the {painter.resolution}x{painter.resolution} image")
-        if st.button("apply stroke", key="paint_apply_box"):
-            _apply(box)
-    buf = io.BytesIO()
-    _png(session.current.image).save(buf, format="PNG")
-    st.download_button("download edited image", buf.getvalue(), file_name=f"{model}-s{seed}-{index}-edited.png",
-                       mime="image/png", icon=":material/download:", key="paint_download")
-
-with right:
-    cols = st.columns(2)
-    side = CANVAS * 3 // 4
-    cols[0].image(_png(session.original.image, side), caption="original")
-    cols[1].image(_png(session.current.image, side), caption=f"edited ({len(session.strokes)} strokes)")
-    cols[0].image(_png(session.original.segmentation(), side), caption="segmentation of the original")
-    cols[1].image(_png(session.current.segmentation(), side), caption="segmentation of the edited image")
-    shown = sorted(set(np.unique(session.original.labels)) | set(np.unique(session.current.labels)))
-    swatches = " ".join(
+def _swatches(painter: Any, labels: set[int]) -> str:
+    return " ".join(
         f'<span style="white-space:nowrap"><span style="display:inline-block;width:0.9em;height:0.9em;'
         f'background:{paint.concept_colour(painter.names[k], k)};border:1px solid #888;vertical-align:middle">'
-        f'</span> {html.escape(painter.names[k])}</span>' for k in shown)
-    st.markdown(swatches, unsafe_allow_html=True)
+        f'</span> {html.escape(painter.names[k])}</span>' for k in sorted(labels))
 
-st.subheader("Last stroke")
-last = session.last
-if last is None:
-    st.caption("no stroke yet" if not session.strokes else "the stack changed (undo / redo): paint to see a change")
-else:
+
+def _last_stroke(session: Any) -> None:
+    st.subheader("Last stroke")
+    last = session.last
+    if last is None:
+        st.caption("no stroke yet" if not session.strokes else "the stack changed (undo / redo): paint to see a change")
+        return
     change = last.change()
     concept = last.stroke.brush.concept if last.stroke else None
     mcols = st.columns([1, 3])
@@ -242,6 +196,68 @@ else:
         mcols[1].dataframe(frame, hide_index=True)
     else:
         mcols[1].caption("no pixel changed its label")
+
+
+@st.fragment
+def paint_area(painter: Any, brush: Any, action: str, strength: str, tool: str, width: int, name: str) -> None:
+    """Canvas, stack buttons, images and the last stroke's change: a stroke reruns only this fragment."""
+    session = st.session_state["paint_session"]
+
+    def apply(region: Any) -> None:  # a bad stroke leaves the stack as it was and says why
+        try:
+            session.apply(painter.stroke(brush, action, region, strength))
+        except paint.EditError as e:
+            st.session_state["paint_error"] = str(e)
+        _bump()  # the next canvas is a fresh one over the edited image
+
+    # A stroke arrives as the canvas' value (sent on mouse-up) or from the coordinates form: apply it
+    # before anything is drawn, so this very run shows its result.
+    sent = st.session_state.get(f"paint_canvas_{st.session_state['paint_version']}") or {}
+    objects = ((sent.get("drawing") or {}).get("raw") or {}).get("objects") or []
+    if objects:
+        apply(paint.canvas_region(objects, CANVAS, painter.resolution))
+    elif "paint_pending" in st.session_state:
+        apply(st.session_state.pop("paint_pending"))
+
+    ctl = st.columns([1, 1, 1, 3])
+    ctl[0].button("undo", icon=":material/undo:", on_click=_undo, disabled=not session.can_undo, key="paint_undo")
+    ctl[1].button("redo", icon=":material/redo:", on_click=_redo, disabled=not session.can_redo, key="paint_redo")
+    ctl[2].button("reset", icon=":material/restart_alt:", on_click=_reset,
+                  disabled=not (session.can_undo or session.can_redo), key="paint_reset")
+    ctl[3].caption(f"{len(session.strokes)} stroke(s) on the stack"
+                   + (f", {session.undone} to redo" if session.can_redo else ""))
+
+    left, right = st.columns([3, 4])
+    with left:
+        st.markdown("**paint here** (edited image)")
+        colour = paint.concept_colour(brush.concept, 0) if brush.concept else "#ff00ff"
+        st_canvas(fill_color=colour + "66", stroke_width=width, stroke_color=colour + "aa",
+                  background_image=_png(session.current.image, CANVAS), update_streamlit=True,
+                  height=CANVAS, width=CANVAS, drawing_mode="freedraw" if tool == "freehand" else "rect",
+                  key=f"paint_canvas_{st.session_state['paint_version']}")  # its strokes are read above, next run
+        if "paint_error" in st.session_state:
+            st.warning(st.session_state.pop("paint_error"), icon=":material/block:")
+        with st.expander("stroke by coordinates"):
+            st.text_input("region x0,y0,x1,y1 (image pixels, x1 and y1 exclusive)", key="paint_box",
+                          placeholder=f"e.g. 8,24,24,40 on the {painter.resolution}x{painter.resolution} image")
+            st.button("apply stroke", key="paint_apply_box", on_click=_box_stroke)
+        buf = io.BytesIO()
+        _png(session.current.image).save(buf, format="PNG")
+        st.download_button("download edited image", buf.getvalue(), file_name=f"{name}-edited.png",
+                           mime="image/png", icon=":material/download:", key="paint_download")
+    with right:
+        cols = st.columns(2)
+        side = CANVAS * 3 // 4
+        cols[0].image(_png(session.original.image, side), caption="original")
+        cols[1].image(_png(session.current.image, side), caption=f"edited ({len(session.strokes)} strokes)")
+        cols[0].image(_png(session.original.segmentation(), side), caption="segmentation of the original")
+        cols[1].image(_png(session.current.segmentation(), side), caption="segmentation of the edited image")
+        shown = set(np.unique(session.original.labels).tolist()) | set(np.unique(session.current.labels).tolist())
+        st.markdown(_swatches(painter, shown), unsafe_allow_html=True)
+    _last_stroke(session)
+
+
+paint_area(painter, brush, action, strength, tool, width, f"{model}-s{seed}-{index}")
 
 st.subheader("Gallery")
 start = (index // GALLERY) * GALLERY
