@@ -37,7 +37,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -45,8 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.intervene import (ConceptAbsentError, edit_featuremap, featuremap, finish, insertion_constants,
-                               unit_alpha)
+from compute.intervene import edit_featuremap, featuremap, finish, insertion_constants, unit_alpha
 from db import store
 from ingest.samples import latents
 
@@ -128,10 +127,9 @@ def box_mask(box: Sequence[int], size: int) -> np.ndarray:
 
 def _region_array(region: np.ndarray | Sequence[int] | str, size: int) -> np.ndarray:
     """A region (box, "x0,y0,x1,y1" or a bool mask [size, size]) -> bool [size, size]; raises EditError."""
-    if isinstance(region, str) or (not isinstance(region, np.ndarray) and len(region) == 4
-                                   and not hasattr(region[0], "__len__")):
-        return box_mask(parse_region(region), size)
     m = np.asarray(region)
+    if isinstance(region, str) or m.shape == (4,):  # a box
+        return box_mask(parse_region(region if isinstance(region, str) else m.tolist()), size)
     if m.shape != (size, size):
         raise EditError(f"region mask of shape {m.shape} does not fit the {size}x{size} image")
     m = m.astype(bool)
@@ -235,8 +233,6 @@ FROM unit_flags WHERE model = $model AND layer = $layer
 ORDER BY brush, unit
 """
 
-_LAYERS_SQL = "SELECT layer, units, height, width FROM layers WHERE model = $model ORDER BY layer_index"
-
 _MOST_INTERPRETABLE_SQL = """
 SELECT layer FROM layer_summary WHERE model = $model
 ORDER BY threshold_mode = 'quantile' DESC, interpretable_units DESC, layer_index
@@ -319,10 +315,6 @@ def load_catalog(db: str | os.PathLike | None, model: str, layer: str) -> Catalo
     for name, units in flags.items():
         brushes[name] = Brush(name, layer, tuple(units), "flag", None)
     return Catalog(model, layer, brushes, q99, segmenter)
-
-
-def model_layers(db: str | os.PathLike | None, model: str) -> list[str]:
-    return [r["layer"] for r in _read(db, _LAYERS_SQL, {"model": model})]
 
 
 def default_layer(db: str | os.PathLike | None, model: str, brush: str | None = None) -> str:
