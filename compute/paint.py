@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,6 +475,7 @@ class Painter:
         self.z_dim = int(gen.z_dim)
         self._constants_n, self._constants_seed = constants_samples, constants_seed
         self._k: torch.Tensor | None = None
+        self.lock = threading.Lock()  # one forward pass at a time: sessions of several users share the modules
 
     # -- brushes and strokes
     def brush(self, name: str) -> Brush:
@@ -498,8 +501,7 @@ class Painter:
         """Insertion constants k [K, C] of this layer (computed once, from `constants_samples` samples)."""
         if self._k is None:
             z = latents(self._constants_seed, self._constants_n, self.z_dim).to(self.device)
-            with _threads(None):
-                self._k = insertion_constants(self.gen, self.seg, self.layer, z)
+            self._k = insertion_constants(self.gen, self.seg, self.layer, z)
         return self._k
 
     def value(self, stroke: Stroke, units: int) -> torch.Tensor | float:
@@ -564,7 +566,7 @@ class PaintSession:
     def __init__(self, painter: Painter, z: torch.Tensor) -> None:
         self.painter = painter
         self.z = z
-        with _threads(painter.threads):
+        with painter.lock, _threads(painter.threads):
             self.r0 = featuremap(painter.gen, painter.layer, z)  # the generator below the layer runs once
             self.original = painter.frame(self.r0)
         self._stack: list[_Level] = []
@@ -610,7 +612,7 @@ class PaintSession:
         if max(units) >= r.shape[1]:
             raise EditError(f"brush {stroke.brush.name!r} names unit {max(units)}, but {p.layer} has {r.shape[1]} units")
         t0 = time.perf_counter()
-        with _threads(p.threads):
+        with p.lock, _threads(p.threads):
             value = p.value(stroke, r.shape[1])
             cells = cell_mask(stroke.region, r.shape[2], r.shape[3])
             edited = edit_layer(r, units, value, cells, p.layer)
@@ -671,7 +673,10 @@ def _segmenter_cached(name: str, family: str | None, checkpoint: str | None, spe
 def load_models(model: str, db: str | os.PathLike | None = None, spec: str | os.PathLike | None = None,
                 device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Any]:
     """The generator (from the store's `models` row, else the spec / bundled zoo) and the segmenter of
-    the model's latest dissection (spec, bundled zoo or the store's `segmenters` row; else village-seg)."""
+    the model's latest dissection (spec, bundled zoo or the store's `segmenters` row; else village-seg).
+
+    The generator is this caller's own copy: the hooks painting puts on it never reach other users of
+    the process-wide cached one (the dashboard's image pages)."""
     from compute import images
     from ingest import zoo
 
@@ -679,7 +684,7 @@ def load_models(model: str, db: str | os.PathLike | None = None, spec: str | os.
     known = _read(db, "SELECT model FROM models WHERE model = $model", {"model": model})
     try:
         if known:
-            gen = images.load_generator(model, db, device)
+            gen = copy.deepcopy(images.load_generator(model, db, device))  # our hooks never meet other pages'
         else:
             gen = zoo.load_generator(model, spec_path, device).eval().requires_grad_(False)
     except (images.ImageError, zoo.ZooError) as e:
