@@ -25,9 +25,10 @@ APP = ROOT / "dashboard" / "app.py"
 STROKES = 4
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                       "(apt-get install chromium; .ci/run does it)")
+pytestmark = [pytest.mark.slow,  # about 25 s on a shared 2-core CPU
+              pytest.mark.skipif(not CHROMIUM.exists(),
+                                 reason="Debian's chromium is not installed at /usr/bin/chromium "
+                                        "(apt-get install chromium; .ci/run does it)")]
 
 
 @pytest.fixture
