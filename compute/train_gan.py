@@ -390,7 +390,7 @@ def evaluate(a: argparse.Namespace) -> int:
     fd_rows = []
     for p in steps:
         imgs, meta = generate(p, n, device)
-        fd_rows.append((_step_of(p), p.name, frechet_distance(feats(imgs), fa)))
+        fd_rows.append((_step_of(p), p.name, frechet_distance(feats(imgs), fa), meta.get("total_steps", "?")))
         print(f"  FD {p.name}: {fd_rows[-1][2]:.4g}", flush=True)
     gen, meta = generate(final, n, device)
     fd_final = frechet_distance(feats(gen), fa)
@@ -410,6 +410,7 @@ def evaluate(a: argparse.Namespace) -> int:
 
 def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real, door, seconds, concepts) -> str:
     widths = meta.get("widths", "?")
+    other_plan = [r for r in fd_rows if r[3] != meta.get("total_steps")]
     rows_ok = []
     concept_lines = []
     for k, c in enumerate(concepts):
@@ -458,6 +459,12 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         f"renderer source hash {meta.get('renderer')}) was rendered once, cached under `.cache/village-pool/`, and "
         "sampled uniformly with replacement; no augmentation.",
         f"- checkpoints (EMA generator): {', '.join(r[1] for r in fd_rows)}",
+        *([f"- checkpoints {', '.join(f'{r[0]} (planned --steps {r[3]})' for r in other_plan)} were saved while the "
+           "run was planned for a different --steps and later resumed with a new one; resuming restores weights, "
+           "optimisers and RNG exactly and --steps only decides which steps are saved, so they lie on the same "
+           f"training trajectory as `--steps {meta.get('total_steps')}`, which itself saves steps "
+           f"{', '.join(str(s) for s in checkpoint_steps(int(meta.get('total_steps', 0)), a.checkpoint_fractions))}."]
+          if other_plan else []),
         "",
         "## Evaluation",
         "",
@@ -483,7 +490,7 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         "",
         "| checkpoint | step | Fréchet distance |",
         "|---|---|---|",
-        *[f"| {name} | {step} | {fd:.4g} |" for step, name, fd in fd_rows],
+        *[f"| {name} | {step} | {fd:.4g} |" for step, name, fd, _ in fd_rows],
         "",
         "### Concept pixel fractions (segmenter on both sets)",
         "",
