@@ -1,0 +1,71 @@
+"""Dissection of the bundled village-gan rediscovers the world's concepts (issue 3, on the bundled model).
+
+One q0.99 dissection of every layer (500 samples) into a temporary store, then the checks the README
+reports. The thresholds are the issue's bars; numbers the model does not reach are stated in the
+README and the issue note, not asserted here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from compute import report, runner, spec as specmod
+from tests.conftest import write_spec
+
+ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("village")
+    path = write_spec(d, f"""
+        [store]
+        path = "{d / 'v.duckdb'}"
+        [[models]]
+        name = "village-gan"
+        family = "progan"
+        checkpoint = "{ZOO / 'village-gan.safetensors'}"
+        [[segmenters]]
+        name = "village-seg"
+        family = "village"
+        checkpoint = "{ZOO / 'village-seg.safetensors'}"
+        [[analyses]]
+        name = "dissect"
+        kind = "dissect"
+        models = ["village-gan"]
+        segmenter = "village-seg"
+        samples = 500
+        seed = 1
+        """)
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        out = runner.run(specmod.load(path), quiet=True, echo=lambda m: None)
+    finally:
+        os.chdir(cwd)
+    assert [o.state for o in out] == ["done"], out[0].error
+    return str(d / "v.duckdb")
+
+
+def test_every_layer_is_summarised_and_units_are_interpretable(store: str) -> None:
+    t = report.layer_table(store, "village-gan")
+    assert t["layer"].to_list() == [f"layer{i}" for i in range(1, 11)]
+    assert t["interpretable_units"].sum() >= 50
+    # every category of concept is matched somewhere
+    assert t["object_units"].sum() > 0 and t["part_units"].sum() > 0 and t["material_units"].sum() > 0
+
+
+def test_mid_layer_peak(store: str) -> None:
+    t = report.layer_table(store, "village-gan")
+    best = t.sort("distinct_concepts", descending=True)["layer_index"][0]
+    first_two = t.filter(t["layer_index"] < 2)["interpretable_units"].sum()
+    assert 2 <= best <= 8, "the most concept-rich layer is a middle one, not the first or the last"
+    assert first_two < t.filter(t["layer_index"].is_between(3, 6))["interpretable_units"].sum()
+
+
+def test_units_beat_the_null_baseline(store: str) -> None:
+    c = report.checks(store, "village-gan")
+    assert c["ratio"] is not None and c["ratio"] >= 4.0, c
