@@ -25,7 +25,9 @@ the current featuremap (`compute.intervene.edit_featuremap`), runs the rest of t
     res.after.fractions["tree"], s.undo()
 
     gandissect edit --model village-gan --seed 1 --sample 3 --brush door --action draw --region 20,30,30,40
-    python -m compute.paint --evaluate --db gandissect.duckdb --model village-gan   # the issue's bars
+    python -m compute.paint --evaluate --store-dir runs/paint-eval   # the issue's bars (builds its store: ~8 min)
+    python -m compute.paint --evaluate --db gandissect.duckdb        # ... on an existing store
+    python -m compute.paint --bench                                  # bench_edit (also in `gandissect bench`)
 """
 from __future__ import annotations
 
@@ -831,11 +833,18 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _full_box(mask: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int, int, int] | None:
-    """A random side x side box covered at least FULL by mask (None if there is none)."""
+def _full_box(mask: np.ndarray, side: int, rng: np.random.Generator, base: bool = False
+              ) -> tuple[int, int, int, int] | None:
+    """A random side x side box covered at least FULL by mask (None if there is none); with `base`, one
+    that stands on the mask's lower edge (the row below it is mostly outside the mask, or the image ends)."""
     c = np.pad(mask.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     cover = (c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]) / (side * side)
-    ys, xs = np.nonzero(cover >= FULL)
+    ok = cover >= FULL
+    if base:
+        row = np.pad(mask.astype(np.int32).cumsum(1), ((0, 1), (1, 0)))  # row sums; an extra empty row below
+        below = (row[side:, side:] - row[side:, :-side]) / side  # share of mask in the row under each box
+        ok &= below < 0.5
+    ys, xs = np.nonzero(ok)
     if ys.size == 0:
         return None
     i = int(rng.integers(ys.size))
@@ -865,26 +874,31 @@ def evaluate_remove_tree(painter: Painter, seed: int, n: int, strength: str, max
 
 
 def evaluate_draw_door(painter: Painter, seed: int, n: int, strength: str, max_samples: int) -> dict[str, Any]:
-    """The same draw-door stroke (a DOOR_BOX square) on a wall and on the sky of each sample with both."""
+    """The same draw-door stroke (a DOOR_BOX square) on a wall and on the sky of each sample with both; also
+    on the base of a wall (a box standing on the wall's lower edge, where the village world puts doors)."""
     d, wall, sky = (painter.names.index(c) for c in ("door", "wall", "sky"))
-    rng = np.random.default_rng(seed)
-    added: dict[str, list[int]] = {"wall": [], "sky": []}
+    added: dict[str, list[int]] = {"wall": [], "sky": [], "wall_base": []}
+    rngs = {where: np.random.default_rng([seed, j]) for j, where in enumerate(added)}  # one stream per place
     i = 0
     for i in range(max_samples):
         if len(added["wall"]) == n:
             break
         s = painter.session(seed, i)
-        boxes = {"wall": _full_box(s.original.masks[wall], DOOR_BOX, rng),
-                 "sky": _full_box(s.original.masks[sky], DOOR_BOX, rng)}
-        if any(b is None for b in boxes.values()):
+        boxes = {"wall": _full_box(s.original.masks[wall], DOOR_BOX, rngs["wall"]),
+                 "sky": _full_box(s.original.masks[sky], DOOR_BOX, rngs["sky"]),
+                 "wall_base": _full_box(s.original.masks[wall], DOOR_BOX, rngs["wall_base"], base=True)}
+        if boxes["wall"] is None or boxes["sky"] is None:
             continue
         for where, box in boxes.items():
+            if box is None:
+                continue
             s.reset()
             res = s.apply(painter.stroke("door", "draw", box, strength))
             added[where].append(int((res.after.masks[d] & ~res.before.masks[d]).sum()))
     out: dict[str, Any] = {"layer": painter.layer, "brush": painter.brush("door").source, "strength": strength,
                            "value": painter.value_mode, "box": DOOR_BOX, "min_new_door_px": MIN_DOOR_PX,
-                           "samples_with_wall_and_sky": len(added["wall"]), "samples_looked_at": i + 1}
+                           "samples_with_wall_and_sky": len(added["wall"]), "samples_looked_at": i + 1,
+                           "samples_with_wall_base": len(added["wall_base"])}
     for where, a in added.items():
         arr = np.array(a)
         out[f"{where}_rate"] = float((arr >= MIN_DOOR_PX).mean()) if arr.size else None
@@ -908,6 +922,83 @@ def evaluate(model: str, db: str | os.PathLike | None = None, spec: str | os.Pat
     return out
 
 
+EVAL_LAYER = "layer6"  # the bundled village-gan's layer with the most interpretable units
+
+
+def eval_spec_text(store_path: Path, ace: bool = True) -> str:
+    """The spec of the evaluation store: a q0.99 dissection of every layer of the bundled village-gan
+    (300 samples of seed 1) and, with `ace`, an ACE run for tree and door at EVAL_LAYER (200 samples)."""
+    gen, seg, _ = _bundled_paths()
+    text = f"""# written by `python -m compute.paint --evaluate --store-dir ...`
+[store]
+path = "{store_path}"
+
+[[models]]
+name = "village-gan"
+family = "progan"
+checkpoint = "{gen}"
+dataset = "village"
+
+[[segmenters]]
+name = "village-seg"
+family = "village"
+checkpoint = "{seg}"
+
+[[analyses]]
+name = "paint-dissect"
+kind = "dissect"
+models = ["village-gan"]
+layers = "all"
+segmenter = "village-seg"
+samples = 300
+seed = 1
+threshold = "q0.99"
+"""
+    if ace:
+        text += f"""
+[[analyses]]
+name = "paint-ace"
+kind = "ace"
+models = ["village-gan"]
+segmenter = "village-seg"
+layers = ["{EVAL_LAYER}"]
+samples = 200
+seed = 1
+concepts = ["tree", "door"]
+epochs = 8
+steps_per_epoch = 8
+batch = 24
+lr = 0.03
+l2 = 0.1
+presence = 0.1
+probe = 4
+eval_items = 64
+batch_size = 32
+"""
+    return text
+
+
+def build_eval_store(directory: str | os.PathLike, ace: bool = True) -> Path:
+    """Write the evaluation spec into `directory` and materialise it (`gandissect run`: nothing is
+    recomputed when its runs are done); returns the store path."""
+    from compute import runner, spec as specmod
+
+    d = Path(directory).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "paint-eval.toml"
+    path.write_text(eval_spec_text(d / "paint-eval.duckdb", ace))
+    cwd = os.getcwd()
+    os.chdir(d)  # the runs' .cache/ goes beside the spec
+    try:
+        out = runner.run(specmod.load(path), device="cpu")
+    finally:
+        os.chdir(cwd)
+    failed = [o.error for o in out if o.state == "failed"]
+    if failed:
+        raise RuntimeError(f"building the evaluation store failed: {failed[0]}")
+    return d / "paint-eval.duckdb"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compute.paint", description=__doc__.splitlines()[0])
     p.add_argument("--evaluate", action="store_true", help="measure the remove-tree and draw-door bars")
@@ -923,6 +1014,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--door-layer")
     p.add_argument("--layer", help="bench: the edited layer")
     p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--store-dir", help="build the evaluation store here first (dissection + ACE for tree and "
+                                       "door on the bundled village-gan; minutes of CPU) and use it")
+    p.add_argument("--no-ace", action="store_true", help="with --store-dir: dissection only (IoU-ranked brushes)")
     a = p.parse_args(argv)
     if not (a.evaluate or a.bench):
         p.error("give --evaluate or --bench")
@@ -930,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.bench:
         report["bench_edit"] = bench_edit("cpu", a.layer)
     if a.evaluate:
+        if a.store_dir:
+            a.db = str(build_eval_store(a.store_dir, ace=not a.no_ace))
         report["evaluate"] = evaluate(a.model, a.db, a.spec, "cpu", a.seed, a.n, a.strength, a.value,
                                       a.tree_layer, a.door_layer)
     text = json.dumps(report, indent=1)
