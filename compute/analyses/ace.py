@@ -55,9 +55,9 @@ class AceConfig:
     epochs: int = 10
     steps_per_epoch: int = 10
     batch: int = 32          # locations per optimisation step (half removal, half insertion)
-    lr: float = 0.01         # Adam learning rate
-    l2: float = 0.01         # lambda of the L2 penalty on alpha
-    presence: float = 0.25   # share of a location's pixel block the concept must cover to count as present
+    lr: float = 0.03         # Adam learning rate
+    l2: float = 0.1          # lambda of the L2 penalty on alpha (0.01 left most alphas saturated at 1)
+    presence: float = 0.1    # share of a location's pixel block the concept must cover to count as present
     probe: int = 4           # absent locations per sample tried as insertion candidates
     eval_items: int = 64     # fixed locations on which delta is evaluated after every epoch
     seed: int = 1            # seed of the sample pool (and of the location sampling)
