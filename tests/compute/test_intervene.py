@@ -217,7 +217,8 @@ def test_bench_functions_return_benchmark_rows(models) -> None:
         iv.bench_ace("cpu", gen, seg, concept="tree", samples=4, epochs=1, steps_per_epoch=1, batch=2,
                      eval_items=2)
     assert [(r["bench"], r["metric"]) for r in rows] == [("insert", "seconds"), ("insert", "ms_per_location"),
-                                                        ("ace", "seconds")]
+                                                        ("ace", "seconds"), ("ace", "pool_seconds"),
+                                                        ("ace", "seconds_per_step")]
     assert all(r["value"] > 0 and r["unit"] in ("s", "ms") for r in rows)
     import json
 
