@@ -68,4 +68,5 @@ def test_mid_layer_peak(store: str) -> None:
 
 def test_units_beat_the_null_baseline(store: str) -> None:
     c = report.checks(store, "village-gan")
-    assert c["ratio"] is not None and c["ratio"] >= 4.0, c
+    # the bar: median best IoU of interpretable units >= 5x the null median (measured 5.5x here)
+    assert c["ratio"] is not None and c["ratio"] >= 5.0, c
