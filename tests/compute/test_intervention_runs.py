@@ -12,8 +12,6 @@ from compute import runner, spec as specmod
 from db import store
 from tests.conftest import write_spec
 
-pytestmark = pytest.mark.slow  # about 30 s on a shared 2-core CPU
-
 BODY = """
 [store]
 path = "{dir}/store.duckdb"
