@@ -5,6 +5,7 @@ reopens it, and saves screenshots under test-output/dashboard/. Timings are appe
 test-output/dashboard/timings.json."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -36,12 +38,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(dash_store, output_dir):
-    """`streamlit run dashboard/app.py` on 127.0.0.1 and a free port; yields its URL."""
+@contextlib.contextmanager
+def streamlit_server(db: Path, log_path: Path) -> Iterator[str]:
+    """`streamlit run dashboard/app.py` on 127.0.0.1 and a free port over the store `db`; yields its URL."""
     port = free_port()
-    env = dict(os.environ, GANDISSECT_DB=str(dash_store))
-    log = open(output_dir / "streamlit.log", "w")
+    env = dict(os.environ, GANDISSECT_DB=str(db))
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--server.headless", "true",
                              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
@@ -56,7 +58,7 @@ def server(dash_store, output_dir):
                         break
             except OSError:
                 pass
-            assert proc.poll() is None, (output_dir / "streamlit.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "streamlit did not start within 60 s"
             time.sleep(0.2)
         yield url
@@ -67,6 +69,13 @@ def server(dash_store, output_dir):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def server(dash_store, output_dir):
+    """The dashboard over the fixture store; yields its URL."""
+    with streamlit_server(dash_store, output_dir / "streamlit.log") as url:
+        yield url
 
 
 def wait_idle(page, quiet_s: float = 0.75, timeout_s: float = 60) -> None:

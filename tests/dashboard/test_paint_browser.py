@@ -7,12 +7,8 @@ timings.json."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,8 +16,6 @@ import pytest
 from tests.compute.test_paint import build_paint_store
 
 CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "dashboard" / "app.py"
 STROKES = 4
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -34,37 +28,11 @@ pytestmark = [pytest.mark.slow,  # about 25 s on a shared 2-core CPU
 @pytest.fixture
 def paint_server(tmp_path_factory, tiny_gan, tiny_seg, output_dir):
     """`streamlit run dashboard/app.py` on 127.0.0.1 over the paint store; yields its URL."""
-    from tests.dashboard.test_browser import free_port
+    from tests.dashboard.test_browser import streamlit_server
 
     db = build_paint_store(tmp_path_factory.mktemp("paintbrowser"), tiny_gan, tiny_seg)
-    port = free_port()
-    env = dict(os.environ, GANDISSECT_DB=str(db))
-    log = open(output_dir / "streamlit-paint.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (output_dir / "streamlit-paint.log").read_text()
-            assert time.monotonic() < deadline, "streamlit did not start within 60 s"
-            time.sleep(0.2)
+    with streamlit_server(db, output_dir / "streamlit-paint.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 # In the page: when the mouse button goes up, and when the page first shows a text (both performance.now()).
