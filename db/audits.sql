@@ -89,6 +89,14 @@ FROM unit_realism GROUP BY run_key, model, layer, unit HAVING count(*) > 1;
 SELECT run_key, model, layer, unit_set, draw, count(*) AS n
 FROM repair_effects GROUP BY run_key, model, layer, unit_set, draw HAVING count(*) > 1;
 
+-- audit: unique_repair_concepts
+SELECT run_key, model, layer, unit_set, draw, concept, count(*) AS n
+FROM repair_concepts GROUP BY run_key, model, layer, unit_set, draw, concept HAVING count(*) > 1;
+
+-- audit: unique_realism_flag_pr
+SELECT run_key, model, layer, k, count(*) AS n
+FROM realism_flag_pr GROUP BY run_key, model, layer, k HAVING count(*) > 1;
+
 -- audit: unique_concept_coverage
 SELECT run_key, concept, source, count(*) AS n
 FROM concept_coverage GROUP BY run_key, concept, source HAVING count(*) > 1;
@@ -153,6 +161,8 @@ WITH result_runs AS (
     UNION ALL SELECT DISTINCT 'unit_realism', run_key FROM unit_realism
     UNION ALL SELECT DISTINCT 'repair_effects', run_key FROM repair_effects
     UNION ALL SELECT DISTINCT 'concept_coverage', run_key FROM concept_coverage
+    UNION ALL SELECT DISTINCT 'repair_concepts', run_key FROM repair_concepts
+    UNION ALL SELECT DISTINCT 'realism_flag_pr', run_key FROM realism_flag_pr
 )
 SELECT t.tbl, t.run_key, r.status
 FROM result_runs t LEFT JOIN runs r USING (run_key)
@@ -175,6 +185,8 @@ WITH result_models AS (
     UNION ALL SELECT DISTINCT 'unit_realism', run_key, model FROM unit_realism
     UNION ALL SELECT DISTINCT 'repair_effects', run_key, model FROM repair_effects
     UNION ALL SELECT DISTINCT 'concept_coverage', run_key, model FROM concept_coverage
+    UNION ALL SELECT DISTINCT 'repair_concepts', run_key, model FROM repair_concepts
+    UNION ALL SELECT DISTINCT 'realism_flag_pr', run_key, model FROM realism_flag_pr
 )
 SELECT t.tbl, t.run_key, t.model, r.model AS run_model
 FROM result_models t JOIN runs r USING (run_key)
@@ -198,6 +210,8 @@ WITH result_layers AS (
     UNION ALL SELECT DISTINCT 'unit_flags', model, layer FROM unit_flags
     UNION ALL SELECT DISTINCT 'unit_realism', model, layer FROM unit_realism
     UNION ALL SELECT DISTINCT 'repair_effects', model, layer FROM repair_effects
+    UNION ALL SELECT DISTINCT 'repair_concepts', model, layer FROM repair_concepts
+    UNION ALL SELECT DISTINCT 'realism_flag_pr', model, layer FROM realism_flag_pr
 )
 SELECT t.tbl, t.model, t.layer
 FROM result_layers t ANTI JOIN layers l USING (model, layer);
@@ -227,6 +241,7 @@ WITH result_concepts AS (
     UNION ALL SELECT DISTINCT 'trace_effects', run_key, concept FROM trace_effects
     UNION ALL SELECT DISTINCT 'causal_effects', run_key, concept FROM causal_effects
     UNION ALL SELECT DISTINCT 'concept_coverage', run_key, concept FROM concept_coverage
+    UNION ALL SELECT DISTINCT 'repair_concepts', run_key, concept FROM repair_concepts
 )
 SELECT t.tbl, t.run_key, r.segmenter, t.concept
 FROM result_concepts t
@@ -340,3 +355,20 @@ SELECT run_key, concept, source, pixel_fraction, presence, n_images FROM concept
 WHERE source NOT IN ('generated', 'real') OR n_images < 1
    OR NOT (pixel_fraction BETWEEN 0 AND 1) OR NOT (presence BETWEEN 0 AND 1)
    OR pixel_fraction > presence + 1e-9;
+
+-- audit: repair_concepts_range
+SELECT run_key, model, layer, unit_set, draw, concept, fraction_before, fraction_after FROM repair_concepts
+WHERE NOT (fraction_before BETWEEN 0 AND 1) OR NOT (fraction_after BETWEEN 0 AND 1);
+
+-- audit: repair_concepts_have_effects
+SELECT c.run_key, c.model, c.layer, c.unit_set, c.draw FROM repair_concepts c
+ANTI JOIN repair_effects e USING (run_key, model, layer, unit_set, draw);
+
+-- audit: realism_flag_pr_range
+SELECT run_key, model, layer, k, precision, recall, n_flagged FROM realism_flag_pr
+WHERE k < 1 OR n_flagged < 1 OR NOT (precision BETWEEN 0 AND 1) OR NOT (recall BETWEEN 0 AND 1)
+   OR isnan(frechet) OR isinf(frechet);
+
+-- audit: unit_realism_top_samples_json
+SELECT run_key, model, layer, unit, top_samples FROM unit_realism
+WHERE top_samples IS NOT NULL AND NOT json_valid(top_samples);

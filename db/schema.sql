@@ -288,7 +288,8 @@ CREATE TABLE IF NOT EXISTS unit_realism (
     unit INTEGER NOT NULL,  -- channel index, 0-based
     frechet DOUBLE NOT NULL,  -- Frechet distance between features of the unit's top images and of real images (lower is more realistic)
     n_top INTEGER NOT NULL,  -- number of top-activating generated images used
-    n_real INTEGER NOT NULL  -- number of real images used
+    n_real INTEGER NOT NULL,  -- number of real images used
+    top_samples VARCHAR  -- JSON list of the first top-activating sample indices (seed = runs.seed), for image strips
 );
 
 -- grain: one row per unit set and draw of a repair run: the Frechet distance before and after ablating the set
@@ -303,6 +304,32 @@ CREATE TABLE IF NOT EXISTS repair_effects (
     units VARCHAR,  -- the unit indices as a JSON list
     fd_before DOUBLE NOT NULL,  -- Frechet distance of the whole sample to real images before ablation
     fd_after DOUBLE NOT NULL  -- the same after ablating the set
+);
+
+-- grain: one row per unit set, draw and concept of a repair run: the concept's pixel fraction before and after ablating the set
+-- key: run_key, model, layer, unit_set, draw, concept
+CREATE TABLE IF NOT EXISTS repair_concepts (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model
+    layer VARCHAR NOT NULL,  -- layers.layer (the ablated layer)
+    unit_set VARCHAR NOT NULL,  -- repair_effects.unit_set
+    draw INTEGER NOT NULL,  -- repair_effects.draw
+    concept VARCHAR NOT NULL,  -- concepts.concept
+    fraction_before DOUBLE NOT NULL,  -- share of the generated pixels labelled with the concept, before ablation
+    fraction_after DOUBLE NOT NULL  -- the same after ablating the set
+);
+
+-- grain: one row per layer and cut-off k of a repair run: the k worst realism scores as a predictor of the flagged units
+-- key: run_key, model, layer, k
+CREATE TABLE IF NOT EXISTS realism_flag_pr (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model
+    layer VARCHAR NOT NULL,  -- layers.layer
+    k INTEGER NOT NULL,  -- number of units predicted as artifacts: those with frechet >= the threshold
+    frechet DOUBLE NOT NULL,  -- the score threshold (sklearn.metrics.precision_recall_curve)
+    precision DOUBLE NOT NULL,  -- flagged units among the k, over k
+    recall DOUBLE NOT NULL,  -- flagged units among the k, over all flagged units of the layer
+    n_flagged INTEGER NOT NULL  -- flagged units of the layer (the manual set)
 );
 
 -- grain: one row per concept and image source of a coverage run: how much of it generated and real images hold

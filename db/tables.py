@@ -119,11 +119,18 @@ TABLES: dict[str, Table] = {t.name: t for t in (
        "bench VARCHAR!, metric VARCHAR!, value DOUBLE!, unit VARCHAR, params VARCHAR, created_at TIMESTAMP!"),
     _t("unit_realism", "one row per unit of a layer in a realism run: the Frechet distance of its top images "
        "to real images", "run_key, model, layer, unit",
-       f"{_RUN}, unit INTEGER!, frechet DOUBLE!, n_top INTEGER!, n_real INTEGER!"),
+       f"{_RUN}, unit INTEGER!, frechet DOUBLE!, n_top INTEGER!, n_real INTEGER!, top_samples VARCHAR"),
     _t("repair_effects", "one row per unit set and draw of a repair run: the Frechet distance before and after "
        "ablating the set", "run_key, model, layer, unit_set, draw",
        f"{_RUN}, unit_set VARCHAR!, draw INTEGER!, n_units INTEGER!, units VARCHAR, fd_before DOUBLE!, "
        "fd_after DOUBLE!"),
+    _t("repair_concepts", "one row per unit set, draw and concept of a repair run: the concept's pixel fraction "
+       "before and after ablating the set", "run_key, model, layer, unit_set, draw, concept",
+       f"{_RUN}, unit_set VARCHAR!, draw INTEGER!, concept VARCHAR!, fraction_before DOUBLE!, "
+       "fraction_after DOUBLE!"),
+    _t("realism_flag_pr", "one row per layer and cut-off k of a repair run: the k worst realism scores as a "
+       "predictor of the flagged units", "run_key, model, layer, k",
+       f"{_RUN}, k INTEGER!, frechet DOUBLE!, precision DOUBLE!, recall DOUBLE!, n_flagged INTEGER!"),
     _t("concept_coverage", "one row per concept and image source of a coverage run: how much of it generated "
        "and real images hold", "run_key, concept, source",
        "run_key VARCHAR!, model VARCHAR!, segmenter VARCHAR!, concept VARCHAR!, source VARCHAR!, "

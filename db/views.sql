@@ -142,9 +142,10 @@ WITH latest AS (
 )
 SELECT u.model, u.layer, u.unit, u.frechet, u.n_top, u.n_real,
        rank() OVER (PARTITION BY u.model, u.layer ORDER BY u.frechet DESC) AS worst_rank,
-       u.run_key
+       u.top_samples, r.seed, u.run_key
 FROM unit_realism u
-JOIN latest l USING (run_key, model, layer);
+JOIN latest l USING (run_key, model, layer)
+JOIN runs r USING (run_key);
 
 -- view: unit_labels_realistic (a table macro: call it as `FROM unit_labels_realistic(200.0)`)
 -- grain: one row per unit of unit_labels whose latest realism score is at most max_frechet (or unscored)
@@ -153,3 +154,87 @@ SELECT l.*
 FROM unit_labels l
 LEFT JOIN unit_realism_latest r USING (model, layer, unit)
 WHERE r.frechet IS NULL OR r.frechet <= max_frechet;
+
+-- view: realism_label_counts (a table macro: `FROM realism_label_counts(200.0)`)
+-- grain: one row per model, layer, segmenter and threshold mode: interpretable units and concepts with and without the realism filter
+CREATE OR REPLACE MACRO realism_label_counts(max_frechet) AS TABLE
+SELECT l.model, l.layer, l.segmenter, l.threshold_mode,
+       count(*) FILTER (WHERE l.interpretable) AS interpretable_units,
+       count(*) FILTER (WHERE l.interpretable AND (r.frechet IS NULL OR r.frechet <= max_frechet)) AS realistic_units,
+       count(DISTINCT l.concept) FILTER (WHERE l.interpretable) AS concepts,
+       count(DISTINCT l.concept) FILTER (WHERE l.interpretable AND (r.frechet IS NULL OR r.frechet <= max_frechet))
+           AS realistic_concepts,
+       count(r.frechet) AS scored_units
+FROM unit_labels l
+LEFT JOIN unit_realism_latest r USING (model, layer, unit)
+GROUP BY l.model, l.layer, l.segmenter, l.threshold_mode;
+
+-- view: repair_latest
+-- grain: one row per model, layer and unit set: the latest done repair run's Frechet distances (random: mean and spread over draws)
+CREATE OR REPLACE VIEW repair_latest AS
+WITH latest AS (
+    SELECT DISTINCT e.run_key, e.model, e.layer
+    FROM repair_effects e
+    JOIN runs r USING (run_key)
+    WHERE r.status = 'done'
+    QUALIFY row_number() OVER (
+        PARTITION BY e.model, e.layer ORDER BY r.finished_at DESC NULLS LAST, e.run_key DESC) = 1
+)
+SELECT e.model, e.layer, e.unit_set,
+       any_value(e.n_units) AS n_units,
+       count(*) AS draws,
+       any_value(e.fd_before) AS fd_before,
+       avg(e.fd_after) AS fd_after,
+       CASE WHEN count(*) > 1 THEN stddev_pop(e.fd_after) END AS fd_after_std,
+       avg(e.fd_after) - any_value(e.fd_before) AS fd_change,
+       CASE WHEN count(*) = 1 THEN any_value(e.units) END AS units,
+       e.run_key
+FROM repair_effects e
+JOIN latest USING (run_key, model, layer)
+GROUP BY e.model, e.layer, e.unit_set, e.run_key;
+
+-- view: repair_concepts_latest
+-- grain: one row per model, layer, unit set and concept: pixel fractions before and after ablation in the latest done repair run (random: mean over draws)
+CREATE OR REPLACE VIEW repair_concepts_latest AS
+SELECT c.model, c.layer, c.unit_set, c.concept,
+       any_value(c.fraction_before) AS fraction_before,
+       avg(c.fraction_after) AS fraction_after,
+       CASE WHEN any_value(c.fraction_before) > 0
+            THEN avg(c.fraction_after) / any_value(c.fraction_before) - 1 END AS relative_change,
+       c.run_key
+FROM repair_concepts c
+JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key, model, layer)
+GROUP BY c.model, c.layer, c.unit_set, c.concept, c.run_key;
+
+-- view: concept_coverage_latest
+-- grain: one row per model, segmenter and concept: generated vs real pixel fraction and presence in the latest done coverage run
+CREATE OR REPLACE VIEW concept_coverage_latest AS
+WITH latest AS (
+    SELECT DISTINCT c.run_key, c.model, c.segmenter
+    FROM concept_coverage c
+    JOIN runs r USING (run_key)
+    WHERE r.status = 'done'
+    QUALIFY row_number() OVER (
+        PARTITION BY c.model, c.segmenter ORDER BY r.finished_at DESC NULLS LAST, c.run_key DESC) = 1
+)
+SELECT c.model, c.segmenter, c.concept,
+       max(c.pixel_fraction) FILTER (WHERE c.source = 'generated') AS generated_fraction,
+       max(c.pixel_fraction) FILTER (WHERE c.source = 'real') AS real_fraction,
+       max(c.presence) FILTER (WHERE c.source = 'generated') AS generated_presence,
+       max(c.presence) FILTER (WHERE c.source = 'real') AS real_presence,
+       CASE WHEN max(c.pixel_fraction) FILTER (WHERE c.source = 'real') > 0
+            THEN max(c.pixel_fraction) FILTER (WHERE c.source = 'generated')
+                 / max(c.pixel_fraction) FILTER (WHERE c.source = 'real') - 1 END AS fraction_change,
+       max(c.n_images) FILTER (WHERE c.source = 'generated') AS n_generated,
+       max(c.n_images) FILTER (WHERE c.source = 'real') AS n_real,
+       c.run_key
+FROM concept_coverage c
+JOIN latest USING (run_key, model, segmenter)
+GROUP BY c.model, c.segmenter, c.concept, c.run_key;
+
+-- view: realism_flag_pr_latest
+-- grain: one row per model, layer and cut-off k: precision and recall of the worst realism scores against the flagged units, latest done repair run
+CREATE OR REPLACE VIEW realism_flag_pr_latest AS
+SELECT p.model, p.layer, p.k, p.frechet, p.precision, p.recall, p.n_flagged, p.run_key
+FROM realism_flag_pr p
+JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key, model, layer);
