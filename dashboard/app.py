@@ -1,7 +1,7 @@
 """The gandissect dashboard: a Streamlit multipage app (st.navigation) over the DuckDB store.
 
 Reads the store named by env GANDISSECT_DB (default "gandissect.duckdb") with short read-only
-connections (`dashboard.queries`); writes only unit flags (Flags page, unit page). Pages live in
+connections (`dashboard.queries`); writes only unit flags (Flags, Unit and Realism pages). Pages live in
 `dashboard/app_pages/`. Start it with the CLI (binds to 127.0.0.1):
 
     gandissect dashboard --port 8501
@@ -37,6 +37,7 @@ pages = {
         page("unit", "Unit", ":material/search:", visibility="hidden"),
         page("compare", "Compare", ":material/compare_arrows:"),
         page("causal", "Causal", ":material/target:"),
+        page("realism", "Realism", ":material/healing:"),
     ],
     "Tools": [
         page("paint", "Paint", ":material/brush:"),

@@ -214,3 +214,71 @@ def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "int
         text=alt.Text(f"{value}:Q"),
         color=alt.condition(alt.datum[value] > top / 2, alt.value("white"), alt.value("black")))
     return alt.layer(rect, text).properties(height=alt.Step(24))
+
+
+# ---------------------------------------------------------------- diagnosis: realism, repair, coverage
+
+FLAG_STATE_COLORS = {"flagged": "#d62728", "not flagged": "#4c78a8"}
+DIRECTION_COLORS = {"under-produced": "#e45756", "over-produced": "#4c78a8", "as often as real": "#9d9d9d"}
+
+
+def realism_histogram(units: pl.DataFrame, threshold: float | None = None, bins: int = 30) -> alt.Chart:
+    """Histogram of per-unit realism scores (Fréchet distance of the unit's top images to real images),
+    stacked by whether the unit is flagged (artifact / watermark); an optional dashed cut-off line."""
+    data = units.select("unit", "frechet", "flag_state")
+    scale = alt.Scale(domain=list(FLAG_STATE_COLORS), range=list(FLAG_STATE_COLORS.values()))
+    bars = alt.Chart(_pd(data)).mark_bar().encode(
+        x=alt.X("frechet:Q", bin=alt.Bin(maxbins=bins),
+                title="Fréchet distance to real images (higher: less realistic)"),
+        y=alt.Y("count():Q", title="units"),
+        color=alt.Color("flag_state:N", scale=scale, title=None),
+        tooltip=[alt.Tooltip("frechet:Q", bin=alt.Bin(maxbins=bins), title="Fréchet"), "flag_state:N",
+                 alt.Tooltip("count():Q", title="units")],
+    )
+    if threshold is None:
+        return bars.properties(height=240)
+    rule = alt.Chart(_pd(pl.DataFrame({"frechet": [float(threshold)]}))).mark_rule(
+        strokeDash=[4, 3], color="#444").encode(x="frechet:Q")
+    return alt.layer(bars, rule).properties(height=240)
+
+
+def precision_recall(pr: pl.DataFrame, k_mark: int | None = None) -> alt.Chart:
+    """The realism score as a predictor of the flagged units (paper Fig. 12): precision against recall
+    over the cut-off k (the k worst units), the point at `k_mark` marked and labelled."""
+    unit_scale = alt.Scale(domain=[0, 1])
+    base = alt.Chart(_pd(pr)).encode(
+        x=alt.X("recall:Q", title="recall (flagged units found)", scale=unit_scale),
+        y=alt.Y("precision:Q", title="precision (worst units that are flagged)", scale=unit_scale),
+        tooltip=["k:Q", alt.Tooltip("frechet:Q", format=".2f", title="Fréchet ≥"),
+                 alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
+                 alt.Tooltip("flagged_in_k:Q", title="flagged among the k"), "n_flagged:Q"])
+    line = base.mark_line(point=True, color="#4c78a8").encode(order="k:Q")
+    if k_mark is None:
+        return line.properties(height=260)
+    marked = pr.filter(pl.col("k") == k_mark).with_columns(text=pl.format("k = {}", pl.col("k")))
+    point = alt.Chart(_pd(marked)).mark_point(shape="diamond", size=180, filled=True, color="#d62728").encode(
+        x="recall:Q", y="precision:Q")
+    text = alt.Chart(_pd(marked)).mark_text(align="left", dx=10, dy=-10, color="#d62728").encode(
+        x="recall:Q", y="precision:Q", text="text:N")
+    return alt.layer(line, point, text).properties(height=260)
+
+
+def concept_coverage(coverage: pl.DataFrame) -> alt.Chart:
+    """Horizontal bars: how much more (or less) of each concept's pixels the generator draws than real
+    images hold (generated / real − 1), sorted, under- and over-produced concepts in their own colours."""
+    data = coverage.filter(pl.col("fraction_change").is_not_null())
+    scale = alt.Scale(domain=list(DIRECTION_COLORS), range=list(DIRECTION_COLORS.values()))
+    bars = alt.Chart(_pd(data)).mark_bar().encode(
+        y=alt.Y("concept:N", sort=alt.EncodingSortField("fraction_change", order="ascending"), title=None,
+                axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("fraction_change:Q", title="generated / real pixel share − 1", axis=alt.Axis(format="+%")),
+        color=alt.Color("direction:N", scale=scale, title=None),
+        tooltip=["concept:N", "category:N", alt.Tooltip("generated_fraction:Q", format=".4f", title="generated share"),
+                 alt.Tooltip("real_fraction:Q", format=".4f", title="real share"),
+                 alt.Tooltip("fraction_change:Q", format="+.1%", title="change"),
+                 alt.Tooltip("generated_presence:Q", format=".0%", title="in generated images"),
+                 alt.Tooltip("real_presence:Q", format=".0%", title="in real images")],
+    )
+    zero = alt.Chart(_pd(pl.DataFrame({"fraction_change": [0.0]}))).mark_rule(color="#444").encode(
+        x="fraction_change:Q")
+    return alt.layer(bars, zero).properties(height=alt.Step(22))

@@ -324,6 +324,85 @@ ORDER BY m.model_group, s.layer_index, m.training_step
 """
 
 
+# ---------------------------------------------------------------- SQL: realism, repair, coverage (diagnosis)
+
+# layers with a realism score or a repair run (latest done runs), in layer order
+REALISM_LAYERS_SQL = """
+WITH r AS (SELECT model, layer, count(*) AS scored_units FROM unit_realism_latest GROUP BY model, layer),
+     p AS (SELECT model, layer, count(*) AS repair_sets FROM repair_latest GROUP BY model, layer)
+SELECT l.model, l.layer, l.layer_index, coalesce(r.scored_units, 0) AS scored_units,
+       coalesce(p.repair_sets, 0) AS repair_sets
+FROM layers l LEFT JOIN r USING (model, layer) LEFT JOIN p USING (model, layer)
+WHERE r.scored_units IS NOT NULL OR p.repair_sets IS NOT NULL
+ORDER BY l.model, l.layer_index
+"""
+
+REALISM_SUMMARY_SQL = """
+SELECT count(*) AS units, min(frechet) AS best, median(frechet) AS median,
+       quantile_cont(frechet, 0.9) AS p90, max(frechet) AS worst,
+       any_value(n_top) AS n_top, any_value(n_real) AS n_real, any_value(seed) AS seed, any_value(run_key) AS run_key
+FROM unit_realism_latest
+WHERE model = ? AND layer = ?
+"""
+
+# every scored unit of a layer, worst first, with its label, threshold (for strips) and flags (UNIT_TABLE_SQL)
+REALISM_UNITS_SQL = f"""
+WITH t AS ({UNIT_TABLE_SQL})
+SELECT r.unit, r.worst_rank, r.frechet, r.n_top, r.n_real, t.label, t.category, t.iou, t.interpretable,
+       t.threshold, t.flags, t.custom_label,
+       CASE WHEN regexp_matches(coalesce(t.flags, ''), 'artifact|watermark') THEN 'flagged' ELSE 'not flagged'
+       END AS flag_state,
+       r.seed, CAST(r.top_samples::JSON AS INTEGER[]) AS top_samples
+FROM unit_realism_latest r LEFT JOIN t USING (unit)
+WHERE r.model = $model AND r.layer = $layer
+ORDER BY r.worst_rank, r.unit
+"""
+
+_UNIT_SET_ORDER = ("CASE unit_set WHEN 'manual' THEN 0 WHEN 'realism' THEN 1 WHEN 'union' THEN 2 "
+                   "WHEN 'random' THEN 3 END")
+
+REPAIR_SQL = f"""
+SELECT p.unit_set, p.n_units, p.draws, CAST(p.units::JSON AS INTEGER[]) AS units, p.fd_before, p.fd_after,
+       p.fd_after_std, p.fd_change, r.n_samples, r.seed,
+       coalesce(json_extract_string(r.params, '$.manual'), 'flags') AS manual_rule, p.run_key
+FROM repair_latest p LEFT JOIN runs r USING (run_key)
+WHERE p.model = ? AND p.layer = ?
+ORDER BY {_UNIT_SET_ORDER} NULLS LAST, p.unit_set
+"""
+
+# concepts ordered by how much ablating a non-random set changes them (most affected first)
+REPAIR_CONCEPTS_SQL = f"""
+SELECT unit_set, concept, fraction_before, fraction_after, relative_change,
+       max(abs(relative_change)) FILTER (WHERE unit_set <> 'random') OVER (PARTITION BY concept) AS concept_effect
+FROM repair_concepts_latest
+WHERE model = ? AND layer = ? AND concept <> 'none'
+ORDER BY concept_effect DESC NULLS LAST, concept, {_UNIT_SET_ORDER} NULLS LAST, unit_set
+"""
+
+FLAG_PR_SQL = """
+SELECT k, frechet, precision, recall, n_flagged, round(precision * k)::INTEGER AS flagged_in_k
+FROM realism_flag_pr_latest
+WHERE model = ? AND layer = ?
+ORDER BY k
+"""
+
+COVERAGE_SQL = """
+SELECT c.segmenter, c.concept, k.category, c.generated_fraction, c.real_fraction, c.fraction_change,
+       CASE WHEN c.fraction_change < 0 THEN 'under-produced' WHEN c.fraction_change > 0 THEN 'over-produced'
+            ELSE 'as often as real' END AS direction,
+       c.generated_presence, c.real_presence, c.n_generated, c.n_real, c.run_key
+FROM concept_coverage_latest c LEFT JOIN concepts k USING (segmenter, concept)
+WHERE c.model = ? AND c.concept <> 'none'
+ORDER BY c.segmenter, c.fraction_change NULLS LAST, c.concept
+"""
+
+REALISM_LABEL_COUNTS_SQL = """
+SELECT segmenter, threshold_mode, interpretable_units, realistic_units, concepts, realistic_concepts, scored_units
+FROM realism_label_counts($max_frechet)
+WHERE model = $model AND layer = $layer
+ORDER BY segmenter, threshold_mode DESC
+"""
+
 # ---------------------------------------------------------------- cached query functions
 
 @_cached()
@@ -491,11 +570,61 @@ def emergence(db: str) -> pl.DataFrame:
     return _read(db, EMERGENCE_SQL)
 
 
+@_cached()
+def realism_layers(db: str) -> pl.DataFrame:
+    """Layers with realism scores or a repair run: model, layer, layer_index, scored_units, repair_sets."""
+    return _read(db, REALISM_LAYERS_SQL)
+
+
+@_cached()
+def realism_summary(db: str, model: str, layer: str) -> dict[str, Any]:
+    """The layer's latest realism scores in brief: units, best, median, p90, worst, n_top, n_real, seed."""
+    return _read(db, REALISM_SUMMARY_SQL, [model, layer]).row(0, named=True)
+
+
+@_cached()
+def realism_units(db: str, model: str, layer: str, segmenter: str | None, mode: str | None) -> pl.DataFrame:
+    """Every scored unit of a layer, worst realism first: Fréchet, rank, label, threshold, flags, top samples."""
+    return _read(db, REALISM_UNITS_SQL, {"model": model, "layer": layer, "segmenter": segmenter, "mode": mode,
+                                         "concept": None})
+
+
+@_cached()
+def repair(db: str, model: str, layer: str) -> pl.DataFrame:
+    """The layer's latest repair run, one row per unit set (manual, realism, union, random)."""
+    return _read(db, REPAIR_SQL, [model, layer])
+
+
+@_cached()
+def repair_concepts(db: str, model: str, layer: str) -> pl.DataFrame:
+    """Concept pixel shares before and after ablating each unit set (latest repair run), most affected first."""
+    return _read(db, REPAIR_CONCEPTS_SQL, [model, layer])
+
+
+@_cached()
+def flag_pr(db: str, model: str, layer: str) -> pl.DataFrame:
+    """Precision and recall of the k worst realism scores against the flagged units, per k."""
+    return _read(db, FLAG_PR_SQL, [model, layer])
+
+
+@_cached()
+def coverage(db: str, model: str) -> pl.DataFrame:
+    """Generated vs real concept shares of a model (latest coverage run per segmenter), most under-produced first."""
+    return _read(db, COVERAGE_SQL, [model])
+
+
+@_cached()
+def realism_label_counts(db: str, model: str, layer: str, max_frechet: float) -> pl.DataFrame:
+    """Interpretable units and concepts of a layer with and without leaving out units above max_frechet."""
+    return _read(db, REALISM_LABEL_COUNTS_SQL, {"model": model, "layer": layer, "max_frechet": float(max_frechet)})
+
+
 def clear_flags_cache() -> None:
     """After a flag write: forget cached reads that show flags."""
     flags.clear()
     unit_flags.clear()
     unit_table.clear()
+    realism_units.clear()
     counts.clear()
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-PAGES = ("overview", "units", "unit", "compare", "causal", "sql", "flags", "model_cards")
+PAGES = ("overview", "units", "unit", "compare", "causal", "realism", "sql", "flags", "model_cards")
 
 
 def open_page(page: str, query_params: dict[str, Any] | None = None, timeout: float = 60) -> AppTest:

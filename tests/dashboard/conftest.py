@@ -3,8 +3,9 @@
 `dash_store`: the db tests' small hand-made store (toy-gan, every table filled) plus "tiny-gan", a tiny
 random-weight ProGAN saved as safetensors (tests/conftest.py `tiny_gan`) whose dissection rows are real
 enough to draw images: thresholds are its units' 0.99 activation quantiles and its top-k samples are the
-samples that activate each unit most (IoUs are made up). `empty_store`: a store with the schema and no
-rows. `missing_store`: a path where no store exists.
+samples that activate each unit most (IoUs are made up); its diagnosis rows (realism scores, repair,
+flag precision / recall, concept coverage: `add_tiny_diagnosis`) are hand-made. `empty_store`: a store
+with the schema and no rows. `missing_store`: a path where no store exists.
 """
 from __future__ import annotations
 
@@ -78,6 +79,62 @@ def add_tiny_model(path: Path, checkpoint: Path, model: str = TINY, step: int = 
         store.set_flag(model, TINY_LAYERS[0], 1, "interesting", "a note", path=path)
 
 
+# hand-made diagnosis rows of tiny-gan's first dissected layer (8 units): realism scores (unit 3 worst),
+# a repair run (fd 140 -> 125.4 manual [3, 6], 118.2 realism [3, 7, 5], 116.9 union, random 140.6 ± 0.7),
+# door pixels removed by the flagged units, precision / recall against the flags {3, 6}, and coverage
+TINY_REALISM_LAYER = TINY_LAYERS[0]
+TINY_FRECHET = (120.5, 80.2, 95.0, 310.7, 60.1, 150.3, 70.4, 240.9)  # unit -> Frechet distance
+TINY_REPAIR = [("manual", 0, [3, 6], 125.4), ("realism", 0, [3, 7, 5], 118.2), ("union", 0, [3, 5, 6, 7], 116.9),
+               ("random", 0, [0, 2, 4], 140.9), ("random", 1, [1, 4, 6], 139.6), ("random", 2, [0, 1, 7], 141.3)]
+TINY_DOOR_AFTER = {"manual": 0.01, "realism": 0.02, "union": 0.008, "random": 0.049}
+TINY_COVERAGE = [("sky", 0.40, 0.35, 1.0, 1.0), ("tree", 0.10, 0.15, 0.6, 0.8), ("door", 0.01, 0.03, 0.3, 0.7),
+                 ("brick", 0.0, 0.02, 0.0, 0.2)]  # concept, generated share, real share, generated / real presence
+
+
+def add_tiny_diagnosis(path: Path, model: str = TINY) -> None:
+    """Publish realism (top samples: the dissection's top-k, so strips draw), repair, flag P/R and coverage
+    runs for `model`'s TINY_REALISM_LAYER."""
+    import json
+
+    from db import store
+    from tests.db.fixture_store import SEG
+
+    layer = TINY_REALISM_LAYER
+    topk = store.read("SELECT unit, list(sample ORDER BY rank) AS samples FROM unit_topk WHERE model = ? AND layer = ? "
+                      "GROUP BY unit", [model, layer], path=path)
+    top = dict(zip(topk["unit"].to_list(), topk["samples"].to_list()))
+    done = {"status": "done", "seconds": 0.1}
+
+    def run(kind: str, **kw) -> str:
+        key = f"k-{model}-{kind}"
+        store.start_run(key, kind, name=f"tiny-{kind}", model=model, segmenter=SEG, n_samples=TINY_SAMPLES,
+                        seed=TINY_SEED, code_version="test", device="cpu", path=path, **kw)
+        return key
+
+    store.publish_many(run("realism", layer=layer, params={"n_top": TINY_K, "n_real": 40}), {"unit_realism": [
+        {"model": model, "layer": layer, "unit": u, "frechet": f, "n_top": TINY_K, "n_real": 40,
+         "top_samples": json.dumps(top[u])} for u, f in enumerate(TINY_FRECHET)]}, done, path)
+    worst = sorted(range(len(TINY_FRECHET)), key=lambda u: -TINY_FRECHET[u])
+    flagged = {3, 6}
+    pr = []
+    for k in range(1, len(worst) + 1):
+        hits = len(flagged & set(worst[:k]))
+        pr.append({"model": model, "layer": layer, "k": k, "frechet": TINY_FRECHET[worst[k - 1]],
+                   "precision": hits / k, "recall": hits / len(flagged), "n_flagged": len(flagged)})
+    store.publish_many(run("repair", layer=layer, params={"n_random": 3, "flags": sorted(flagged)}), {
+        "repair_effects": [{"model": model, "layer": layer, "unit_set": s, "draw": d, "n_units": len(us),
+                            "units": json.dumps(us), "fd_before": 140.0, "fd_after": a} for s, d, us, a in TINY_REPAIR],
+        "repair_concepts": [{"model": model, "layer": layer, "unit_set": s, "draw": d, "concept": c,
+                             "fraction_before": b,
+                             "fraction_after": TINY_DOOR_AFTER[s] if c == "door" else b + 0.001 * d}
+                            for s, d, _, _ in TINY_REPAIR for c, b in [("door", 0.05), ("sky", 0.4)]],
+        "realism_flag_pr": pr}, done, path)
+    store.publish_many(run("coverage", params={"n_images": TINY_SAMPLES}), {"concept_coverage": [
+        {"model": model, "segmenter": SEG, "concept": c, "source": src, "pixel_fraction": f, "presence": pres,
+         "n_images": TINY_SAMPLES}
+        for c, g, r, gp, rp in TINY_COVERAGE for src, f, pres in [("generated", g, gp), ("real", r, rp)]]}, done, path)
+
+
 @pytest.fixture(scope="session")
 def dash_store_master(tmp_path_factory, tiny_gan) -> Path:
     from tests.db.fixture_store import build_small_store
@@ -85,6 +142,7 @@ def dash_store_master(tmp_path_factory, tiny_gan) -> Path:
     path = build_small_store(tmp_path_factory.mktemp("dash") / "dash.duckdb")
     add_tiny_model(path, tiny_gan)
     add_tiny_model(path, tiny_gan, TINY_EARLY, 50, flag=False)
+    add_tiny_diagnosis(path)
     return path
 
 

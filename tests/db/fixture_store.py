@@ -174,14 +174,27 @@ def build_small_store(path: str | Path) -> Path:
         done, path)
     real = _run(path, "realism", "realism", "layer2", {"n_top": 10, "n_real": 50})
     store.publish_many(real, {"unit_realism": [
-        {"model": MODEL, "layer": "layer2", "unit": u, "frechet": f, "n_top": 10, "n_real": 50}
+        {"model": MODEL, "layer": "layer2", "unit": u, "frechet": f, "n_top": 10, "n_real": 50,
+         "top_samples": json.dumps([10 * u + r for r in (1, 2, 3)])}
         for u, f in [(0, 50.0), (1, 300.0), (2, 80.0)]]}, done, path)
     rep = _run(path, "repair", "repair", "layer2", {"n_random": 2})
     store.publish_many(rep, {"repair_effects": [
         {"model": MODEL, "layer": "layer2", "unit_set": s, "draw": d, "n_units": 1, "units": json.dumps([u]),
          "fd_before": 100.0, "fd_after": a}
         for s, d, u, a in [("manual", 0, 1, 80.0), ("realism", 0, 1, 80.0), ("union", 0, 1, 80.0),
-                           ("random", 0, 0, 101.0), ("random", 1, 2, 99.0)]]}, done, path)
+                           ("random", 0, 0, 101.0), ("random", 1, 2, 99.0)]],
+        "repair_concepts": [  # door pixels: the flagged unit 1 draws most of them
+            {"model": MODEL, "layer": "layer2", "unit_set": s, "draw": d, "concept": c, "fraction_before": b,
+             "fraction_after": a}
+            for s, d, c, b, a in [("manual", 0, "door", 0.04, 0.01), ("realism", 0, "door", 0.04, 0.01),
+                                  ("union", 0, "door", 0.04, 0.01), ("random", 0, "door", 0.04, 0.039),
+                                  ("random", 1, "door", 0.04, 0.041), ("manual", 0, "sky", 0.3, 0.31),
+                                  ("realism", 0, "sky", 0.3, 0.31), ("union", 0, "sky", 0.3, 0.31),
+                                  ("random", 0, "sky", 0.3, 0.3), ("random", 1, "sky", 0.3, 0.29)]],
+        "realism_flag_pr": [  # the k worst of units 1 (300), 2 (80), 0 (50) against the flagged unit 1
+            {"model": MODEL, "layer": "layer2", "k": k, "frechet": f, "precision": 1 / k, "recall": 1.0,
+             "n_flagged": 1} for k, f in [(1, 300.0), (2, 80.0), (3, 50.0)]],
+    }, done, path)
     cov = _run(path, "coverage", "coverage", None, {"n_images": 20})
     store.publish_many(cov, {"concept_coverage": [
         {"model": MODEL, "segmenter": SEG, "concept": c, "source": s, "pixel_fraction": f, "presence": p,

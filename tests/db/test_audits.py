@@ -43,6 +43,10 @@ BREAKAGES = {  # audit -> SQL that breaks the small store in exactly that way
     "repair_range": "UPDATE repair_effects SET unit_set = 'other' WHERE unit_set = 'union'",
     "coverage_range": "UPDATE concept_coverage SET pixel_fraction = 0.9 WHERE concept = 'door' AND source = 'real'",
     "runs_params_json": "UPDATE runs SET params = '{broken' WHERE run_key = 'k-coverage'",
+    "repair_concepts_range": "UPDATE repair_concepts SET fraction_after = 1.5 WHERE unit_set = 'manual'",
+    "repair_concepts_have_effects": "DELETE FROM repair_effects WHERE unit_set = 'union'",
+    "realism_flag_pr_range": "UPDATE realism_flag_pr SET precision = 2 WHERE k = 1",
+    "unit_realism_top_samples_json": "UPDATE unit_realism SET top_samples = '[1, 2' WHERE unit = 0",
 }
 
 
