@@ -37,11 +37,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _job_params(spec: Spec, a, model_name: str, layers: tuple[str, ...]) -> dict:
-    return {
+    """The run's parameters: the module's DEFAULTS under the spec's keys, plus what the module resolves
+    from the store at plan time (e.g. the hand-flagged units of a repair run)."""
+    mod = analyses.module(a.kind)
+    params = {
+        **getattr(mod, "DEFAULTS", {}),
         "kind": a.kind, "name": a.name, "layers": list(layers), "segmenter": a.segmenter,
         "samples": a.samples, "seed": a.seed, "threshold": a.threshold, "concepts": list(a.concepts),
         **{k: v for k, v in a.params},
     }
+    if hasattr(mod, "resolve"):
+        params.update(mod.resolve(spec.store, a, model_name, layers))
+    return params
 
 
 def plan(spec: Spec, only: str | None = None) -> list[Job]:
@@ -63,6 +70,11 @@ def plan(spec: Spec, only: str | None = None) -> list[Job]:
             for need in getattr(mod, "NEEDS", ()):
                 dep = _find_dependency(spec, jobs, need, a, mn, layers)
                 deps.append((need, dep.run_key))
+            for need in getattr(mod, "OPTIONAL_NEEDS", ()):  # read when declared (e.g. repair's dissect)
+                try:
+                    deps.append((need, _find_dependency(spec, jobs, need, a, mn, layers).run_key))
+                except SpecError:
+                    pass
             params = _job_params(spec, a, mn, layers)
             code_version = f"{PACKAGE_VERSION}+{a.kind}.{mod.CODE_VERSION}"
             key_src = canonical({
@@ -78,7 +90,8 @@ def plan(spec: Spec, only: str | None = None) -> list[Job]:
 
 def _depth(kind: str) -> int:
     mod = analyses.module(kind)
-    return 1 + max((_depth(k) for k in getattr(mod, "NEEDS", ())), default=0)
+    needs = (*getattr(mod, "NEEDS", ()), *getattr(mod, "OPTIONAL_NEEDS", ()))
+    return 1 + max((_depth(k) for k in needs), default=0)
 
 
 def _find_dependency(spec: Spec, jobs: dict, need: str, a, model: str, layers: tuple[str, ...]) -> Job:

@@ -24,7 +24,8 @@ ANALYSIS_KINDS: dict[str, str] = {
     "ablate": "ablation curves (ace / iou / random rankings)",
     "insert": "insertion effect by context, and where-to-insert maps",
     "trace": "effect of one insertion on every later layer",
-    "realism": "per-unit realism (Frechet distance of top images)",
+    "realism": "per-unit realism (Frechet distance of top images) and concept coverage vs real images",
+    "repair": "ablate artifact unit sets (manual, worst realism, union, random) and measure the Frechet distance",
 }
 MODEL_FAMILIES = ("progan", "module", "stylegan2")  # loaders: ingest.zoo.GENERATOR_LOADERS (docs/own-models.md)
 SEGMENTER_FAMILIES = ("village", "module", "transformers")  # loaders: ingest.zoo.SEGMENTER_LOADERS

@@ -17,6 +17,7 @@ _MODULES: dict[str, str] = {
     "insert": "compute.analyses.insert",
     "trace": "compute.analyses.trace",
     "realism": "compute.analyses.realism",
+    "repair": "compute.analyses.repair",
 }
 
 

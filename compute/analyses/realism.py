@@ -1,0 +1,194 @@
+"""Per-unit realism scores (paper S-6.1) and what the GAN cannot generate (concept coverage).
+
+Reads the job's generator and segmenter, and real images (`ingest.real`: rendered village scenes or a
+folder); writes `unit_realism` (per unit: the Fréchet distance between the features of the `top_fraction`
+of generated images that most activate it — spatial max — and the features of real images) and
+`concept_coverage` (per concept: pixel share and per-image presence in generated vs real images, the
+segmenter labelling both). The paper takes the top 10,000 of 200,000 images (5 %) against 50,000 real
+ones; the sizes used here are recorded in the rows (n_top, n_real) and in runs.params.
+
+Parameters (spec keys, defaults): top_fraction 0.05, real "village" (or a folder / .npy path; needed
+when the model's dataset is not "village"), real_samples 2000, real_seed 0, real_exclude [] (leave out
+real images that hold these concepts), features "segmenter" | "inception", inception_weights,
+batch_size 64, strip 8 (top sample indices kept per unit for the dashboard's image strips).
+Too few images for a stable distance (fewer than 2 x the feature dimension) is refused before any work.
+
+    gandissect run gandissect.toml --only realism
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from compute.context import Checkpoint, Job, RunContext
+from compute.features import Extractor, check_count, extractor
+from compute.frechet import feature_stats, frechet_from_stats
+from compute.tap import Tap
+from ingest.real import RealImagesError, real_images, to_input
+from ingest.samples import latents
+
+CODE_VERSION = "1"
+NEEDS: tuple[str, ...] = ()
+TABLES = ("unit_realism", "concept_coverage")
+DEFAULTS: dict[str, Any] = {"top_fraction": 0.05, "real_samples": 2000, "real_seed": 0, "real_exclude": [],
+                            "features": "segmenter", "inception_weights": None, "batch_size": 64, "strip": 8}
+
+
+def param(job: Job, key: str) -> Any:
+    return job.analysis.param(key, DEFAULTS.get(key))
+
+
+def real_source(job: Job) -> str:
+    src = job.analysis.param("real")
+    if src is None:
+        if job.model.dataset != "village":
+            raise RealImagesError(f"analysis {job.analysis.name!r}: model {job.model.name!r} (dataset "
+                                  f"{job.model.dataset or 'unset'!r}) needs real = \"/path/to/real/images\" in the spec")
+        src = "village"
+    return str(src)
+
+
+class Coverage:
+    """Per-concept pixel counts and presence counts over a stream of segmentations (exact sums)."""
+
+    def __init__(self, k: int) -> None:
+        self.pixels = torch.zeros(k, dtype=torch.float64)
+        self.present = torch.zeros(k, dtype=torch.float64)
+        self.images, self.total = 0, 0
+
+    def add(self, masks: torch.Tensor) -> None:
+        """masks bool [N, K, H, W]."""
+        self.pixels += masks.sum((0, 2, 3)).double().cpu()
+        self.present += masks.flatten(2).any(2).sum(0).double().cpu()
+        self.images += masks.shape[0]
+        self.total += masks.shape[0] * masks.shape[2] * masks.shape[3]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"pixels": self.pixels, "present": self.present,
+                "counts": torch.tensor([self.images, self.total], dtype=torch.float64)}
+
+    def load_state_dict(self, s: dict[str, torch.Tensor]) -> None:
+        self.pixels, self.present = s["pixels"].clone(), s["present"].clone()
+        self.images, self.total = int(s["counts"][0]), int(s["counts"][1])
+
+    def rows(self, names: list[str], source: str) -> list[dict[str, Any]]:
+        return [{"concept": n, "source": source, "pixel_fraction": float(self.pixels[i] / max(self.total, 1)),
+                 "presence": float(self.present[i] / max(self.images, 1)), "n_images": self.images}
+                for i, n in enumerate(names) if n != "none"]
+
+
+def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tuple[str, ...], seed: int, n: int,
+                   batch_size: int, device: torch.device, ckpt: Checkpoint | None = None, every: int = 8,
+                   progress: Any = None) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
+    """One pass over samples 0..n-1 of `seed`: per-layer spatial-max activations {layer: [n, U]},
+    features float64 [n, D] and the segmenter's concept coverage. Checkpointed every `every` batches."""
+    k = len(seg.concepts)
+    cov = Coverage(k)
+    acts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    feats: list[np.ndarray] = []
+    done = 0
+    if ckpt is not None:
+        done, saved, _ = ckpt.load()
+        if done:
+            for layer in layers:
+                acts[layer] = [saved[f"act.{layer}"]]
+            feats = [saved["features"].numpy()]
+            cov.load_state_dict({k2[4:]: v for k2, v in saved.items() if k2.startswith("cov.")})
+    starts = list(range(0, n, batch_size))
+    it = starts[done:]
+    bar = progress(it, desc="realism: generated", total=len(starts), initial=done) if progress else it
+    for i, s in enumerate(bar, start=done):
+        z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
+        with torch.no_grad(), Tap(gen, list(layers)) as tap:
+            images = gen(z)
+            for layer in layers:
+                a = tap[layer].amax((2, 3)).float().cpu()  # [B, U]
+                if not torch.isfinite(a).all():
+                    bad = int((~torch.isfinite(a)).any(0).nonzero()[0])
+                    raise FloatingPointError(f"NaN/inf activations at layer {layer!r}, unit {bad}, samples {s}..")
+                acts[layer].append(a)
+            feats.append(feat(images))
+            cov.add(seg.concept_masks(images))
+        if ckpt is not None and ((i + 1) % every == 0) and i + 1 < len(starts):
+            _save(ckpt, i + 1, acts, feats, cov)
+    return {layer: torch.cat(v) for layer, v in acts.items()}, np.concatenate(feats), cov
+
+
+def _save(ckpt: Checkpoint, done: int, acts: dict[str, list[torch.Tensor]], feats: list[np.ndarray],
+          cov: Coverage) -> None:
+    t = {f"act.{layer}": torch.cat(v) for layer, v in acts.items()}
+    t["features"] = torch.from_numpy(np.concatenate(feats))
+    t.update({f"cov.{k}": v for k, v in cov.state_dict().items()})
+    ckpt.save(done, t)
+
+
+def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device, n: int | None = None,
+             exclude: list[str] | None = None) -> tuple[np.ndarray, Coverage]:
+    """Features float64 [n_real, D] and concept coverage of the job's real images."""
+    src = real_source(job)
+    exclude = list(param(job, "real_exclude") if exclude is None else exclude)
+    n = int(n or param(job, "real_samples"))
+    images, _ = real_images(src, n, int(param(job, "real_seed")), size=size, exclude=exclude)
+    x = to_input(images)
+    cov = Coverage(len(seg.concepts))
+    keep = torch.ones(x.shape[0], dtype=torch.bool)
+    names = [c.name for c in seg.concepts]
+    with torch.no_grad():
+        for s in range(0, x.shape[0], 128):
+            m = seg.concept_masks(x[s:s + 128].to(device))
+            if src != "village" and exclude:  # no ground truth: leave out what the segmenter finds
+                hit = torch.stack([m[:, names.index(c)].flatten(1).any(1) for c in exclude], 1).any(1).cpu()
+                keep[s:s + 128] = ~hit
+                m = m[~hit.to(m.device)]
+            cov.add(m)
+    return feat(x[keep]), cov
+
+
+def unit_scores(acts: torch.Tensor, feats: np.ndarray, real_mu: np.ndarray, real_cov: np.ndarray,
+                n_top: int) -> tuple[list[float], list[list[int]]]:
+    """acts [N, U], feats [N, D] -> per unit the Fréchet distance of its top-n_top images to the real
+    Gaussian, and its top sample indices (descending activation)."""
+    order = torch.argsort(acts, dim=0, descending=True, stable=True)[:n_top].T  # [U, n_top]
+    scores, tops = [], []
+    for u in range(acts.shape[1]):
+        idx = order[u].numpy()
+        scores.append(frechet_from_stats(*feature_stats(feats[idx]), real_mu, real_cov))
+        tops.append(idx.tolist())
+    return scores, tops
+
+
+def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
+    a = job.analysis
+    gen, seg = ctx.generator(job), ctx.segmenter(job)
+    feat = extractor(str(param(job, "features")), seg, ctx.device, param(job, "inception_weights"))
+    frac = float(param(job, "top_fraction"))
+    if not 0 < frac <= 1:
+        raise ValueError(f"analysis {a.name!r}: top_fraction must be in (0, 1], got {frac}")
+    n_top = max(1, int(math.floor(frac * a.samples + 0.5)))
+    check_count(n_top, feat.dim, f"analysis {a.name!r}: top images per unit ({frac} x {a.samples} samples)")
+    check_count(int(param(job, "real_samples")), feat.dim, f"analysis {a.name!r}: real_samples")
+    with torch.no_grad():
+        size = int(gen(latents(a.seed, 1, int(gen.z_dim)).to(ctx.device)).shape[-1])
+    real_f, real_cov = real_set(job, seg, feat, size, ctx.device)
+    check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
+    ckpt = Checkpoint(ctx.cache_dir(job), "realism.pool")
+    acts, gen_f, gen_cov = generated_pool(gen, seg, feat, job.layers, a.seed, a.samples, int(param(job, "batch_size")),
+                                          ctx.device, ckpt, ctx.checkpoint_every, ctx.progress)
+    mu_r, s_r = feature_stats(real_f)
+    strip = int(param(job, "strip"))
+    base = {"run_key": job.run_key, "model": job.model.name}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    for layer in ctx.progress(job.layers, desc="realism: scores"):
+        scores, tops = unit_scores(acts[layer], gen_f, mu_r, s_r, n_top)
+        for u, (fd, top) in enumerate(zip(scores, tops)):
+            out["unit_realism"].append({**base, "layer": layer, "unit": u, "frechet": fd, "n_top": n_top,
+                                        "n_real": int(real_f.shape[0]), "top_samples": json.dumps(top[:strip])})
+    names = [c.name for c in seg.concepts]
+    seg_name = job.segmenter.name if job.segmenter else "?"
+    for cov, source in ((gen_cov, "generated"), (real_cov, "real")):
+        out["concept_coverage"] += [{**base, "segmenter": seg_name, **r} for r in cov.rows(names, source)]
+    return out

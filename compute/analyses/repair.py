@@ -1,0 +1,197 @@
+"""Repair a GAN by ablating artifact units (paper section 4.2, Table 1/2; supplement S-6.1, Fig. 12).
+
+Reads the job's generator and segmenter, real images (`ingest.real`), the realism run it depends on
+(`unit_realism`), the hand flags (`unit_flags`, resolved when the run is planned, so a new flag makes a
+new run) or a dissection's IoU for a concept; writes `repair_effects` (Fréchet distance of the whole
+generated sample to real images, before and after ablating each unit set), `repair_concepts` (each
+concept's pixel share before and after) and `realism_flag_pr` (precision and recall of the worst
+realism scores as a predictor of the manual set, `sklearn.metrics.precision_recall_curve`).
+
+Unit sets per layer (`n_units` = 20 as in the paper):
+    manual  the flagged units (`manual = "flags"`: unit_flags with flag artifact or watermark), or
+            `manual = "concept:<name>"`: up to n_units units with IoU >= manual_min_iou (0.04) for the
+            concept in the dissection (needs a dissect analysis of the model in the spec)
+    realism the n_units worst realism scores
+    union   manual | realism
+    random  n_units random units, `draws` (5) draws
+Ablation sets the units to 0 over the whole image. Parameters as in realism (real, real_samples,
+real_seed, real_exclude — e.g. ["watermark"] for the watermark-free real scenes — features,
+inception_weights, batch_size).
+
+    gandissect run gandissect.toml --only repair
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compute.analyses.realism import Coverage, real_set
+from compute.context import Checkpoint, Job, RunContext
+from compute.features import check_count, extractor
+from compute.frechet import feature_stats, frechet_from_stats
+from compute.intervene import edit_featuremap, featuremap, finish, unit_alpha
+from ingest.samples import latents
+
+CODE_VERSION = "1"
+NEEDS: tuple[str, ...] = ("realism",)
+OPTIONAL_NEEDS: tuple[str, ...] = ("dissect",)
+TABLES = ("repair_effects", "repair_concepts", "realism_flag_pr")
+DEFAULTS: dict[str, Any] = {"n_units": 20, "draws": 5, "manual": "flags", "manual_min_iou": 0.04,
+                            "real_samples": 2000, "real_seed": 0, "real_exclude": [], "features": "segmenter",
+                            "inception_weights": None, "batch_size": 64}
+FLAGS_SQL = ("select layer, list(distinct unit order by unit) as units from unit_flags "
+             "where model = ? and flag in ('artifact', 'watermark') group by layer")
+REALISM_SQL = "select unit, frechet from unit_realism where run_key = ? and layer = ? order by unit"
+CONCEPT_SQL = ("select unit from unit_iou where run_key = ? and layer = ? and concept = ? and iou >= ? "
+               "order by iou desc, unit limit ?")
+
+
+class RepairError(ValueError):
+    """Bad repair input (one line)."""
+
+
+def param(job: Job, key: str) -> Any:
+    return job.analysis.param(key, DEFAULTS.get(key))
+
+
+def resolve(store_path: str, analysis: Any, model: str, layers: tuple[str, ...]) -> dict[str, Any]:
+    """Parameters read from the store when the run is planned: the hand-flagged units per layer."""
+    if analysis.param("manual", DEFAULTS["manual"]) != "flags" or not Path(store_path).exists():
+        return {"flagged": {}}
+    from db.store import read
+
+    try:
+        df = read(FLAGS_SQL, [model], path=store_path)
+    except Exception:  # a store without the table yet: nothing flagged
+        return {"flagged": {}}
+    return {"flagged": {r["layer"]: [int(u) for u in r["units"]] for r in df.iter_rows(named=True)
+                        if r["layer"] in layers}}
+
+
+def manual_units(job: Job, ctx: RunContext, layer: str, units: int) -> list[int]:
+    how = str(param(job, "manual"))
+    if how == "flags":
+        flagged = json.loads(job.params).get("flagged", {})
+        return sorted(int(u) for u in flagged.get(layer, []) if 0 <= int(u) < units)
+    if how.startswith("concept:"):
+        concept = how.split(":", 1)[1]
+        try:
+            dissect = job.dep("dissect")
+        except KeyError:
+            raise RepairError(f"analysis {job.analysis.name!r}: manual = {how!r} needs a dissect analysis of model "
+                              f"{job.model.name!r} covering layer {layer!r} in the spec") from None
+        df = ctx.read(CONCEPT_SQL, [dissect, layer, concept, float(param(job, "manual_min_iou")),
+                                    int(param(job, "n_units"))])
+        return sorted(int(u) for u in df["unit"])
+    raise RepairError(f"analysis {job.analysis.name!r}: manual = {how!r}; allowed: \"flags\", \"concept:<name>\"")
+
+
+def unit_sets(manual: list[int], scores: list[float], n_units: int, draws: int, seed: int, layer_index: int
+              ) -> list[tuple[str, int, list[int]]]:
+    """(unit_set, draw, units) for the manual, realism, union and random sets of one layer."""
+    units = len(scores)
+    worst = sorted(range(units), key=lambda u: (-scores[u], u))[:n_units]
+    sets = []
+    if manual:
+        sets.append(("manual", 0, sorted(manual)))
+    sets.append(("realism", 0, sorted(worst)))
+    if manual:
+        sets.append(("union", 0, sorted(set(manual) | set(worst))))
+    g = torch.Generator().manual_seed(seed * 1_009 + layer_index)
+    for d in range(draws):
+        sets.append(("random", d, sorted(torch.randperm(units, generator=g)[:min(n_units, units)].tolist())))
+    return sets
+
+
+def flag_pr(scores: list[float], flagged: list[int]) -> list[dict[str, Any]]:
+    """Precision/recall of 'frechet >= threshold' as a predictor of the flagged units, per threshold."""
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.zeros(len(scores), dtype=int)
+    y[list(flagged)] = 1
+    s = np.asarray(scores, dtype=np.float64)
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    rows = []
+    for p, r, t in zip(precision[:-1], recall[:-1], thresholds):  # the last point (P=1, R=0) has no threshold
+        rows.append({"k": int((s >= t).sum()), "frechet": float(t), "precision": float(p), "recall": float(r),
+                     "n_flagged": int(y.sum())})
+    return rows
+
+
+def ablated_features(gen: torch.nn.Module, seg: Any, feat: Any, layer: str, seed: int, n: int, batch_size: int,
+                     sets: list[list[int]], device: torch.device, progress: Any = None
+                     ) -> tuple[np.ndarray, Coverage, list[np.ndarray], list[Coverage]]:
+    """Features [n, D] and coverage of the sample before, and after ablating each unit set (the generator
+    below the layer runs once per batch; each set's edit runs the rest)."""
+    k = len(seg.concepts)
+    base_f: list[np.ndarray] = []
+    base_c = Coverage(k)
+    set_f: list[list[np.ndarray]] = [[] for _ in sets]
+    set_c = [Coverage(k) for _ in sets]
+    starts = list(range(0, n, batch_size))
+    for s in (progress(starts, desc=f"repair: {layer}") if progress else starts):
+        z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
+        r = featuremap(gen, layer, z)
+        with torch.no_grad():
+            x = finish(gen, layer, r)
+            base_f.append(feat(x))
+            base_c.add(seg.concept_masks(x))
+            for i, us in enumerate(sets):
+                alpha = unit_alpha(us, r.shape[1], layer=layer, device=r.device)
+                x = finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer))
+                set_f[i].append(feat(x))
+                set_c[i].add(seg.concept_masks(x))
+    return np.concatenate(base_f), base_c, [np.concatenate(f) for f in set_f], set_c
+
+
+def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
+    a = job.analysis
+    gen, seg = ctx.generator(job), ctx.segmenter(job)
+    feat = extractor(str(param(job, "features")), seg, ctx.device, param(job, "inception_weights"))
+    check_count(a.samples, feat.dim, f"analysis {a.name!r}: samples")
+    n_units, draws = int(param(job, "n_units")), int(param(job, "draws"))
+    if n_units <= 0:
+        raise RepairError(f"analysis {a.name!r}: n_units must be positive, got {n_units}")
+    with torch.no_grad():
+        size = int(gen(latents(a.seed, 1, int(gen.z_dim)).to(ctx.device)).shape[-1])
+    real_f, _ = real_set(job, seg, feat, size, ctx.device)
+    check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
+    mu_r, s_r = feature_stats(real_f)
+    names = [c.name for c in seg.concepts]
+    base = {"run_key": job.run_key, "model": job.model.name}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    for li, layer in enumerate(job.layers):
+        df = ctx.read(REALISM_SQL, [job.dep("realism"), layer])
+        if len(df) == 0:
+            raise RepairError(f"analysis {a.name!r}: the realism run has no scores for layer {layer!r}; "
+                              f"declare the layer in the realism analysis")
+        scores = [float(v) for v in df["frechet"]]
+        manual = manual_units(job, ctx, layer, len(scores))
+        if not manual:
+            print(f"note: {a.name} [{job.model.name}] {layer}: no manual units (manual = {param(job, 'manual')!r}); "
+                  f"only the realism and random sets are ablated")
+        sets = unit_sets(manual, scores, n_units, draws, a.seed, li)
+        ckpt = Checkpoint(ctx.cache_dir(job), f"repair.{layer}")
+        done, _, extra = ckpt.load()
+        if not done:
+            f0, c0, fs, cs = ablated_features(gen, seg, feat, layer, a.seed, a.samples, int(param(job, "batch_size")),
+                                              [us for _, _, us in sets], ctx.device, ctx.progress)
+            fd0 = frechet_from_stats(*feature_stats(f0), mu_r, s_r)
+            extra = {"fd_before": fd0, "before": c0.state_dict()["pixels"].tolist(), "total": c0.total,
+                     "after": [(frechet_from_stats(*feature_stats(f), mu_r, s_r), c.pixels.tolist())
+                               for f, c in zip(fs, cs)]}
+            ckpt.save(1, {"done": torch.ones(1)}, extra)
+        for (name, draw, us), (fd, pixels) in zip(sets, extra["after"]):
+            row = {**base, "layer": layer, "unit_set": name, "draw": draw}
+            out["repair_effects"].append({**row, "n_units": len(us), "units": json.dumps(us),
+                                          "fd_before": extra["fd_before"], "fd_after": fd})
+            out["repair_concepts"] += [{**row, "concept": c, "fraction_before": extra["before"][i] / extra["total"],
+                                        "fraction_after": pixels[i] / extra["total"]}
+                                       for i, c in enumerate(names) if c != "none"]
+        if manual:
+            out["realism_flag_pr"] += [{**base, "layer": layer, **r} for r in flag_pr(scores, manual)]
+    return out

@@ -1,0 +1,176 @@
+"""Realism scores, concept coverage and repair: exact computations and end-to-end runs on tiny models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compute import runner, spec as specmod
+from compute.analyses.realism import Coverage, unit_scores
+from compute.analyses.repair import flag_pr, unit_sets
+from compute.frechet import feature_stats, frechet_distance
+from db import store
+from tests.conftest import write_spec
+
+
+def test_coverage_streaming_equals_batch_and_round_trips() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(10, 4, 6, 6, generator=g) > 0.8
+    masks[:, 3] = False
+    masks[2, 3, 0, 0] = True
+    cov = Coverage(4)
+    for s in range(0, 10, 3):
+        cov.add(masks[s:s + 3])
+    assert torch.equal(cov.pixels, masks.sum((0, 2, 3)).double())
+    assert torch.equal(cov.present, masks.flatten(2).any(2).sum(0).double())
+    again = Coverage(4)
+    again.load_state_dict(cov.state_dict())
+    rows = again.rows(["none", "a", "b", "c"], "real")
+    assert [r["concept"] for r in rows] == ["a", "b", "c"]
+    assert rows[2]["presence"] == pytest.approx(0.1) and rows[2]["pixel_fraction"] == pytest.approx(1 / 360)
+    assert all(r["n_images"] == 10 for r in rows)
+
+
+def test_unit_scores_equal_the_frechet_distance_of_each_units_top_images() -> None:
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(60, 3))
+    acts = torch.from_numpy(rng.normal(size=(60, 4))).float()
+    real = rng.normal(size=(80, 3)) + 0.5
+    scores, tops = unit_scores(acts, feats, *feature_stats(real), n_top=12)
+    for u in range(4):
+        top = np.argsort(-acts[:, u].numpy(), kind="stable")[:12]
+        assert tops[u] == top.tolist()
+        assert scores[u] == pytest.approx(frechet_distance(feats[top], real), rel=1e-9)
+
+
+def test_a_unit_whose_top_images_are_odd_scores_worst() -> None:
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(200, 2))
+    feats[:20] += 6.0  # 20 "artifact" images far from the real distribution
+    acts = torch.from_numpy(rng.normal(size=(200, 3))).float()
+    acts[:20, 1] += 10.0  # unit 1 fires on exactly those
+    scores, _ = unit_scores(acts, feats, *feature_stats(rng.normal(size=(300, 2))), n_top=20)
+    assert int(np.argmax(scores)) == 1 and scores[1] > 10 * max(scores[0], scores[2])
+
+
+def test_flag_pr_matches_counting_by_hand() -> None:
+    scores = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
+    flagged = [2, 3]
+    rows = flag_pr(scores, flagged)
+    order = np.argsort(scores)[::-1]
+    for r in rows:
+        top = set(order[:r["k"]].tolist())
+        assert r["precision"] == pytest.approx(len(top & set(flagged)) / r["k"])
+        assert r["recall"] == pytest.approx(len(top & set(flagged)) / 2)
+        assert r["n_flagged"] == 2
+    assert sorted(r["k"] for r in rows) == [1, 2, 3, 4, 5, 6]
+
+
+def test_unit_sets_shapes() -> None:
+    scores = [float(s) for s in range(10)]
+    sets = unit_sets([0, 1], scores, n_units=3, draws=2, seed=1, layer_index=0)
+    by = {(n, d): us for n, d, us in sets}
+    assert by[("manual", 0)] == [0, 1] and by[("realism", 0)] == [7, 8, 9]
+    assert by[("union", 0)] == [0, 1, 7, 8, 9]
+    assert len(by[("random", 0)]) == 3 and len(by[("random", 1)]) == 3 and by[("random", 0)] != by[("random", 1)]
+    assert [n for n, _, _ in unit_sets([], scores, 3, 1, 1, 0)] == ["realism", "random"]
+
+
+def _spec(tmp_path, tiny_gan, tiny_seg, realism_samples: int = 48, extra: str = "") -> str:
+    return write_spec(tmp_path, f"""
+        [store]
+        path = "{tmp_path / 'store.duckdb'}"
+        [[models]]
+        name = "tiny"
+        family = "progan"
+        checkpoint = "{tiny_gan}"
+        dataset = "village"
+        [[segmenters]]
+        name = "tiny-seg"
+        family = "village"
+        checkpoint = "{tiny_seg}"
+        [[analyses]]
+        name = "realism"
+        kind = "realism"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer3", "layer5"]
+        samples = {realism_samples}
+        seed = 2
+        top_fraction = 0.5
+        real_samples = 20
+        batch_size = 16
+        [[analyses]]
+        name = "repair"
+        kind = "repair"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer5"]
+        samples = 24
+        seed = 3
+        n_units = 3
+        draws = 2
+        real_samples = 20
+        real_exclude = ["watermark"]
+        batch_size = 16
+        {extra}
+        """)
+
+
+def test_realism_and_repair_end_to_end(tmp_path, tiny_gan, tiny_seg) -> None:
+    spec = specmod.load(_spec(tmp_path, tiny_gan, tiny_seg))
+    out = runner.run(spec, quiet=True, echo=lambda s: None)
+    assert [o.state for o in out] == ["done", "done"], [o.error for o in out]
+    db = spec.store
+    real = store.read("select layer, count(*) n, min(n_top) t, min(n_real) r, min(frechet) lo from unit_realism "
+                      "group by layer order by layer", path=db)
+    assert real["n"].to_list() == [8, 8] and real["t"].to_list() == [24, 24] and real["r"].to_list() == [20, 20]
+    assert real["lo"].min() > 0
+    tops = store.read("select top_samples from unit_realism", path=db)["top_samples"]
+    assert all(len(json.loads(t)) == 8 and max(json.loads(t)) < 48 for t in tops)
+    cov = store.read("select source, count(*) n, max(n_images) m from concept_coverage group by source order by source",
+                     path=db)
+    assert cov["n"].to_list() == [cov["n"][0]] * 2 and cov["m"].to_list() == [48, 20]
+    rep = store.read("select unit_set, draw, n_units, fd_before, fd_after from repair_effects order by unit_set, draw",
+                     path=db)
+    assert rep["unit_set"].to_list() == ["random", "random", "realism"]  # nothing flagged yet
+    assert rep["fd_before"].n_unique() == 1 and (rep["n_units"] == 3).all()
+    worst = store.read("select unit from unit_realism_latest where layer = 'layer5' and worst_rank <= 3 order by unit",
+                       path=db)["unit"].to_list()
+    assert json.loads(store.read("select units from repair_effects where unit_set = 'realism'", path=db)["units"][0]) \
+        == worst
+    assert store.read("select count(*) n from realism_flag_pr", path=db)["n"][0] == 0
+    assert store.run_audits(db) == []
+    # the views read the new tables
+    assert store.read("select count(*) n from repair_latest", path=db)["n"][0] == 2
+    assert store.read("select count(*) n from concept_coverage_latest", path=db)["n"][0] == cov["n"][0]
+    # a second run does nothing; a new flag makes a new repair run (and only that)
+    assert [o.state for o in runner.run(spec, quiet=True, echo=lambda s: None)] == ["up to date"] * 2
+    store.set_flag("tiny", "layer5", 1, "artifact", "looks odd", path=db)
+    store.set_flag("tiny", "layer5", 6, "watermark", None, path=db)
+    out = runner.run(specmod.load(spec.path), quiet=True, echo=lambda s: None)
+    assert [o.state for o in out] == ["up to date", "done"]
+    params = json.loads(store.read("select params from runs where run_key = ?", [out[1].job.run_key], path=db)["params"][0])
+    assert params["flagged"] == {"layer5": [1, 6]} and params["n_units"] == 3 and params["manual"] == "flags"
+    sets = store.read("select unit_set, units from repair_latest order by unit_set", path=db)
+    assert sets["unit_set"].to_list() == ["manual", "random", "realism", "union"]
+    assert json.loads(sets.filter(sets["unit_set"] == "manual")["units"][0]) == [1, 6]
+    pr = store.read("select k, precision, recall, n_flagged from realism_flag_pr_latest order by k", path=db)
+    assert pr.height >= 1 and (pr["n_flagged"] == 2).all() and pr["recall"][-1] == 1.0
+    assert store.run_audits(db) == []
+
+
+def test_too_few_images_are_refused_before_any_work(tmp_path, tiny_gan, tiny_seg) -> None:
+    spec = specmod.load(_spec(tmp_path, tiny_gan, tiny_seg, realism_samples=20))  # top half = 10 < 2 x 8
+    out = runner.run(spec, only="realism", quiet=True, echo=lambda s: None)
+    assert out[0].state == "failed"
+    assert "10 images are too few for a stable Frechet distance in 8-d features; the minimum is 2 x 8 = 16" in out[0].error
+    assert store.read("select count(*) n from unit_realism", path=spec.store)["n"][0] == 0
+
+
+def test_manual_concept_set_needs_a_dissection(tmp_path, tiny_gan, tiny_seg) -> None:
+    spec = specmod.load(_spec(tmp_path, tiny_gan, tiny_seg, extra='manual = "concept:watermark"'))
+    out = runner.run(spec, quiet=True, echo=lambda s: None)
+    assert out[1].state == "failed" and "needs a dissect analysis of model 'tiny'" in out[1].error
