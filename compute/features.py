@@ -42,13 +42,27 @@ class Extractor:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
         """images [N,3,H,W] in [-1,1] -> float64 [N, dim]; fails on NaN/inf features."""
-        out = [self.fn(images[s:s + batch_size]).detach().double().cpu() for s in range(0, images.shape[0], batch_size)]
-        f = torch.cat(out).numpy() if out else np.zeros((0, self.dim))
-        bad = ~np.isfinite(f).all(axis=1)
-        if bad.any():
-            raise FeatureError(f"{self.name} features are NaN/inf for {int(bad.sum())} of {len(f)} images "
-                               f"(first: image {int(np.argmax(bad))}); check the generator's output")
-        return f
+        out = [self.fn(images[s:s + batch_size]) for s in range(0, images.shape[0], batch_size)]
+        return finite(self.name, torch.cat(out) if out else torch.zeros(0, self.dim))
+
+
+def finite(name: str, features: torch.Tensor) -> np.ndarray:
+    """features [N, D] -> float64 numpy; fails (one line) when any image's features are NaN/inf."""
+    f = features.detach().double().cpu().numpy()
+    bad = ~np.isfinite(f).all(axis=1)
+    if bad.any():
+        raise FeatureError(f"{name} features are NaN/inf for {int(bad.sum())} of {len(f)} images "
+                           f"(first: image {int(np.argmax(bad))}); check the generator's output")
+    return f
+
+
+def features_and_masks(feat: Extractor, seg: Any, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """Features float64 [N, D] and the segmenter's concept masks bool [N, K, H, W] of the same images;
+    one segmenter pass when the features are the segmenter's own and it offers `features_and_masks`."""
+    if feat.name == "segmenter" and hasattr(seg, "features_and_masks"):
+        f, m = seg.features_and_masks(images)
+        return finite(feat.name, f), m
+    return feat(images), seg.concept_masks(images)
 
 
 def min_images(dim: int) -> int:

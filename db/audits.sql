@@ -353,8 +353,7 @@ WHERE unit_set NOT IN ('manual', 'realism', 'union', 'random') OR draw < 0 OR n_
 -- audit: coverage_range
 SELECT run_key, concept, source, pixel_fraction, presence, n_images FROM concept_coverage
 WHERE source NOT IN ('generated', 'real') OR n_images < 1
-   OR NOT (pixel_fraction BETWEEN 0 AND 1) OR NOT (presence BETWEEN 0 AND 1)
-   OR pixel_fraction > presence + 1e-9;
+   OR NOT (pixel_fraction BETWEEN 0 AND 1) OR NOT (presence BETWEEN 0 AND 1);
 
 -- audit: repair_concepts_range
 SELECT run_key, model, layer, unit_set, draw, concept, fraction_before, fraction_after FROM repair_concepts

@@ -341,6 +341,6 @@ CREATE TABLE IF NOT EXISTS concept_coverage (
     concept VARCHAR NOT NULL,  -- concepts.concept
     source VARCHAR NOT NULL,  -- generated | real
     pixel_fraction DOUBLE NOT NULL,  -- share of all pixels labelled with the concept, in [0, 1]
-    presence DOUBLE NOT NULL,  -- share of images where the concept appears at all, in [0, 1]
+    presence DOUBLE NOT NULL,  -- share of images where the concept covers at least runs.params presence_share of the pixels, in [0, 1]
     n_images INTEGER NOT NULL  -- number of images behind the two shares
 );

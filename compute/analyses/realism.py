@@ -9,7 +9,8 @@ ones; the sizes used here are recorded in the rows (n_top, n_real) and in runs.p
 
 Parameters (spec keys, defaults): top_fraction 0.05, real "village" (or a folder / .npy path; needed
 when the model's dataset is not "village"), real_samples 2000, real_seed 0, real_exclude [] (leave out
-real images that hold these concepts), features "segmenter" | "inception", inception_weights,
+real images that hold these concepts), presence_share 0.005 (an image holds a concept when it covers at
+least this share of its pixels), features "segmenter" | "inception", inception_weights,
 batch_size 64, strip 8 (top sample indices kept per unit for the dashboard's image strips).
 Too few images for a stable distance (fewer than 2 x the feature dimension) is refused before any work.
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from compute.context import Checkpoint, Job, RunContext
-from compute.features import Extractor, check_count, extractor
+from compute.features import Extractor, check_count, extractor, features_and_masks
 from compute.frechet import feature_stats, frechet_from_stats
 from compute.tap import Tap
 from ingest.real import RealImagesError, real_images, to_input
@@ -35,6 +36,7 @@ CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_realism", "concept_coverage")
 DEFAULTS: dict[str, Any] = {"top_fraction": 0.05, "real_samples": 2000, "real_seed": 0, "real_exclude": [],
+                            "presence_share": 0.005,
                             "features": "segmenter", "inception_weights": None, "batch_size": 64, "strip": 8}
 
 
@@ -53,17 +55,23 @@ def real_source(job: Job) -> str:
 
 
 class Coverage:
-    """Per-concept pixel counts and presence counts over a stream of segmentations (exact sums)."""
+    """Per-concept pixel counts and presence counts over a stream of segmentations (exact sums).
 
-    def __init__(self, k: int) -> None:
+    An image holds a concept when the concept covers at least `min_share` of its pixels (at least one
+    pixel): a few stray pixels of segmentation noise do not count as presence."""
+
+    def __init__(self, k: int, min_share: float = 0.0) -> None:
+        self.min_share = float(min_share)
         self.pixels = torch.zeros(k, dtype=torch.float64)
         self.present = torch.zeros(k, dtype=torch.float64)
         self.images, self.total = 0, 0
 
     def add(self, masks: torch.Tensor) -> None:
         """masks bool [N, K, H, W]."""
-        self.pixels += masks.sum((0, 2, 3)).double().cpu()
-        self.present += masks.flatten(2).any(2).sum(0).double().cpu()
+        per_image = masks.flatten(2).sum(2)  # [N, K]
+        need = max(1, math.ceil(self.min_share * masks.shape[2] * masks.shape[3]))
+        self.pixels += per_image.sum(0).double().cpu()
+        self.present += (per_image >= need).sum(0).double().cpu()
         self.images += masks.shape[0]
         self.total += masks.shape[0] * masks.shape[2] * masks.shape[3]
 
@@ -83,11 +91,11 @@ class Coverage:
 
 def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tuple[str, ...], seed: int, n: int,
                    batch_size: int, device: torch.device, ckpt: Checkpoint | None = None, every: int = 8,
-                   progress: Any = None) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
+                   progress: Any = None, presence_share: float = 0.0
+                   ) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
     """One pass over samples 0..n-1 of `seed`: per-layer spatial-max activations {layer: [n, U]},
     features float64 [n, D] and the segmenter's concept coverage. Checkpointed every `every` batches."""
-    k = len(seg.concepts)
-    cov = Coverage(k)
+    cov = Coverage(len(seg.concepts), presence_share)
     acts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     feats: list[np.ndarray] = []
     done = 0
@@ -111,8 +119,9 @@ def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tupl
                     bad = int((~torch.isfinite(a)).any(0).nonzero()[0])
                     raise FloatingPointError(f"NaN/inf activations at layer {layer!r}, unit {bad}, samples {s}..")
                 acts[layer].append(a)
-            feats.append(feat(images))
-            cov.add(seg.concept_masks(images))
+            f, m = features_and_masks(feat, seg, images)
+            feats.append(f)
+            cov.add(m)
         if ckpt is not None and ((i + 1) % every == 0) and i + 1 < len(starts):
             _save(ckpt, i + 1, acts, feats, cov)
     return {layer: torch.cat(v) for layer, v in acts.items()}, np.concatenate(feats), cov
@@ -134,7 +143,7 @@ def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.devic
     n = int(n or param(job, "real_samples"))
     images, _ = real_images(src, n, int(param(job, "real_seed")), size=size, exclude=exclude)
     x = to_input(images)
-    cov = Coverage(len(seg.concepts))
+    cov = Coverage(len(seg.concepts), float(param(job, "presence_share")))
     keep = torch.ones(x.shape[0], dtype=torch.bool)
     names = [c.name for c in seg.concepts]
     with torch.no_grad():
@@ -177,7 +186,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
     ckpt = Checkpoint(ctx.cache_dir(job), "realism.pool")
     acts, gen_f, gen_cov = generated_pool(gen, seg, feat, job.layers, a.seed, a.samples, int(param(job, "batch_size")),
-                                          ctx.device, ckpt, ctx.checkpoint_every, ctx.progress)
+                                          ctx.device, ckpt, ctx.checkpoint_every, ctx.progress,
+                                          float(param(job, "presence_share")))
     mu_r, s_r = feature_stats(real_f)
     strip = int(param(job, "strip"))
     base = {"run_key": job.run_key, "model": job.model.name}

@@ -31,7 +31,7 @@ import torch
 
 from compute.analyses.realism import Coverage, real_set
 from compute.context import Checkpoint, Job, RunContext
-from compute.features import check_count, extractor
+from compute.features import check_count, extractor, features_and_masks
 from compute.frechet import feature_stats, frechet_from_stats
 from compute.intervene import edit_featuremap, featuremap, finish, unit_alpha
 from ingest.samples import latents
@@ -137,14 +137,14 @@ def ablated_features(gen: torch.nn.Module, seg: Any, feat: Any, layer: str, seed
         z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
         r = featuremap(gen, layer, z)
         with torch.no_grad():
-            x = finish(gen, layer, r)
-            base_f.append(feat(x))
-            base_c.add(seg.concept_masks(x))
+            f, m = features_and_masks(feat, seg, finish(gen, layer, r))
+            base_f.append(f)
+            base_c.add(m)
             for i, us in enumerate(sets):
                 alpha = unit_alpha(us, r.shape[1], layer=layer, device=r.device)
-                x = finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer))
-                set_f[i].append(feat(x))
-                set_c[i].add(seg.concept_masks(x))
+                f, m = features_and_masks(feat, seg, finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer)))
+                set_f[i].append(f)
+                set_c[i].add(m)
     return np.concatenate(base_f), base_c, [np.concatenate(f) for f in set_f], set_c
 
 

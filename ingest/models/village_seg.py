@@ -127,6 +127,12 @@ class VillageSegmenter(nn.Module):
         return self.net.encode(x).mean((2, 3))
 
     @torch.no_grad()
+    def features_and_masks(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """`features(images)` [N, D] and `concept_masks(images)` [N, K, H, W] from one forward pass."""
+        logits, bottleneck = self.logits(images)
+        return bottleneck.mean((2, 3)), masks_from_labels(labels_from_logits(logits), len(self.concepts))
+
+    @torch.no_grad()
     def concept_masks(self, images: Tensor) -> Tensor:
         """BoolTensor [N,K,H,W]: mask k = pixels labelled concept k (k = 0: object none)."""
         return masks_from_labels(self.segment(images), len(self.concepts))

@@ -78,3 +78,13 @@ def test_inception_path_with_a_stand_in_network(tmp_path, monkeypatch) -> None:
     assert f.shape == (2, 8)
     a, b = ex(torch.rand(64, 3, 8, 8) * 2 - 1), ex(torch.rand(64, 3, 8, 8) - 1)
     assert frechet_distance(a, b) > frechet_distance(a, ex(torch.rand(64, 3, 8, 8) * 2 - 1))
+
+
+def test_one_pass_features_and_masks_equal_the_two_calls(tiny_seg) -> None:
+    from compute.features import features_and_masks
+
+    seg = load_village_seg(str(tiny_seg))
+    x = torch.rand(6, 3, 64, 64) * 2 - 1
+    f, m = features_and_masks(extractor("segmenter", seg, torch.device("cpu")), seg, x)
+    np.testing.assert_allclose(f, seg.features(x).double().numpy(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(m, seg.concept_masks(x))

@@ -31,6 +31,10 @@ def test_coverage_streaming_equals_batch_and_round_trips() -> None:
     assert [r["concept"] for r in rows] == ["a", "b", "c"]
     assert rows[2]["presence"] == pytest.approx(0.1) and rows[2]["pixel_fraction"] == pytest.approx(1 / 360)
     assert all(r["n_images"] == 10 for r in rows)
+    strict = Coverage(4, min_share=2 / 36)  # at least 2 of an image's 36 pixels
+    strict.add(masks)
+    assert torch.equal(strict.present, (masks.flatten(2).sum(2) >= 2).sum(0).double())
+    assert strict.present[3] == 0 and torch.equal(strict.pixels, cov.pixels)
 
 
 def test_unit_scores_equal_the_frechet_distance_of_each_units_top_images() -> None:

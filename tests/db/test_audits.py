@@ -41,7 +41,7 @@ BREAKAGES = {  # audit -> SQL that breaks the small store in exactly that way
     "unit_flags_kind": "UPDATE unit_flags SET flag = 'meh' WHERE unit = 1",
     "realism_range": "UPDATE unit_realism SET frechet = -1 WHERE unit = 0",
     "repair_range": "UPDATE repair_effects SET unit_set = 'other' WHERE unit_set = 'union'",
-    "coverage_range": "UPDATE concept_coverage SET pixel_fraction = 0.9 WHERE concept = 'door' AND source = 'real'",
+    "coverage_range": "UPDATE concept_coverage SET pixel_fraction = 1.5 WHERE concept = 'door' AND source = 'real'",
     "runs_params_json": "UPDATE runs SET params = '{broken' WHERE run_key = 'k-coverage'",
     "repair_concepts_range": "UPDATE repair_concepts SET fraction_after = 1.5 WHERE unit_set = 'manual'",
     "repair_concepts_have_effects": "DELETE FROM repair_effects WHERE unit_set = 'union'",
