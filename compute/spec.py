@@ -77,6 +77,15 @@ class AnalysisSpec:
     threshold: str
     concepts: tuple[str, ...] = ()
     params: tuple[tuple[str, Any], ...] = ()  # every other key, canonical JSON-able values
+    base: str = ""  # the spec file's directory: relative paths in params (e.g. real = "data/") resolve here
+
+    def path_param(self, key: str, default: Any = None) -> str | None:
+        """A path-valued parameter resolved against the spec file's directory (~ expanded)."""
+        v = self.param(key, default)
+        if v is None:
+            return None
+        p = Path(os.path.expanduser(str(v)))
+        return str(p if p.is_absolute() or not self.base else Path(self.base) / p)
 
     def param(self, key: str, default: Any = None) -> Any:
         return dict(self.params).get(key, default)
@@ -156,7 +165,7 @@ def load(path: str | os.PathLike | None = None, *, check_files: bool = True) -> 
 
     models = _parse_models(file, base, raw.get("models", []), check_files)
     segmenters = _parse_segmenters(file, base, raw.get("segmenters", []), check_files)
-    analyses = _parse_analyses(file, raw.get("analyses", []), models, segmenters)
+    analyses = _parse_analyses(file, raw.get("analyses", []), models, segmenters, str(base))
     spec = Spec(file, store_path, tuple(models), tuple(segmenters), tuple(analyses))
     if check_files:
         _check_layers_and_concepts(spec)
@@ -223,7 +232,7 @@ def _parse_segmenters(file: str, base: Path, entries: list, check_files: bool) -
 
 
 def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
-                    segmenters: list[SegmenterSpec]) -> list[AnalysisSpec]:
+                    segmenters: list[SegmenterSpec], base: str = "") -> list[AnalysisSpec]:
     out: list[AnalysisSpec] = []
     groups: dict[str, list[str]] = {}
     for m in models:
@@ -280,7 +289,7 @@ def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
         known = {"kind", "name", "models", "layers", "segmenter", "samples", "seed", "threshold", "concepts"}
         params = _freeze({k: v for k, v in entry.items() if k not in known})
         out.append(AnalysisSpec(name, kind, tuple(expanded), "all" if layers == "all" else tuple(layers),
-                                segmenter, samples, seed, threshold, tuple(concepts), params))
+                                segmenter, samples, seed, threshold, tuple(concepts), params, base))
     return out
 
 

@@ -39,6 +39,8 @@ from ingest.samples import latents
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("dissect", "ace")
 TABLES = ("ablation_curves", "causal_effects")
+DEFAULTS: dict[str, Any] = {"n_max": 30, "draws": 5, "effect_units": 20, "insert_locations": 2, "chunk": 64,
+                            "batch_size": 32}
 
 ALPHA_SQL = ("select a.unit, a.alpha, i.iou from ace_alpha a left join unit_iou i on i.run_key = ? "
              "and i.layer = a.layer and i.unit = a.unit and i.concept = a.concept "
@@ -141,12 +143,9 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     if len(ace_run) and int(ace_run["seed"][0]) == a.seed:
         raise InterventionError(f"analysis {a.name!r}: seed {a.seed} is the ACE run's seed; the ablation set must "
                                 f"be held out: choose another seed")
-    n_max = int(a.param("n_max", 30))
-    draws = int(a.param("draws", 5))
-    top = int(a.param("effect_units", 20))
-    n_loc = int(a.param("insert_locations", 2))
-    chunk = int(a.param("chunk", 64))
-    bs = int(a.param("batch_size", 32))
+    d = {k: a.param(k, v) for k, v in DEFAULTS.items()}
+    n_max, draws, top = int(d["n_max"]), int(d["draws"]), int(d["effect_units"])
+    n_loc, chunk, bs = int(d["insert_locations"]), int(d["chunk"]), int(d["batch_size"])
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for layer in job.layers:

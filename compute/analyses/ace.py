@@ -71,6 +71,9 @@ class AceConfig:
         return cls(seed=a.seed, **kw)
 
 
+DEFAULTS: dict[str, Any] = {f: getattr(AceConfig, f) for f in AceConfig.__dataclass_fields__ if f != "seed"}
+
+
 @dataclass
 class Pool:
     """A sample set's featuremaps and segmentation at one layer (the generator below it ran once)."""

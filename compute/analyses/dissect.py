@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from compute.analyses.quantiles import DEFAULTS as QUANTILE_DEFAULTS
 from compute.analyses.quantiles import (GRID, IQR_LEVELS, activation_batches, batches, check_finite,
                                         quantile_pass, quantile_rows, topk_rows, upsample)
 from compute.context import Checkpoint, Job, RunContext, flat_state, unflat_state
@@ -34,6 +35,7 @@ from ingest.samples import latents
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou")
+DEFAULTS: dict[str, Any] = dict(QUANTILE_DEFAULTS)  # recorded in runs.params (holdout_samples: max(64, samples // 2))
 HOLDOUT_SEED_OFFSET = 1_000_003  # the IQR held-out set is seed + this
 
 
@@ -57,7 +59,7 @@ def iou_pass(job: Job, ctx: RunContext, thresholds: dict[str, torch.Tensor], siz
              name: str) -> tuple[dict[str, IoUCounts], dict[str, IoUCounts]]:
     """Counts at each threshold level (thresholds[layer] is [C, J]) for true and null segmentations."""
     gen = ctx.generator(job)
-    bs = int(job.analysis.param("batch_size", 32))
+    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
     todo = batches(n, bs)
     ckpt = Checkpoint(ctx.cache_dir(job), name)
     done, saved, _ = ckpt.load()

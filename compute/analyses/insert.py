@@ -34,6 +34,7 @@ from ingest.samples import latents
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("ace",)
 TABLES = ("insertion_contexts", "insertion_maps")
+DEFAULTS: dict[str, Any] = {"units": 20, "radius": 0, "neighbourhood": 1, "chunk": 256, "batch_size": 32}
 
 TOP_SQL = ("select unit from ace_alpha where run_key = ? and layer = ? and concept = ? "
            "order by alpha desc, unit limit ?")
@@ -65,11 +66,9 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     concepts = require_concepts(job)
-    n_units = int(a.param("units", 20))
-    radius = int(a.param("radius", 0))
-    hood = int(a.param("neighbourhood", 1))
-    chunk = int(a.param("chunk", 256))
-    bs = int(a.param("batch_size", 32))
+    d = {k: a.param(k, v) for k, v in DEFAULTS.items()}
+    n_units, radius, hood = int(d["units"]), int(d["radius"]), int(d["neighbourhood"])
+    chunk, bs = int(d["chunk"]), int(d["batch_size"])
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for layer in job.layers:

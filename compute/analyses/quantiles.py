@@ -25,6 +25,7 @@ from ingest.samples import latents
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_quantiles", "unit_topk")
+DEFAULTS: dict[str, Any] = {"batch_size": 32, "topk": 20}  # recorded in runs.params
 
 # Levels stored per unit: the fixed-quantile thresholds and the IQR candidate levels.
 IQR_LEVELS: tuple[float, ...] = (0.999, 0.998, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.8)
@@ -77,7 +78,7 @@ def activation_batches(job: Job, ctx: RunContext, seed: int, n: int, start_batch
                        desc: str) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
     """Yield (batch index, first sample, {layer: featuremap}) with the generator cut after the deepest layer."""
     gen = ctx.generator(job)
-    bs = int(job.analysis.param("batch_size", 32))
+    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
     todo = batches(n, bs)
     stop = _deepest(gen, job.layers)
     for b in ctx.progress(range(start_batch, len(todo)), desc=desc, total=len(todo), initial=start_batch):
@@ -94,7 +95,7 @@ def activation_batches(job: Job, ctx: RunContext, seed: int, n: int, start_batch
 def quantile_pass(job: Job, ctx: RunContext, size: int, seed: int, n: int,
                   name: str = "quantiles") -> tuple[dict[str, Quantile], dict[str, TopK]]:
     """Streaming per-unit quantiles (of upsampled maps) and top-k samples, resumable from checkpoints."""
-    k = int(job.analysis.param("topk", 20))
+    k = int(job.analysis.param("topk", DEFAULTS["topk"]))
     ckpt = Checkpoint(ctx.cache_dir(job), name)
     done, saved, _ = ckpt.load()
     quant: dict[str, Quantile] = {}

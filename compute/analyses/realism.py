@@ -46,6 +46,8 @@ def param(job: Job, key: str) -> Any:
 
 def real_source(job: Job) -> str:
     src = job.analysis.param("real")
+    if src is not None and src != "village":
+        return str(job.analysis.path_param("real"))
     if src is None:
         if job.model.dataset != "village":
             raise RealImagesError(f"analysis {job.analysis.name!r}: model {job.model.name!r} (dataset "
@@ -173,7 +175,7 @@ def unit_scores(acts: torch.Tensor, feats: np.ndarray, real_mu: np.ndarray, real
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
-    feat = extractor(str(param(job, "features")), seg, ctx.device, param(job, "inception_weights"))
+    feat = extractor(str(param(job, "features")), seg, ctx.device, a.path_param("inception_weights"))
     frac = float(param(job, "top_fraction"))
     if not 0 < frac <= 1:
         raise ValueError(f"analysis {a.name!r}: top_fraction must be in (0, 1], got {frac}")

@@ -151,7 +151,7 @@ def ablated_features(gen: torch.nn.Module, seg: Any, feat: Any, layer: str, seed
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
-    feat = extractor(str(param(job, "features")), seg, ctx.device, param(job, "inception_weights"))
+    feat = extractor(str(param(job, "features")), seg, ctx.device, a.path_param("inception_weights"))
     check_count(a.samples, feat.dim, f"analysis {a.name!r}: samples")
     n_units, draws = int(param(job, "n_units")), int(param(job, "draws"))
     if n_units <= 0:

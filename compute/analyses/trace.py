@@ -29,6 +29,7 @@ from ingest.samples import latents
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("ace",)
 TABLES = ("trace_effects",)
+DEFAULTS: dict[str, Any] = {"units": 20, "radius": 0, "batch_size": 32}
 
 
 def default_location(h: int, w: int) -> tuple[int, int]:
@@ -39,9 +40,9 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     concepts = require_concepts(job)
-    n_units = int(a.param("units", 20))
-    radius = int(a.param("radius", 0))
-    bs = int(a.param("batch_size", 32))
+    n_units = int(a.param("units", DEFAULTS["units"]))
+    radius = int(a.param("radius", DEFAULTS["radius"]))
+    bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
     base = {"run_key": job.run_key, "model": job.model.name}
     rows: list[dict[str, Any]] = []
     for layer in job.layers:

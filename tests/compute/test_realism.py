@@ -178,3 +178,25 @@ def test_manual_concept_set_needs_a_dissection(tmp_path, tiny_gan, tiny_seg) -> 
     spec = specmod.load(_spec(tmp_path, tiny_gan, tiny_seg, extra='manual = "concept:watermark"'))
     out = runner.run(spec, quiet=True, echo=lambda s: None)
     assert out[1].state == "failed" and "needs a dissect analysis of model 'tiny'" in out[1].error
+
+
+def test_real_images_from_a_folder_next_to_the_spec(tmp_path, tiny_gan, tiny_seg) -> None:
+    from PIL import Image
+
+    from ingest.real import RealImagesError, folder_images
+    from ingest.village.render import render_batch
+
+    images, _ = render_batch(range(20))
+    (tmp_path / "real").mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).resize((48, 48)).save(tmp_path / "real" / f"{i:03d}.png")  # resized back when read
+    with pytest.raises(RealImagesError, match="20 real images, 21 needed"):
+        folder_images(tmp_path / "real", 21, size=64)
+    body = _spec(tmp_path, tiny_gan, tiny_seg).read_text().replace(
+        'real_samples = 20\nbatch_size = 16\n[[analyses]]', 'real_samples = 20\nreal = "real"\nbatch_size = 16\n[[analyses]]', 1)
+    assert 'real = "real"' in body
+    (tmp_path / "spec.toml").write_text(body)
+    spec = specmod.load(tmp_path / "spec.toml")
+    out = runner.run(spec, only="realism", quiet=True, echo=lambda s: None)
+    assert out[0].state == "done", out[0].error
+    assert store.read("select max(n_real) n from unit_realism", path=spec.store)["n"][0] == 20

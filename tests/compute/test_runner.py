@@ -129,3 +129,23 @@ def test_sigkill_and_resume_gives_identical_rows(tmp_path: Path, tiny_gan: Path)
         a = store.read(sql, path=str(a_dir / "a.duckdb"))
         b = store.read(sql, path=str(b_dir / "b.duckdb"))
         assert len(a) > 0 and a.equals(b)
+
+
+def test_runs_params_record_every_default_of_the_analysis(quantile_spec) -> None:
+    """Parameters the spec leaves out are recorded with their defaults (and are part of the run key)."""
+    import json
+
+    from compute import analyses
+    from compute.runner import _job_params
+
+    spec = specmod.load(quantile_spec)
+    a = spec.analyses[0]
+    p = _job_params(spec, a, "tiny", ("layer2",))
+    assert p["topk"] == 20 and p["batch_size"] == 16  # the default, and the spec's value over the default
+    for kind in ("quantiles", "dissect", "ace", "ablate", "insert", "trace", "realism", "repair"):
+        assert analyses.module(kind).DEFAULTS, kind
+    assert {"lr", "l2", "epochs", "steps_per_epoch", "batch"} <= set(analyses.module("ace").DEFAULTS)
+    key = runner.plan(spec)[0].run_key
+    runner.run(spec, quiet=True, echo=lambda s: None)
+    recorded = json.loads(store.read("select params from runs where run_key = ?", [key], path=spec.store)["params"][0])
+    assert recorded["topk"] == 20
