@@ -28,6 +28,16 @@ def tiny_gan(tmp_path_factory) -> Path:
     return path
 
 
+def run_spec_in(directory: Path, spec_path: Path) -> list:
+    """Run every analysis of a spec with `directory` as the working directory (its `.cache/` lives there)."""
+    import contextlib
+
+    from compute import runner, spec as specmod
+
+    with contextlib.chdir(directory):
+        return runner.run(specmod.load(spec_path), quiet=True, echo=lambda m: None)
+
+
 def write_spec(tmp_path: Path, body: str, name: str = "spec.toml") -> Path:
     p = tmp_path / name
     p.write_text(textwrap.dedent(body))

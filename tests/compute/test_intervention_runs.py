@@ -10,7 +10,7 @@ import pytest
 
 from compute import runner, spec as specmod
 from db import store
-from tests.conftest import write_spec
+from tests.conftest import run_spec_in, write_spec
 
 BODY = """
 [store]
@@ -95,12 +95,7 @@ location = [2, 3]
 def computed(tmp_path_factory, tiny_gan: Path, tiny_seg: Path) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("intervene")
     path = write_spec(d, BODY.format(dir=d, gan=tiny_gan, seg=tiny_seg, ablate_seed=3))
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        out = runner.run(specmod.load(path), quiet=True, echo=lambda m: None)
-    finally:
-        os.chdir(cwd)
+    out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"] * 5, [o.error for o in out]
     return path, str(d / "store.duckdb")
 

@@ -8,14 +8,12 @@ The README's diagnosis table comes from the same analyses at the demo spec's siz
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from compute import runner, spec as specmod
 from db import store as dbstore
-from tests.conftest import write_spec
+from tests.conftest import run_spec_in, write_spec
 
 ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
 pytestmark = pytest.mark.slow
@@ -65,12 +63,7 @@ def store(tmp_path_factory) -> str:
         manual = "concept:watermark"
         real_exclude = ["watermark"]
         """)
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        out = runner.run(specmod.load(path), quiet=True, echo=lambda m: None)
-    finally:
-        os.chdir(cwd)
+    out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"] * 3, [o.error for o in out]
     return str(d / "v.duckdb")
 

@@ -6,13 +6,12 @@ README and the issue note, not asserted here.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from compute import report, runner, spec as specmod
-from tests.conftest import write_spec
+from compute import report
+from tests.conftest import run_spec_in, write_spec
 
 ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
 pytestmark = pytest.mark.slow
@@ -40,12 +39,7 @@ def store(tmp_path_factory) -> str:
         samples = 500
         seed = 1
         """)
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        out = runner.run(specmod.load(path), quiet=True, echo=lambda m: None)
-    finally:
-        os.chdir(cwd)
+    out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"], out[0].error
     return str(d / "v.duckdb")
 
