@@ -43,16 +43,17 @@ def repair_table(rep: pl.DataFrame) -> pl.DataFrame:
     """The paper's Table 1 shape: unit set | units | Fréchet before | after | change (random: mean ± std)."""
     rows = []
     for r in rep.iter_rows(named=True):
-        after = ui.fmt(r["fd_after"], ".2f")
+        after = ui.fmt(r["fd_after"], ".4g")
         if r["fd_after_std"] is not None:
-            after += f" ± {ui.fmt(r['fd_after_std'], '.2f')}"
+            after += f" ± {ui.fmt(r['fd_after_std'], '.2g')}"
         what = UNIT_SETS.get(r["unit_set"], r["unit_set"])
         if r["unit_set"] == "manual" and r["manual_rule"] != "flags":  # e.g. "concept:watermark"
             what = r["manual_rule"]
         rows.append({"unit set": f"{r['unit_set']} ({what})",
                      "units": units_text(r["units"], r["n_units"], r["draws"]),
-                     "Fréchet before": ui.fmt(r["fd_before"], ".2f"), "after": after,
-                     "change": ui.fmt(r["fd_change"], "+.2f")})
+                     "Fréchet before": ui.fmt(r["fd_before"], ".4g"), "after": after,
+                     "change": f"{ui.fmt(r['fd_change'], '+.3g')} ({r['fd_change'] / r['fd_before']:+.1%})"
+                     if r["fd_change"] is not None and r["fd_before"] else ui.fmt(r["fd_change"], "+.3g")})
     return pl.DataFrame(rows)
 
 
@@ -73,7 +74,9 @@ top = st.columns([2, 2, 3])
 model = ui.pick("model", "model", models, "realism_model", top[0], default=scored_models[0] if scored_models else None,
                 format_func=lambda m: f"{m} (scored)" if m in scored_models else m)
 mine = index.filter(pl.col("model") == model)
-layer = ui.pick_layer(db, model, "realism", top[1], default=mine["layer"][0] if mine.height else None)
+repaired = mine.filter(pl.col("repair_sets") > 0)  # default: a repaired layer, else the first scored one
+layer = ui.pick_layer(db, model, "realism", top[1],
+                      default=(repaired if repaired.height else mine)["layer"][0] if mine.height else None)
 if layer is None:
     st.info(f"Model {model} has no registered layers yet: run `gandissect run`.")
     st.stop()
@@ -91,9 +94,9 @@ if units is None:
 else:
     cols = st.columns(5)
     cols[0].metric("units scored", summary["units"])
-    cols[1].metric("median Fréchet", ui.fmt(summary["median"], ".1f"))
-    cols[2].metric("90th percentile", ui.fmt(summary["p90"], ".1f"))
-    cols[3].metric("worst", ui.fmt(summary["worst"], ".1f"))
+    cols[1].metric("median Fréchet", ui.fmt(summary["median"], ".3g"))
+    cols[2].metric("90th percentile", ui.fmt(summary["p90"], ".3g"))
+    cols[3].metric("worst", ui.fmt(summary["worst"], ".3g"))
     cols[4].metric("flagged", units.filter(pl.col("flag_state") == "flagged").height,
                    help="units flagged artifact or watermark")
     st.altair_chart(charts.realism_histogram(units), width="stretch")
@@ -108,7 +111,7 @@ else:
         for col, r in zip(st.columns(per_row), rows[start:start + per_row]):
             u = int(r["unit"])
             with col.container(border=True):
-                st.markdown(f"**unit {u}** · #{r['worst_rank']} · Fréchet {ui.fmt(r['frechet'], '.1f')}")
+                st.markdown(f"**unit {u}** · #{r['worst_rank']} · Fréchet {ui.fmt(r['frechet'], '.3g')}")
                 label = (f"{ui.md_escape(r['label'])} (IoU {ui.fmt(r['iou'])})" if r["label"] else "unlabelled")
                 st.caption(label)
                 badges = ui.flag_badges(r["flags"], r["custom_label"])
@@ -123,7 +126,7 @@ else:
                             st.rerun()
                 elif st.button("flag as artifact", key=f"realism_flag_{model}_{layer}_{u}",
                                icon=":material/warning:"):
-                    note = f"realism rank {r['worst_rank']}, Fréchet {ui.fmt(r['frechet'], '.1f')}"
+                    note = f"realism rank {r['worst_rank']}, Fréchet {ui.fmt(r['frechet'], '.3g')}"
                     if ui.save_flag(db, model, layer, u, "artifact", note):
                         st.rerun()
                 st.page_link(ui.UNIT_PAGE, label=f"open unit {u}", icon=":material/open_in_new:",
@@ -161,7 +164,9 @@ else:
             "relative change": st.column_config.NumberColumn(format="percent")})
         manual = shown.filter(pl.col("unit set") == "manual")
         if manual.height and manual["relative change"][0] is not None:
-            st.caption(f"ablating the hand-flagged units changes the {ui.md_escape(concept)} pixels by "
+            rule = rep["manual_rule"][0] if rep.height and rep["manual_rule"][0] != "flags" else None
+            who = f"the manual units ({rule})" if rule else "the hand-flagged units"
+            st.caption(f"ablating {who} changes the {ui.md_escape(concept)} pixels by "
                        f"{manual['relative change'][0]:+.0%}")
 
 # ---------------------------------------------------------------- precision / recall of the score against the flags

@@ -55,7 +55,7 @@ def test_realism_page_shows_scores_repair_pr_and_coverage(dash_store):
     assert "units scored" in [m.label for m in at.metric] and at.metric[0].value == "8"
 
     # the worst units first, each with its strip (tiny-gan has a real checkpoint) and a flag button
-    assert "**unit 3** · #1 · Fréchet 310.7" in shown and "**unit 4** · #8 · Fréchet 60.1" in shown
+    assert "**unit 3** · #1 · Fréchet 311" in shown and "**unit 4** · #8 · Fréchet 60.1" in shown
     assert len(at.image) == 8
     assert [b.label for b in at.button].count("flag as artifact") == 8
     assert "the repair run key includes the flags" in shown
@@ -63,10 +63,10 @@ def test_realism_page_shows_scores_repair_pr_and_coverage(dash_store):
     table = frame_with(at, "unit set")
     rows = {r["unit set"].split()[0]: r for r in table.to_dict("records")}
     assert list(rows) == ["manual", "realism", "union", "random"]
-    assert rows["manual"]["units"] == "2: 3, 6" and rows["manual"]["after"] == "125.40"
-    assert rows["realism"]["after"] == "118.20" and rows["realism"]["change"] == "-21.80"
-    assert rows["union"]["Fréchet before"] == "140.00" and rows["union"]["after"] == "116.90"
-    assert rows["random"]["after"] == "140.60 ± 0.73" and rows["random"]["units"] == "3 random units × 3 draws"
+    assert rows["manual"]["units"] == "2: 3, 6" and rows["manual"]["after"] == "125.4"
+    assert rows["realism"]["after"] == "118.2" and rows["realism"]["change"] == "-21.8 (-15.6%)"
+    assert rows["union"]["Fréchet before"] == "140" and rows["union"]["after"] == "116.9"
+    assert rows["random"]["after"] == "140.6 ± 0.73" and rows["random"]["units"] == "3 random units × 3 draws"
 
     assert at.selectbox(key="realism_concept").value == "door"  # the concept ablation changes most
     door = frame_with(at, "relative change")
@@ -94,7 +94,7 @@ def test_flag_button_writes_a_unit_flag(dash_store):
     assert_ok(at)
     rows = store.read("SELECT unit, flag, note FROM unit_flags WHERE model = ? AND layer = ? AND flag = 'artifact'",
                       [TINY, TINY_REALISM_LAYER], path=dash_store)
-    assert rows.rows() == [(7, "artifact", "realism rank 2, Fréchet 240.9")]
+    assert rows.rows() == [(7, "artifact", "realism rank 2, Fréchet 241")]
     # the card now says so, the histogram counts it, and one click takes it back
     assert [b.label for b in at.button].count("remove artifact flag") == 1
     assert {m.label: m.value for m in at.metric}["flagged"] == "1"
@@ -114,7 +114,7 @@ def test_other_model_without_checkpoint_says_why(dash_store):
     assert "images unavailable: checkpoint of 'toy-gan' not found" in shown
     assert "of the 3 worst units, 1 is flagged" in shown
     assert "remove artifact flag" in [b.label for b in at.button]  # unit 1 is flagged artifact in the fixture
-    assert frame_with(at, "unit set")["after"].tolist()[-1] == "100.00 ± 1.00"
+    assert frame_with(at, "unit set")["after"].tolist()[-1] == "100 ± 1"
     at.selectbox(key="realism_layer").set_value("layer1").run()
     assert_ok(at)
     shown = texts(at)
