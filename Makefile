@@ -27,11 +27,13 @@ demo: compute
 	$(BIN)/gandissect sql "select status, count(*) as runs from runs group by 1"
 	$(BIN)/gandissect dashboard --port $(PORT)
 
+# the default suite (slow tests deselected by pyproject's addopts), then the slow ones
 test: install
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/gandissect bench
