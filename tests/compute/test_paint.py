@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from compute import paint
+from compute import paint, paint_eval
 from compute.intervene import featuremap, finish
 from ingest.samples import latents
 
@@ -367,20 +367,20 @@ def test_full_box_and_wall_base() -> None:
     m[2:12, 3:15] = True
     rng = np.random.default_rng(0)
     for _ in range(20):
-        x0, y0, x1, y1 = paint._full_box(m, 4, rng)
-        assert m[y0:y1, x0:x1].mean() >= paint.FULL and (x1 - x0, y1 - y0) == (4, 4)
-        assert paint._full_box(m, 4, rng, base=True)[3] == 12  # stands on the mask's lower edge
-    assert paint._full_box(np.zeros((20, 20), bool), 4, rng) is None
+        x0, y0, x1, y1 = paint_eval._full_box(m, 4, rng)
+        assert m[y0:y1, x0:x1].mean() >= paint_eval.FULL and (x1 - x0, y1 - y0) == (4, 4)
+        assert paint_eval._full_box(m, 4, rng, base=True)[3] == 12  # stands on the mask's lower edge
+    assert paint_eval._full_box(np.zeros((20, 20), bool), 4, rng) is None
 
 
 def test_eval_spec_is_a_valid_spec(tmp_path) -> None:
     from compute import spec as specmod
 
     try:
-        text = paint.eval_spec_text(tmp_path / "s.duckdb")
+        text = paint_eval.eval_spec_text(tmp_path / "s.duckdb")
     except FileNotFoundError as e:
         pytest.skip(str(e))
     (tmp_path / "eval.toml").write_text(text)
     s = specmod.load(tmp_path / "eval.toml")
     assert [a.kind for a in s.analyses] == ["dissect", "ace"]
-    assert s.analyses[1].layers == (paint.EVAL_LAYER,) and s.analyses[1].concepts == ("tree", "door")
+    assert s.analyses[1].layers == (paint_eval.EVAL_LAYER,) and s.analyses[1].concepts == ("tree", "door")
