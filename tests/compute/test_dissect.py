@@ -92,3 +92,16 @@ def test_matmul_upsample_equals_interpolate(h: int) -> None:
     x = torch.randn(3, 5, h, h)
     want = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=True)
     assert torch.allclose(upsample(x, 64), want, atol=1e-5)
+
+
+def test_non_finite_activations_name_the_layer_and_unit() -> None:
+    from compute.analyses.quantiles import check_finite
+
+    act = torch.randn(4, 6, 5, 5)
+    check_finite(act, "layer3", "m")
+    check_finite(torch.full((4, 6, 5, 5), 3e38), "layer3", "m")  # the sum overflows; every value is finite
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        a = act.clone()
+        a[2, 3, 1, 4] = bad
+        with pytest.raises(FloatingPointError, match=r"model 'm' layer 'layer3' unit 3"):
+            check_finite(a, "layer3", "m")
