@@ -102,7 +102,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     from compute import runner, spec
 
     outcomes = runner.run(spec.load(a.spec), only=a.only, force=a.force, device=a.device, quiet=a.quiet)
-    return 1 if any(o.state == "failed" for o in outcomes) else 0
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed and all(o.bad_input for o in failed):
+        return 2  # bad input: every failure names what to change in the spec or its files
+    return 1 if failed else 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:

@@ -110,6 +110,19 @@ class Outcome:
     state: str  # "up to date" | "done" | "failed"
     seconds: float = 0.0
     error: str | None = None
+    bad_input: bool = False  # failed on bad input (too few images, missing weights, bad units): exit 2
+
+
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the declaration or its files are wrong, not the code (CLI exit status 2)."""
+    from compute.features import FeatureError
+    from compute.intervene import InterventionError
+    from ingest.real import RealImagesError
+    from ingest.zoo import ZooError
+
+    from compute.analyses.repair import RepairError
+
+    return (SpecError, FeatureError, InterventionError, RealImagesError, ZooError, RepairError)
 
 
 def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str = "auto",
@@ -177,7 +190,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
         except Exception as e2:  # the store itself failed: report both
             msg += f" (and recording the failure failed: {e2})"
         echo(f"failed: {label}: {msg}")
-        return Outcome(job, "failed", seconds, msg)
+        return Outcome(job, "failed", seconds, msg, bad_input=isinstance(e, bad_input_errors()))
     if cache.exists():
         shutil.rmtree(cache, ignore_errors=True)
     echo(f"done: {label} in {seconds:.1f} s")

@@ -200,3 +200,12 @@ def test_real_images_from_a_folder_next_to_the_spec(tmp_path, tiny_gan, tiny_seg
     out = runner.run(spec, only="realism", quiet=True, echo=lambda s: None)
     assert out[0].state == "done", out[0].error
     assert store.read("select max(n_real) n from unit_realism", path=spec.store)["n"][0] == 20
+
+
+def test_cli_exits_2_when_too_few_images_are_declared(tmp_path, tiny_gan, tiny_seg, monkeypatch, capsys) -> None:
+    from compute.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _spec(tmp_path, tiny_gan, tiny_seg, realism_samples=20)
+    assert main(["run", "--quiet", "--only", "realism", str(path)]) == 2
+    assert "too few for a stable Frechet distance" in capsys.readouterr().out
