@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compute.analyses.quantiles import check_finite
 from compute.context import Checkpoint, Job, RunContext
 from compute.features import Extractor, check_count, extractor, features_and_masks
 from compute.frechet import feature_stats, frechet_from_stats
@@ -93,7 +94,7 @@ class Coverage:
 
 def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tuple[str, ...], seed: int, n: int,
                    batch_size: int, device: torch.device, ckpt: Checkpoint | None = None, every: int = 8,
-                   progress: Any = None, presence_share: float = 0.0
+                   progress: Any = None, presence_share: float = 0.0, model: str = "?"
                    ) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
     """One pass over samples 0..n-1 of `seed`: per-layer spatial-max activations {layer: [n, U]},
     features float64 [n, D] and the segmenter's concept coverage. Checkpointed every `every` batches."""
@@ -116,10 +117,8 @@ def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tupl
         with torch.no_grad(), Tap(gen, list(layers)) as tap:
             images = gen(z)
             for layer in layers:
-                a = tap[layer].amax((2, 3)).float().cpu()  # [B, U]
-                if not torch.isfinite(a).all():
-                    bad = int((~torch.isfinite(a)).any(0).nonzero()[0])
-                    raise FloatingPointError(f"NaN/inf activations at layer {layer!r}, unit {bad}, samples {s}..")
+                a = tap[layer].amax((2, 3)).float().cpu()  # [B, U]; NaN / inf survive the max
+                check_finite(a, layer, model)
                 acts[layer].append(a)
             f, m = features_and_masks(feat, seg, images)
             feats.append(f)
@@ -137,26 +136,25 @@ def _save(ckpt: Checkpoint, done: int, acts: dict[str, list[torch.Tensor]], feat
     ckpt.save(done, t)
 
 
-def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device, n: int | None = None,
-             exclude: list[str] | None = None) -> tuple[np.ndarray, Coverage]:
-    """Features float64 [n_real, D] and concept coverage of the job's real images."""
+def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device) -> tuple[np.ndarray, Coverage]:
+    """Features float64 [n_real, D] and concept coverage of the job's real images (one segmenter pass)."""
     src = real_source(job)
-    exclude = list(param(job, "real_exclude") if exclude is None else exclude)
-    n = int(n or param(job, "real_samples"))
-    images, _ = real_images(src, n, int(param(job, "real_seed")), size=size, exclude=exclude)
+    exclude = list(param(job, "real_exclude"))
+    images, _ = real_images(src, int(param(job, "real_samples")), int(param(job, "real_seed")), size=size,
+                            exclude=exclude)
     x = to_input(images)
     cov = Coverage(len(seg.concepts), float(param(job, "presence_share")))
-    keep = torch.ones(x.shape[0], dtype=torch.bool)
     names = [c.name for c in seg.concepts]
+    feats: list[np.ndarray] = []
     with torch.no_grad():
         for s in range(0, x.shape[0], 128):
-            m = seg.concept_masks(x[s:s + 128].to(device))
+            f, m = features_and_masks(feat, seg, x[s:s + 128].to(device))
             if src != "village" and exclude:  # no ground truth: leave out what the segmenter finds
-                hit = torch.stack([m[:, names.index(c)].flatten(1).any(1) for c in exclude], 1).any(1).cpu()
-                keep[s:s + 128] = ~hit
-                m = m[~hit.to(m.device)]
+                hit = torch.stack([m[:, names.index(c)].flatten(1).any(1) for c in exclude], 1).any(1)
+                f, m = f[~hit.cpu().numpy()], m[~hit]
+            feats.append(f)
             cov.add(m)
-    return feat(x[keep]), cov
+    return np.concatenate(feats), cov
 
 
 def unit_scores(acts: torch.Tensor, feats: np.ndarray, real_mu: np.ndarray, real_cov: np.ndarray,
@@ -182,14 +180,12 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     n_top = max(1, int(math.floor(frac * a.samples + 0.5)))
     check_count(n_top, feat.dim, f"analysis {a.name!r}: top images per unit ({frac} x {a.samples} samples)")
     check_count(int(param(job, "real_samples")), feat.dim, f"analysis {a.name!r}: real_samples")
-    with torch.no_grad():
-        size = int(gen(latents(a.seed, 1, int(gen.z_dim)).to(ctx.device)).shape[-1])
-    real_f, real_cov = real_set(job, seg, feat, size, ctx.device)
+    real_f, real_cov = real_set(job, seg, feat, int(gen.resolution), ctx.device)
     check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
     ckpt = Checkpoint(ctx.cache_dir(job), "realism.pool")
     acts, gen_f, gen_cov = generated_pool(gen, seg, feat, job.layers, a.seed, a.samples, int(param(job, "batch_size")),
                                           ctx.device, ckpt, ctx.checkpoint_every, ctx.progress,
-                                          float(param(job, "presence_share")))
+                                          float(param(job, "presence_share")), job.model.name)
     mu_r, s_r = feature_stats(real_f)
     strip = int(param(job, "strip"))
     base = {"run_key": job.run_key, "model": job.model.name}

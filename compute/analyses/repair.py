@@ -156,9 +156,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     n_units, draws = int(param(job, "n_units")), int(param(job, "draws"))
     if n_units <= 0:
         raise RepairError(f"analysis {a.name!r}: n_units must be positive, got {n_units}")
-    with torch.no_grad():
-        size = int(gen(latents(a.seed, 1, int(gen.z_dim)).to(ctx.device)).shape[-1])
-    real_f, _ = real_set(job, seg, feat, size, ctx.device)
+    real_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device)
     check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
     mu_r, s_r = feature_stats(real_f)
     names = [c.name for c in seg.concepts]
