@@ -132,7 +132,7 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
     jobs = plan(spec, only)
     with store.session(spec.store) as con:
         store.ensure_schema(con)
-    done_keys = _done_keys(spec.store, [j.run_key for j in jobs])
+    done_keys = _done_keys(spec.store, [j.run_key for j in jobs] + [k for j in jobs for _, k in j.deps])
     ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
     failed: set[str] = set()
     outcomes: list[Outcome] = []
@@ -148,9 +148,18 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
             outcomes.append(Outcome(job, "failed", error="a dependency failed"))
             echo(f"skipped: {label}: a dependency failed")
             continue
+        missing = [f"{kind} (run {k[:12]})" for kind, k in job.deps if k not in done_keys]
+        if missing:  # e.g. --only of a job whose dependency was never run: its reads would find nothing
+            failed.add(job.run_key)
+            msg = f"its dependency {', '.join(missing)} is not done: run it first (gandissect run without --only)"
+            outcomes.append(Outcome(job, "failed", error=msg, bad_input=True))
+            echo(f"skipped: {label}: {msg}")
+            continue
         outcome = _execute(job, ctx, force, echo)
         if outcome.state == "failed":
             failed.add(job.run_key)
+        else:
+            done_keys.add(job.run_key)
         outcomes.append(outcome)
     return outcomes
 

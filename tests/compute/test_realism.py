@@ -209,3 +209,13 @@ def test_cli_exits_2_when_too_few_images_are_declared(tmp_path, tiny_gan, tiny_s
     path = _spec(tmp_path, tiny_gan, tiny_seg, realism_samples=20)
     assert main(["run", "--quiet", "--only", "realism", str(path)]) == 2
     assert "too few for a stable Frechet distance" in capsys.readouterr().out
+
+
+def test_only_refuses_a_run_whose_dependency_is_not_done(tmp_path, tiny_gan, tiny_seg) -> None:
+    spec = specmod.load(_spec(tmp_path, tiny_gan, tiny_seg))
+    out = runner.run(spec, only="repair", quiet=True, echo=lambda s: None)
+    assert out[0].state == "failed" and out[0].bad_input
+    assert "its dependency realism" in out[0].error and "is not done" in out[0].error
+    assert store.read("select count(*) n from runs", path=spec.store)["n"][0] == 0
+    assert [o.state for o in runner.run(spec, only="realism", quiet=True, echo=lambda s: None)] == ["done"]
+    assert [o.state for o in runner.run(spec, only="repair", quiet=True, echo=lambda s: None)] == ["done"]
