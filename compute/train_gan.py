@@ -11,6 +11,7 @@ the final one `ingest/zoo/village-gan.safetensors` (float16); --evaluate-only wr
 
     python -m compute.train_gan --steps 4000 --widths small --threads 2      # or: gandissect train gan ...
     python -m compute.train_gan --steps 4000 --widths small --resume          # continue a killed run
+    python -m compute.train_gan --steps 30000 --widths default --export-resume --zoo-dir ingest/zoo   # state.pt -> in-repo resume point
     python -m compute.train_gan --evaluate-only                               # model card numbers
 
 Recipe: non-saturating logistic loss, lazy R1 penalty on real images, Adam (0.0, 0.99), EMA of the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import sys
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ingest.models.progan import WIDTH_PRESETS, Discriminator, Generator, save_progan
@@ -40,6 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "ingest" / "zoo"
 POOL_SEED_START = 10_000_000  # training scenes: seeds POOL_SEED_START .. + pool_size - 1
 SAMPLE_SEED = 7  # fixed latents for the monitoring sample grids
+RESUME_POINT_NAME = "train/village-gan-v2-resume.safetensors"  # under --zoo-dir unless --resume-point says
+RESUME_NETS = ("G", "D", "G_ema")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,7 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-samples", type=int, default=2000, help="--evaluate-only: images per set")
     p.add_argument("--segmenter", default=str(ZOO / "village-seg.safetensors"))
-    return p.parse_args(argv)
+    p.add_argument("--resume-point", default=None,
+                   help="(default <zoo-dir>/" + RESUME_POINT_NAME + ") in-repo resume point (G, D, EMA weights, step; float16): written at every state save, "
+                        "read by --resume when <out-dir>/state.pt is gone (optimiser moments restart)")
+    p.add_argument("--export-resume", action="store_true",
+                   help="write --resume-point from <out-dir>/state.pt and exit (for a run started without it)")
+    a = p.parse_args(argv)
+    if a.resume_point is None:
+        a.resume_point = str(Path(a.zoo_dir) / RESUME_POINT_NAME)
+    return a
 
 
 def resolve_device(name: str) -> torch.device:
@@ -231,7 +245,7 @@ def save_state(st: dict, a: argparse.Namespace, path: Path) -> None:
 
 def load_state(st: dict, a: argparse.Namespace, path: Path) -> None:
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    want = {"widths": a.widths, "z_dim": a.z_dim, "seed": a.seed, "batch": a.batch, "pool_size": a.pool_size}
+    want = _config(a)
     if blob["config"] != want:
         raise ValueError(f"--resume: {path} was trained with {blob['config']}, arguments say {want}")
     for k in ("G", "D", "G_ema", "opt_g", "opt_d"):
@@ -239,6 +253,48 @@ def load_state(st: dict, a: argparse.Namespace, path: Path) -> None:
     st["step"], st["elapsed"] = int(blob["step"]), float(blob["elapsed"])
     st["gen"].set_state(blob["gen"])
     torch.set_rng_state(blob["torch_rng"])
+
+
+def _config(a: argparse.Namespace) -> dict:
+    return {"widths": a.widths, "z_dim": a.z_dim, "seed": a.seed, "batch": a.batch, "pool_size": a.pool_size}
+
+
+def save_resume_point(nets: dict[str, dict[str, torch.Tensor]], step: int, elapsed: float,
+                      config: dict, path: Path) -> Path:
+    """G, D and EMA weights (float16) + step + config -> one safetensors file, atomically (a few MB, committed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{k}.{name}": t.detach().to("cpu", torch.float16).contiguous()
+               for k in RESUME_NETS for name, t in nets[k].items()}
+    meta = {"step": str(step), "elapsed": f"{elapsed:.0f}", "config": json.dumps(config, sort_keys=True),
+            "format": "gandissect-gan-resume"}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_resume_point(st: dict, a: argparse.Namespace, path: Path) -> None:
+    """Weights and step from an in-repo resume point into a freshly built state; optimisers and RNG restart."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        cfg = json.loads(meta["config"])
+        if cfg != _config(a):
+            raise ValueError(f"--resume: {path} was trained with {cfg}, arguments say {_config(a)}")
+        for k in RESUME_NETS:
+            sd = st[k].state_dict()
+            st[k].load_state_dict({n: f.get_tensor(f"{k}.{n}").to(sd[n].dtype) for n in sd})
+    st["step"], st["elapsed"] = int(meta["step"]), float(meta["elapsed"])
+    st["gen"].manual_seed(a.seed * 1_000_003 + st["step"])  # a fresh but reproducible stream from this point
+
+
+def export_resume(a: argparse.Namespace) -> int:
+    state_path = Path(a.out_dir) / "state.pt"
+    blob = torch.load(state_path, map_location="cpu", weights_only=True)
+    if blob["config"] != _config(a):
+        raise ValueError(f"--export-resume: {state_path} was trained with {blob['config']}, arguments say {_config(a)}")
+    path = save_resume_point(blob, int(blob["step"]), float(blob["elapsed"]), blob["config"], Path(a.resume_point))
+    print(f"wrote {path} at step {blob['step']} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def train(a: argparse.Namespace) -> int:
@@ -249,6 +305,10 @@ def train(a: argparse.Namespace) -> int:
     if a.resume and state_path.exists():
         load_state(st, a, state_path)
         print(f"resumed from {state_path} at step {st['step']} ({st['elapsed']:.0f}s trained)", flush=True)
+    elif a.resume and Path(a.resume_point).exists():
+        load_resume_point(st, a, Path(a.resume_point))
+        print(f"resumed from the in-repo resume point {a.resume_point} at step {st['step']} "
+              f"(weights only: optimiser moments restart)", flush=True)
     print(f"train village-gan: seed={a.seed} steps={a.steps} batch={a.batch} widths={a.widths} "
           f"{WIDTH_PRESETS[a.widths]} z_dim={a.z_dim} lr={a.lr} r1_gamma={a.r1_gamma}/{a.r1_every} "
           f"ema={a.ema_kimg}kimg/rampup {a.ema_rampup} device={device} threads={torch.get_num_threads()} pool={a.pool_size} "
@@ -297,6 +357,8 @@ def train(a: argparse.Namespace) -> int:
                 tqdm.write(f"saved {save_progan(g_out, zoo / 'village-gan.safetensors', step, m)}", file=sys.stdout)
         if time.time() - last_save > a.save_every_s or step == a.steps:
             save_state(st, a, state_path)
+            save_resume_point({k: st[k].state_dict() for k in RESUME_NETS}, st["step"], st["elapsed"],
+                              _config(a), Path(a.resume_point))
             last_save = time.time()
     bar.close()
     print(f"done: {st['step']} steps, {st['elapsed'] / 60:.1f} min of training", flush=True)
@@ -522,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     if a.evaluate_only:
         return evaluate(a)
+    if a.export_resume:
+        return export_resume(a)
     return train(a)
 
 

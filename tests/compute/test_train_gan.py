@@ -21,8 +21,8 @@ def _args(tmp_path, steps: int) -> list[str]:
 def test_tiny_gan_trains_saves_and_resumes(tmp_path):
     assert main(_args(tmp_path, 3)) == 0
     zoo = tmp_path / "zoo"
-    assert sorted(p.name for p in zoo.iterdir()) == ["village-gan-step2.safetensors", "village-gan-step3.safetensors",
-                                                       "village-gan.safetensors"]
+    assert sorted(p.name for p in zoo.iterdir()) == ["train", "village-gan-step2.safetensors",
+                                                       "village-gan-step3.safetensors", "village-gan.safetensors"]
     meta = read_metadata(zoo / "village-gan.safetensors")
     assert meta["step"] == "3" and meta["total_steps"] == "3" and meta["seed"] == "3"
     state = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
@@ -60,6 +60,38 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     assert main(_args(tmp_path, 1)) == 0
     with pytest.raises(ValueError, match="--resume"):
         main(_args(tmp_path, 2) + ["--resume", "--seed", "4"])
+
+
+def test_in_repo_resume_point_continues_when_the_exact_state_is_gone(tmp_path):
+    """The committed resume point (float16 G, D, EMA + step) restarts training after state.pt is lost."""
+    from safetensors import safe_open
+
+    assert main(_args(tmp_path, 3)) == 0
+    point = tmp_path / "zoo" / "train" / "village-gan-v2-resume.safetensors"
+    with safe_open(str(point), framework="pt") as f:
+        assert f.metadata()["step"] == "3"
+        names = list(f.keys())
+        ema_point = {n[len("G_ema."):]: f.get_tensor(n).float() for n in names if n.startswith("G_ema.")}
+    assert {n.split(".")[0] for n in names} == {"G", "D", "G_ema"}
+    ema3 = load_progan(tmp_path / "zoo" / "village-gan.safetensors").state_dict()
+    for k, v in ema3.items():  # the point's EMA generator is the step-3 checkpoint
+        assert torch.equal(ema_point[k], v), k
+
+    (tmp_path / "out" / "state.pt").unlink()
+    (tmp_path / "zoo" / "village-gan.safetensors").unlink()
+    assert main(_args(tmp_path, 5) + ["--resume"]) == 0
+    assert read_metadata(tmp_path / "zoo" / "village-gan.safetensors")["step"] == "5"
+    with safe_open(str(point), framework="pt") as f:
+        assert f.metadata()["step"] == "5"
+
+    # --export-resume rebuilds the point from state.pt; a different configuration is refused
+    point.unlink()
+    assert main(_args(tmp_path, 5) + ["--export-resume"]) == 0
+    with safe_open(str(point), framework="pt") as f:
+        assert f.metadata()["step"] == "5"
+    (tmp_path / "out" / "state.pt").unlink()
+    with pytest.raises(ValueError, match="--resume"):
+        main(_args(tmp_path, 6) + ["--resume", "--seed", "4"])
 
 
 def test_checkpoint_steps():
