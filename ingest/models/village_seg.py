@@ -169,6 +169,8 @@ def masks_from_labels(labels: Tensor, k: int) -> Tensor:
 def quad_expand(masks: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """The paper's quadrant concepts: for every connected component (scipy.ndimage.label, 4-connected)
     of every mask, its pixels in the top / bottom / left / right half of the component's bounding box.
+    The halves cover the component: an odd-sized box's middle row goes to the bottom half and its middle
+    column to the right half, as in the reference.
 
     masks bool [N,K,H,W], names K -> (bool [N,4K,H,W], names "c-t", "c-b", "c-l", "c-r" per concept)."""
     masks = np.asarray(masks, bool)
@@ -186,7 +188,7 @@ def quad_expand(masks: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, li
                 ymid, xmid = hh / 2.0, ww / 2.0
                 r = np.arange(hh)[:, None] + 0.5
                 c = np.arange(ww)[None, :] + 0.5
-                for q, region in enumerate((r < ymid, r > ymid, c < xmid, c > xmid)):
+                for q, region in enumerate((r < ymid, r >= ymid, c < xmid, c >= xmid)):
                     out[i, 4 * j + q][sl] |= comp & np.broadcast_to(region, comp.shape)
     qnames = [f"{nm}-{s}" for nm in names for s in ("t", "b", "l", "r")]
     return out, qnames

@@ -78,14 +78,15 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
 def test_quad_expand_on_synthetic_masks() -> None:
     m = np.zeros((1, 2, 16, 16), bool)
     m[0, 0, 2:6, 10:18 - 2] = True  # component A: rows 2..5, cols 10..15
-    m[0, 0, 10:13, 1:4] = True  # component B: rows 10..12, cols 1..3 (odd sizes: middle row/col in none)
+    m[0, 0, 10:13, 1:4] = True  # component B: rows 10..12, cols 1..3 (odd sizes: middle row/col go bottom/right)
     out, names = quad_expand(m, ["door", "window"])
     assert out.shape == (1, 8, 16, 16) and names[:4] == ["door-t", "door-b", "door-l", "door-r"]
     t, b, l, r = out[0, :4]
     assert t[2:4, 10:16].all() and not t[4:6].any() and b[4:6, 10:16].all() and not b[2:4].any()
     assert l[2:6, 10:13].all() and not l[2:6, 13:16].any() and r[2:6, 13:16].all()
-    assert t[10, 1:4].all() and not t[11].any() and b[12, 1:4].all() and not b[11].any()
-    assert l[10:13, 1].all() and not l[10:13, 2].any() and r[10:13, 3].all()
+    assert t[10, 1:4].all() and not t[11].any() and b[11:13, 1:4].all() and not b[10].any()
+    assert l[10:13, 1].all() and not l[10:13, 2].any() and r[10:13, 2:4].all() and not r[10:13, 1].any()
+    assert ((t | b) == m[0, 0]).all() and ((l | r) == m[0, 0]).all() and not (t & b).any() and not (l & r).any()
     assert not out[0, 4:].any()  # the empty concept has no quadrants
     assert not (out[0, :4] & ~m[0, 0]).any()  # quadrants lie inside their concept
 
