@@ -6,7 +6,8 @@ source changes); with --resume, the training state `<out-dir>/state.pt`; with --
 checkpoints in `ingest/zoo/` and the segmenter `ingest/zoo/village-seg.safetensors`.
 Writes: the training state and sample grids to --out-dir (default /work/gan-train/), EMA generator
 checkpoints `ingest/zoo/village-gan-step{STEP}.safetensors` at --checkpoint-fractions of --steps and
-the final one `ingest/zoo/village-gan.safetensors` (float16); --evaluate-only writes the model card
+the final one `ingest/zoo/village-gan.safetensors` (float16), and at every state save the in-repo
+resume point `<zoo-dir>/train/village-gan-v2-resume.safetensors` (float16 G, D, EMA, step); --evaluate-only writes the model card
 `ingest/zoo/village-gan.md` and `ingest/zoo/village-gan-samples.png`.
 
     python -m compute.train_gan --steps 4000 --widths small --threads 2      # or: gandissect train gan ...
@@ -236,8 +237,7 @@ def save_state(st: dict, a: argparse.Namespace, path: Path) -> None:
     blob = {"G": st["G"].state_dict(), "D": st["D"].state_dict(), "G_ema": st["G_ema"].state_dict(),
             "opt_g": st["opt_g"].state_dict(), "opt_d": st["opt_d"].state_dict(), "step": st["step"],
             "elapsed": st["elapsed"], "gen": st["gen"].get_state(), "torch_rng": torch.get_rng_state(),
-            "config": {"widths": a.widths, "z_dim": a.z_dim, "seed": a.seed, "batch": a.batch,
-                       "pool_size": a.pool_size}}
+            "config": _config(a)}
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)
