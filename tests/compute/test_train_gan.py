@@ -1,12 +1,14 @@
 """GAN training: a tiny GAN trains for a few steps via main(), saves checkpoints, resumes; Fréchet distance."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from compute.frechet import feature_stats, frechet_distance, frechet_from_stats
-from compute.train_gan import checkpoint_steps, door_rule, main
+from compute.train_gan import Provenance, checkpoint_steps, door_presence, door_rule, main
 from ingest.models.progan import load_progan, read_metadata
 from ingest.village import INDEX
 
@@ -92,6 +94,62 @@ def test_in_repo_resume_point_continues_when_the_exact_state_is_gone(tmp_path):
     (tmp_path / "out" / "state.pt").unlink()
     with pytest.raises(ValueError, match="--resume"):
         main(_args(tmp_path, 6) + ["--resume", "--seed", "4"])
+
+
+def test_resume_points_are_recorded_in_the_weights_provenance(tmp_path):
+    """Each continuation from the in-repo point is recorded, carried through state.pt, and reaches the checkpoints."""
+    point = tmp_path / "zoo" / "train" / "village-gan-v2-resume.safetensors"
+    assert main(_args(tmp_path, 2)) == 0
+    assert Provenance.from_meta(read_metadata(point)) == Provenance((), 0)
+    (tmp_path / "out" / "state.pt").unlink()
+    assert main(_args(tmp_path, 4) + ["--resume"]) == 0  # from the point at step 2
+    assert main(_args(tmp_path, 5) + ["--resume"]) == 0  # from state.pt: exact, not a weights-only resume
+    (tmp_path / "out" / "state.pt").unlink()
+    assert main(_args(tmp_path, 6) + ["--resume"]) == 0  # from the point at step 5
+    meta = read_metadata(tmp_path / "zoo" / "village-gan.safetensors")
+    assert Provenance.from_meta(meta) == Provenance((2, 5), 0)
+    # a point written before provenance was recorded starts the record where it is read
+    assert Provenance().resumed(7, known=False) == Provenance((7,), 7)
+    assert "since step 7" in Provenance((7,), 7).describe()
+
+
+def test_snapshot_writes_the_current_ema_into_a_scratch_zoo_only(tmp_path):
+    from ingest.models.village_seg import VillageSegmenter, save_village_seg
+
+    assert main(_args(tmp_path, 3)) == 0
+    scratch = tmp_path / "scratch"
+    assert main(_args(tmp_path, 10) + ["--snapshot", "--zoo-dir", str(scratch)]) == 0
+    snap = load_progan(scratch / "village-gan-step3.safetensors").state_dict()
+    ema3 = load_progan(tmp_path / "zoo" / "village-gan.safetensors").state_dict()
+    assert all(torch.equal(snap[k], ema3[k]) for k in ema3)
+    meta = read_metadata(scratch / "village-gan.safetensors")
+    assert meta["total_steps"] == "10" and meta["snapshot_of"].endswith("state.pt")
+    # without state.pt the resume point serves (it was given explicitly: the scratch zoo has none)
+    (tmp_path / "out" / "state.pt").unlink()
+    point = tmp_path / "zoo" / "train" / "village-gan-v2-resume.safetensors"
+    assert main(_args(tmp_path, 10) + ["--snapshot", "--zoo-dir", str(scratch), "--resume-point", str(point)]) == 0
+    assert read_metadata(scratch / "village-gan.safetensors")["snapshot_of"] == str(point)
+    # the card can be written from the scratch zoo
+    seg_path = tmp_path / "seg.safetensors"
+    torch.manual_seed(0)
+    save_village_seg(VillageSegmenter(), str(seg_path))
+    assert main(_args(tmp_path, 10) + ["--evaluate-only", "--zoo-dir", str(scratch), "--eval-samples", "8",
+                                       "--segmenter", str(seg_path)]) == 0
+    card = (scratch / "village-gan.md").read_text()
+    assert "--snapshot" in card and "Doors present where a building is" in card and "provenance:" in card
+    # the bundled zoo is refused
+    with pytest.raises(ValueError, match="bundled zoo"):
+        main(_args(tmp_path, 10) + ["--snapshot", "--zoo-dir", str(Path(__file__).parents[2] / "ingest" / "zoo")])
+
+
+def test_door_presence_counts_images_with_a_building():
+    lab = torch.zeros(3, 3, 8, 8, dtype=torch.long)
+    lab[0, 0, :4] = INDEX["wall"]
+    lab[0, 1, 2:4, 2] = INDEX["door"]  # building with a door
+    lab[1, 0, :4] = INDEX["roof"]  # building without a door
+    lab[2, 0] = INDEX["sky"]  # no building: not counted
+    share, n = door_presence(lab)
+    assert n == 2 and share == pytest.approx(0.5)
 
 
 def test_checkpoint_steps():
