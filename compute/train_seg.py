@@ -1,4 +1,4 @@
-"""Train (or evaluate) the bundled village segmenter `village-seg` on rendered village scenes.
+"""Train (or evaluate) the bundled village segmenters `village-seg` / `village-seg-parts` on rendered scenes.
 
 Reads: the village renderer (`ingest.village.render_batch`); a pre-rendered pool of training scenes
 cached under `.cache/village-seg/` (re-rendered when missing or when the renderer's source changes);
@@ -9,10 +9,18 @@ on held-out scenes).
 
     python -m compute.train_seg --steps 3000 --threads 1        # or: gandissect train segmenter ...
     python -m compute.train_seg --evaluate-only                  # re-measure the model card numbers
+    python -m compute.train_seg --steps 1800 --pool 8000 --threads 1 --paste 0.5 \
+        --out ingest/zoo/village-seg-parts.safetensors              # the part head sees parts anywhere
 
 Training scenes have seeds 0 .. pool-1 (all < EVAL_SEED_START); held-out evaluation scenes have
 seeds EVAL_SEED_START .. EVAL_SEED_START + eval - 1, never used in training. Augmentations mimic
 generator output: flips, colour jitter, blur, down-up resampling, noise, JPEG artifacts (Pillow).
+
+`--paste P` (village-seg-parts): before those augmentations, a share P of the training images get
+1-3 door or window components cut from other images of the batch, pasted at uniformly random places
+(sky, grass, trees, walls); the checkpoint is then marked `parts_anywhere`, so that its part labels
+are not masked to building pixels at inference. The model card adds IoU on held-out scenes with
+parts pasted anywhere (`--evaluate-only --no-card --out <other model>` prints the same for another).
 """
 from __future__ import annotations
 
@@ -32,11 +40,12 @@ from PIL import Image
 
 from ingest.models.village_seg import (HEAD_CONCEPTS, HEAD_SIZES, VillageSegmenter, labels_from_logits,
                                        load_village_seg, save_village_seg)
-from ingest.village.concepts import CONCEPTS
+from ingest.village.concepts import CONCEPTS, INDEX
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-seg.safetensors"
 EVAL_SEED_START = 20_000_000  # disjoint from training seeds (< pool size) and from the GAN's pool
+PASTE_EVAL_SEED = 777  # where held-out scenes get their pasted doors / windows (model card column)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--widths", default="16,32,64,128")
     p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--paste", type=float, default=0.0,
+                   help="share of training images with doors/windows pasted anywhere (> 0: parts_anywhere model)")
+    p.add_argument("--no-card", action="store_true", help="with --evaluate-only: print, do not write the card")
     return p.parse_args(argv)
 
 
@@ -165,6 +177,57 @@ def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch
     return x, y
 
 
+# ---------------------------------------------------------------- parts pasted anywhere
+
+PASTE_PARTS: tuple[int, ...] = (INDEX["door"], INDEX["window"])
+
+
+def _components(part: np.ndarray) -> list[tuple[int, int, tuple[slice, slice], np.ndarray]]:
+    """Door / window connected components of part labels [N,H,W]: (image, concept, bbox, mask in bbox)."""
+    from scipy import ndimage
+
+    out = []
+    for i in range(part.shape[0]):
+        for c in PASTE_PARTS:
+            comps, count = ndimage.label(part[i] == c)
+            for lab, sl in enumerate(ndimage.find_objects(comps), start=1):
+                if sl is not None:
+                    out.append((i, c, sl, comps[sl] == lab))
+    return out
+
+
+def paste_parts(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, p: float,
+                max_parts: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste doors and windows anywhere: x float [N,3,H,W], y labels [N,3,H,W] -> copies in which each
+    image, with probability p, gets 1..max_parts door or window components cut (pixels under the
+    component's mask only) from other images of the batch and put at a uniformly random place.
+
+    Pasted pixels take the component's part label and material none; the object label is left as it
+    was (a door pasted in the sky is part door on object sky): the part head learns to see parts
+    anywhere, the object head keeps describing the scene."""
+    x, y = x.clone(), y.clone()
+    n, _, h, w = x.shape
+    chosen = torch.rand(n, generator=g) < p
+    if not chosen.any():
+        return x, y
+    comps = _components(y[:, 1].numpy())
+    for i in torch.nonzero(chosen).flatten().tolist():
+        pool = [cp for cp in comps if cp[0] != i] or comps
+        if not pool:
+            continue
+        for _ in range(int(torch.randint(1, max_parts + 1, (1,), generator=g))):
+            j, c, (ys, xs), m = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            ch, cw = m.shape
+            ty = int(torch.randint(h - ch + 1, (1,), generator=g))
+            tx = int(torch.randint(w - cw + 1, (1,), generator=g))
+            mask = torch.from_numpy(m)
+            dst = (slice(ty, ty + ch), slice(tx, tx + cw))
+            x[i, :, dst[0], dst[1]] = torch.where(mask, x[j, :, ys, xs], x[i, :, dst[0], dst[1]])
+            y[i, 1, dst[0], dst[1]] = torch.where(mask, torch.tensor(c, dtype=y.dtype), y[i, 1, dst[0], dst[1]])
+            y[i, 2, dst[0], dst[1]] = torch.where(mask, torch.zeros((), dtype=y.dtype), y[i, 2, dst[0], dst[1]])
+    return x, y
+
+
 # ---------------------------------------------------------------- training
 
 def class_weights(labels: np.ndarray) -> list[torch.Tensor]:
@@ -184,19 +247,22 @@ def train(a: argparse.Namespace, device: torch.device) -> tuple[VillageSegmenter
     images, labels = load_pool(0, a.pool, a.pool_dir)
     assert a.pool <= EVAL_SEED_START
     weights = [w.to(device) for w in class_weights(labels)]
-    model = VillageSegmenter(tuple(int(w) for w in a.widths.split(","))).to(device).train()
+    model = VillageSegmenter(tuple(int(w) for w in a.widths.split(",")), parts_anywhere=a.paste > 0).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     warm = min(100, a.steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(s, a.steps) / a.steps))))
     print(f"village-seg: training {a.steps} steps, batch {a.batch}, seed {a.seed}, pool seeds 0..{a.pool - 1}, "
-          f"device {device}, threads {torch.get_num_threads()}, "
+          f"paste {a.paste}, device {device}, threads {torch.get_num_threads()}, "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     t0 = time.time()
     run = 0.0
     for step in range(1, a.steps + 1):
         idx = rng.integers(0, len(images), a.batch)
-        x, y = augment(to_input(images[idx]), torch.from_numpy(labels[idx]), g)
+        x, y = to_input(images[idx]), torch.from_numpy(labels[idx])
+        if a.paste > 0:  # (no draw from g otherwise: the paste-free run is unchanged)
+            x, y = paste_parts(x, y, g, a.paste)
+        x, y = augment(x, y, g)
         logits = model(x.to(device))
         loss = sum(F.cross_entropy(lg, t.to(device), weight=w)
                    for lg, t, w in zip(torch.split(logits, list(HEAD_SIZES), 1), head_targets(y), weights))
@@ -216,18 +282,23 @@ def train(a: argparse.Namespace, device: torch.device) -> tuple[VillageSegmenter
 
 @torch.no_grad()
 def evaluate(model: VillageSegmenter, images: np.ndarray, labels: np.ndarray, device: torch.device,
-             aug_seed: int | None = None, batch: int = 100) -> dict[str, tuple[float, float]]:
+             aug_seed: int | None = None, batch: int = 100,
+             paste_seed: int | None = None) -> dict[str, tuple[float, float]]:
     """Per-concept (IoU, pixel coverage) over the whole set (sums of intersections and unions).
 
-    aug_seed: evaluate on generator-like augmented images (flips included) instead of clean ones."""
+    aug_seed: evaluate on generator-like augmented images (flips included) instead of clean ones.
+    paste_seed: every image gets doors / windows pasted anywhere (`paste_parts`, p = 1) first."""
     k = len(CONCEPTS)
     inter, union, gt_px = np.zeros(k), np.zeros(k), np.zeros(k)
     g = torch.Generator().manual_seed(aug_seed) if aug_seed is not None else None
+    gp = torch.Generator().manual_seed(paste_seed) if paste_seed is not None else None
     for s in range(0, len(images), batch):
         x, y = to_input(images[s:s + batch]), torch.from_numpy(labels[s:s + batch]).long()
+        if gp is not None:
+            x, y = paste_parts(x, y, gp, 1.0)
         if g is not None:
             x, y = augment(x, y, g)
-        pred = labels_from_logits(model(x.to(device))).cpu()
+        pred = labels_from_logits(model(x.to(device)), getattr(model, "parts_anywhere", False)).cpu()
         for c, concept in enumerate(CONCEPTS):
             if c == 0:
                 continue
@@ -251,18 +322,31 @@ def quality(res: dict[str, tuple[float, float]]) -> tuple[float, list[str], bool
     return mean, big, ok
 
 
-def model_card(meta: dict[str, str], clean: dict, aug: dict, eval_seeds: tuple[int, int], speed_ms: float) -> str:
+def model_card(meta: dict[str, str], clean: dict, aug: dict, eval_seeds: tuple[int, int], speed_ms: float,
+               pasted: dict | None = None, name: str = "village-seg") -> str:
+    """The model card (markdown). pasted: per-concept IoU on the held-out scenes with parts pasted anywhere."""
     mean, big, ok = quality(clean)
     mean_aug, _, _ = quality(aug)
     cats = {c.name: c.category for c in CONCEPTS}
+    anywhere = meta.get("parts_anywhere") == "1"
     rows = "\n".join(f"| {n} | {cats[n]} | {cov * 100:.2f} % | {'yes' if cov >= 0.01 else 'no'} | {iou:.3f} | "
-                     f"{aug[n][0]:.3f} |" for n, (iou, cov) in clean.items())
-    return f"""# village-seg
+                     f"{aug[n][0]:.3f} |" + (f" {pasted[n][0]:.3f} |" if pasted else "")
+                     for n, (iou, cov) in clean.items())
+    paste_col = (" IoU (parts pasted) |", "---|") if pasted else ("", "")
+    parts_rule = ("parts are kept wherever the part head sees one (trained with doors and windows pasted "
+                  "anywhere), materials only on wall pixels" if anywhere else
+                  "parts are kept only on building pixels and materials only on wall pixels")
+    paste_train = (f";\n- doors and windows pasted anywhere (`--paste {meta.get('paste')}`): that share of training images gets\n"
+                   "  1-3 door / window components of other images at random places (part label only; the object\n"
+                   "  label stays that of the scene)") if anywhere else ""
+    paste_eval = ("\"parts pasted\" = the same scenes, each with 1-3 doors / windows of other scenes pasted at random\n"
+                  "places (`paste_parts`, seed 777): can the part head see a door in the sky?\n") if pasted else ""
+    return f"""# {name}
 
-The bundled segmenter of the village world: a small UNet-like convolutional net with three heads
+A bundled segmenter of the village world: a small UNet-like convolutional net with three heads
 (object / part / material), trained on rendered village scenes with augmentations that mimic
 generator output. It implements the segmenter interface of DESIGN.md
-(`ingest/models/village_seg.py`, loaded by `ingest.zoo.load_segmenter("village-seg")`).
+(`ingest/models/village_seg.py`, loaded by `ingest.zoo.load_segmenter("{name}")`).
 
 ## Architecture
 
@@ -271,7 +355,7 @@ generator output. It implements the segmenter interface of DESIGN.md
   convs at load time);
 - decoder: 1x1 lateral conv, nearest upsampling, additive skip, one 3x3 conv per level, up to 64x64;
 - heads: one 1x1 conv giving object (8 classes incl. none), part (6) and material (3) logits;
-  parts are kept only on building pixels and materials only on wall pixels;
+  {parts_rule};
 - `features`: global average of the 8x8 bottleneck ({meta.get('widths', '').split(',')[-1].strip(' ]')} dimensions);
 - {meta.get('parameters')} parameters, stored as float16 safetensors.
 
@@ -281,17 +365,17 @@ generator output. It implements the segmenter interface of DESIGN.md
 - seed {meta.get('seed')}, {meta.get('steps')} steps of batch {meta.get('batch')}, AdamW lr {meta.get('lr')}
   (warm-up, cosine decay), cross-entropy per head with class weights ~ frequency^-1/2;
 - training scenes: seeds 0..{int(meta.get('pool', 0)) - 1} (pre-rendered pool), augmented with flips,
-  colour jitter, Gaussian blur, down-up resampling, noise and JPEG artifacts;
+  colour jitter, Gaussian blur, down-up resampling, noise and JPEG artifacts{paste_train};
 - training time: {float(meta.get('seconds', 'nan')):.0f} s on {meta.get('device')} ({meta.get('threads')} threads).
 
 ## Evaluation
 
 {eval_seeds[1] - eval_seeds[0]} held-out scenes, seeds {eval_seeds[0]}..{eval_seeds[1] - 1} (never used in
 training). IoU = total intersection / total union over the set. "aug" = the same scenes through the
-training augmentations (generator-like degradations). Re-run: `python -m compute.train_seg --evaluate-only`.
+training augmentations (generator-like degradations). {paste_eval}Re-run: `python -m compute.train_seg --evaluate-only --out {meta.get('out', 'ingest/zoo/village-seg.safetensors')}`.
 
-| concept | category | pixels | >= 1 % | IoU (clean) | IoU (aug) |
-|---|---|---|---|---|---|
+| concept | category | pixels | >= 1 % | IoU (clean) | IoU (aug) |{paste_col[0]}
+|---|---|---|---|---|---|{paste_col[1]}
 {rows}
 
 Mean IoU (clean): **{mean:.3f}**; mean IoU (aug): {mean_aug:.3f}.
@@ -325,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.evaluate_only:
         model, seconds = train(a, device)
         cmd = "python -m compute.train_seg " + shlex.join(sys.argv[1:] if argv is None else argv)
-        meta = {"steps": a.steps, "batch": a.batch, "seed": a.seed, "lr": a.lr, "pool": a.pool,
+        meta = {"steps": a.steps, "batch": a.batch, "seed": a.seed, "lr": a.lr, "pool": a.pool, "paste": a.paste,
                 "seconds": f"{seconds:.1f}", "device": str(device), "threads": torch.get_num_threads(),
                 "command": cmd,
                 "parameters": sum(p.numel() for p in model.parameters())}
@@ -340,11 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = load_pool(EVAL_SEED_START, a.eval, a.pool_dir)
     clean = evaluate(model, images, labels, device)
     aug = evaluate(model, images, labels, device, aug_seed=12345)
+    pasted = evaluate(model, images, labels, device, paste_seed=PASTE_EVAL_SEED)
     mean, big, ok = quality(clean)
     for n, (iou, cov) in clean.items():
-        print(f"  {n:10s} pixels {cov * 100:6.2f} %  IoU {iou:.3f}  (aug {aug[n][0]:.3f})")
-    print(f"mean IoU {mean:.3f}; bar {'met' if ok else 'NOT met'}", flush=True)
-    card = model_card(meta, clean, aug, (EVAL_SEED_START, EVAL_SEED_START + a.eval), measure_speed(model, device))
+        print(f"  {n:10s} pixels {cov * 100:6.2f} %  IoU {iou:.3f}  (aug {aug[n][0]:.3f}, "
+              f"parts pasted {pasted[n][0]:.3f})")
+    print(f"{out.name}: mean IoU {mean:.3f}; bar {'met' if ok else 'NOT met'}", flush=True)
+    if a.no_card:
+        return 0
+    meta["out"] = os.path.relpath(out, REPO) if out.resolve().is_relative_to(REPO) else str(out)
+    name = out.stem if out.stem.startswith("village-seg") else "village-seg"
+    card = model_card(meta, clean, aug, (EVAL_SEED_START, EVAL_SEED_START + a.eval), measure_speed(model, device),
+                      pasted=pasted if meta.get("parts_anywhere") == "1" else None, name=name)
     out.with_suffix(".md").write_text(card)
     print(f"model card -> {out.with_suffix('.md')}")
     return 0

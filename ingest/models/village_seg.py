@@ -5,7 +5,9 @@ Reads a float16 safetensors checkpoint (`load_village_seg`); writes nothing (tra
 
 - `concepts` (= `ingest.village.CONCEPTS`; entry k has `.name`, `.category`), `resolution` (64);
 - `segment(images [N,3,H,W] in [-1,1]) -> LongTensor [N,3,H,W]`: label channels object / part /
-  material, value = concept index, 0 = none; parts only on buildings, materials only on walls;
+  material, value = concept index, 0 = none; materials only on walls; parts only on buildings, unless
+  the checkpoint was trained with parts pasted anywhere (`parts_anywhere`, the bundled
+  `village-seg-parts`): then its part head's labels are kept wherever it sees a part (a door in the sky);
 - `probs(images) -> Tensor [N,K,H,W]`: differentiable per-concept probabilities (concept k's
   probability is the softmax of its category's head; channel 0 is the object head's none);
 - `features(images) -> Tensor [N,D]`: global average of the bottleneck (for Fréchet distances);
@@ -84,9 +86,10 @@ class VillageSegmenter(nn.Module):
     concepts: tuple[Concept, ...] = CONCEPTS
     resolution: int = 64
 
-    def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
+    def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, parts_anywhere: bool = False) -> None:
         super().__init__()
         self.net = VillageSegNet(widths)
+        self.parts_anywhere = bool(parts_anywhere)  # False: part labels kept only on building pixels
         order = list(HEAD_CONCEPTS[0]) + [k for h in HEAD_CONCEPTS[1:] for k in h[1:]]
         self.register_buffer("_probs_order", torch.tensor(np.argsort(order)), persistent=False)
 
@@ -116,7 +119,7 @@ class VillageSegmenter(nn.Module):
     @torch.no_grad()
     def segment(self, images: Tensor) -> Tensor:
         """Label channels LongTensor [N,3,H,W]: object, part, material; value = concept index."""
-        return labels_from_logits(self.forward(images))
+        return labels_from_logits(self.forward(images), self.parts_anywhere)
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
@@ -130,7 +133,8 @@ class VillageSegmenter(nn.Module):
     def features_and_masks(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """`features(images)` [N, D] and `concept_masks(images)` [N, K, H, W] from one forward pass."""
         logits, bottleneck = self.logits(images)
-        return bottleneck.mean((2, 3)), masks_from_labels(labels_from_logits(logits), len(self.concepts))
+        return bottleneck.mean((2, 3)), masks_from_labels(labels_from_logits(logits, self.parts_anywhere),
+                                                           len(self.concepts))
 
     @torch.no_grad()
     def concept_masks(self, images: Tensor) -> Tensor:
@@ -141,16 +145,18 @@ class VillageSegmenter(nn.Module):
         return torch.split(logits, list(HEAD_SIZES), dim=1)
 
 
-def labels_from_logits(logits: Tensor) -> Tensor:
+def labels_from_logits(logits: Tensor, parts_anywhere: bool = False) -> Tensor:
     """Per-head logits [N,sum(HEAD_SIZES),H,W] -> labels LongTensor [N,3,H,W] (concept indices),
-    with parts kept only on building pixels and materials only on wall pixels."""
+    with materials kept only on wall pixels and parts only on building pixels (everywhere the part
+    head sees one when `parts_anywhere`)."""
     out = []
     for h, p in enumerate(torch.split(logits, list(HEAD_SIZES), dim=1)):
         cls = p.argmax(1)  # head class; classes 1.. of a head are consecutive concept indices
         offset = HEAD_CONCEPTS[h][1] - 1
         out.append(cls if offset == 0 else torch.where(cls > 0, cls + offset, cls))
     obj, part, mat = out
-    part = torch.where(obj == INDEX["building"], part, torch.zeros_like(part))
+    if not parts_anywhere:
+        part = torch.where(obj == INDEX["building"], part, torch.zeros_like(part))
     mat = torch.where(part == INDEX["wall"], mat, torch.zeros_like(mat))
     return torch.stack([obj, part, mat], 1)
 
@@ -200,13 +206,16 @@ def save_village_seg(model: VillageSegmenter, path: str, meta: dict | None = Non
 
     state = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    info = {"widths": json.dumps(list(model.net.widths)), "concepts": json.dumps([c.name for c in CONCEPTS])}
+    info = {"widths": json.dumps(list(model.net.widths)), "concepts": json.dumps([c.name for c in CONCEPTS]),
+            "parts_anywhere": "1" if model.parts_anywhere else "0"}
     info.update({k: str(v) for k, v in (meta or {}).items()})
     save_file(state, path, metadata=info)
 
 
 def load_village_seg(path: str, device: torch.device | str = "cpu") -> VillageSegmenter:
-    """Load `village-seg` from float16 safetensors; returns the float32 model in eval mode."""
+    """Load `village-seg` (or `village-seg-parts`) from float16 safetensors; returns the float32 model in
+    eval mode. The metadata's `parts_anywhere` ("1"; absent = "0") says whether part labels are kept off
+    buildings."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -215,7 +224,8 @@ def load_village_seg(path: str, device: torch.device | str = "cpu") -> VillageSe
     names = json.loads(meta.get("concepts", "null") or "null")
     if names is not None and names != [c.name for c in CONCEPTS]:
         raise ValueError(f"{path}: trained for concepts {names}, this code has {[c.name for c in CONCEPTS]}")
-    model = VillageSegmenter(json.loads(meta.get("widths", json.dumps(list(DEFAULT_WIDTHS)))))
+    model = VillageSegmenter(json.loads(meta.get("widths", json.dumps(list(DEFAULT_WIDTHS)))),
+                             parts_anywhere=meta.get("parts_anywhere", "0") == "1")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()}
     model.load_state_dict(state)
     fuse_batchnorm(model)

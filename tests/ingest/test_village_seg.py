@@ -103,3 +103,21 @@ def test_bundled_weights_load_fast_and_segment_held_out_scenes() -> None:
     res = evaluate(seg, images, labels, torch.device("cpu"))
     mean, _, _ = quality(res)
     assert mean >= 0.85, res
+
+
+def test_parts_anywhere_keeps_part_labels_off_buildings(tmp_path: Path) -> None:
+    logits = torch.randn(4, sum(len(h) for h in HEAD_CONCEPTS), 16, 16, generator=torch.Generator().manual_seed(2))
+    masked, anywhere = labels_from_logits(logits), labels_from_logits(logits, parts_anywhere=True)
+    assert torch.equal(masked[:, 0], anywhere[:, 0])
+    on_building = masked[:, 0] == INDEX["building"]
+    assert torch.equal(masked[:, 1][on_building], anywhere[:, 1][on_building])
+    assert (anywhere[:, 1][~on_building] > 0).any() and not (masked[:, 1][~on_building] > 0).any()
+    assert ((anywhere[:, 2] == 0) | (anywhere[:, 1] == INDEX["wall"])).all()  # materials still only on walls
+    # the flag travels with the checkpoint; a checkpoint without it (village-seg) keeps parts on buildings
+    seg = VillageSegmenter(TINY, parts_anywhere=True).eval()
+    save_village_seg(seg, str(tmp_path / "p.safetensors"))
+    assert load_village_seg(str(tmp_path / "p.safetensors")).parts_anywhere
+    save_village_seg(VillageSegmenter(TINY).eval(), str(tmp_path / "q.safetensors"))
+    assert not load_village_seg(str(tmp_path / "q.safetensors")).parts_anywhere
+    if BUNDLED.exists():
+        assert not load_village_seg(str(BUNDLED)).parts_anywhere
