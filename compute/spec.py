@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compute.analyses import params as params_table
+from compute.analyses.params import MAX_SAMPLES, MAX_SEED
+from db.errors import BadInput, did_you_mean
+
 ANALYSIS_KINDS: dict[str, str] = {
     "quantiles": "per-unit activation quantiles and top-k samples (no segmenter)",
     "dissect": "quantiles + IoU of every unit with every concept, null baseline",
@@ -29,11 +33,11 @@ ANALYSIS_KINDS: dict[str, str] = {
 }
 MODEL_FAMILIES = ("progan", "module", "stylegan2")  # loaders: ingest.zoo.GENERATOR_LOADERS (docs/own-models.md)
 SEGMENTER_FAMILIES = ("village", "module", "transformers")  # loaders: ingest.zoo.SEGMENTER_LOADERS
-THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr")
+THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr", "iclr")
 DEFAULT_SPEC = "gandissect.toml"
 
 
-class SpecError(ValueError):
+class SpecError(BadInput):
     """A problem with the spec: one line naming file, entry, key and what is allowed."""
 
     def __init__(self, file: str, entry: str, key: str | None, message: str) -> None:
@@ -119,8 +123,8 @@ def _freeze(value: Any) -> Any:
 
 
 def _check_threshold(value: Any, err: Any) -> str:
-    if value == "iqr":
-        return "iqr"
+    if value in ("iqr", "iclr"):
+        return value
     if isinstance(value, str) and value.startswith("q"):
         try:
             q = float(value[1:])
@@ -129,6 +133,85 @@ def _check_threshold(value: Any, err: Any) -> str:
         if 0.0 < q < 1.0:
             return value
     raise err("threshold", f"{value!r} is not a threshold mode; allowed: {', '.join(THRESHOLD_MODES)}")
+
+
+# keys of [[models]] / [[segmenters]] entries per family (the loaders in ingest.zoo read them)
+MODEL_KEYS_COMMON = ("name", "family", "checkpoint", "dataset", "layers", "z_dim", "resolution")
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "progan": MODEL_KEYS_COMMON,
+    "stylegan2": (*MODEL_KEYS_COMMON, "key", "input", "truncation", "noise", "lr_mlp"),
+    "module": (*MODEL_KEYS_COMMON, "factory", "kwargs", "state_key", "output", "output_index", "latent_shape"),
+}
+_LABEL_SEG_KEYS = ("resolution", "input_size", "input_range", "mean", "std", "background", "category", "categories")
+SEGMENTER_KEYS: dict[str, tuple[str, ...]] = {
+    "village": ("name", "family", "checkpoint"),
+    "module": ("name", "family", "checkpoint", "factory", "kwargs", "state_key", "labels", "labels_file",
+               *_LABEL_SEG_KEYS),
+    "transformers": ("name", "family", "checkpoint", *_LABEL_SEG_KEYS),
+}
+STORE_KEYS = ("path",)
+TOP_KEYS = ("store", "models", "segmenters", "analyses")
+_SECTION_OF = {"models": "[[models]]", "segmenters": "[[segmenters]]", "analyses": "[[analyses]]", "store": "[store]"}
+
+
+def _check_keys(entry: dict, allowed: tuple[str, ...], what: str, err: Any,
+                others: dict[str, tuple[str, ...]] | None = None) -> None:
+    """err(key, ...) for the first key of `entry` not in `allowed`, with a did-you-mean or a hint."""
+    for key in entry:
+        if key in allowed:
+            continue
+        hint = did_you_mean(key, allowed)
+        if not hint and others:
+            owners = [o for o, keys in others.items() if key in keys]
+            if owners:
+                hint = f"; {key!r} belongs to family {', '.join(owners)}"
+        if not hint and key in _SECTION_OF:
+            hint = f"; a {_SECTION_OF[key]} section cannot sit inside this entry (TOML nests keys under the last header)"
+        raise err(key, f"unknown key for {what}{hint}")
+
+
+def _model_option_checks() -> dict[str, Any]:
+    from compute.analyses.params import Choice, Float, Int, IntList, Param, Str, StrList
+
+    return {
+        "layers": StrList(()), "z_dim": Int(None, 1, 1 << 20), "resolution": Int(None, 1, 8192),
+        "key": Str(), "input": Choice("z", ("z", "w")), "truncation": Float(1.0, 0, 10),
+        "noise": Choice("fixed", ("fixed", "zero")), "lr_mlp": Float(0.01, 0, 10, lo_open=True),
+        "factory": Param('"module:function"', lambda v: None if isinstance(v, str) and ":" in v else f"got {v!r}"),
+        "kwargs": Param("a table", lambda v: None if isinstance(v, dict) else f"got {v!r}"),
+        "state_key": Str(), "output": Choice("clamp", ("clamp", "tanh", "unit", "byte")),
+        "output_index": Int(0, 0, 64), "latent_shape": IntList(1),
+    }
+
+
+def _check_model_options(entry: dict, err: Any) -> None:
+    checks = _model_option_checks()
+    for key, value in entry.items():
+        if key in checks:
+            problem = checks[key].validate(value)
+            if problem is not None:
+                raise err(key, problem)
+
+
+def _table(value: Any, file: str, entry: str) -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(file, entry, None, f"must be a table (key = value lines under a [{entry}] header), "
+                                           f"got {type(value).__name__} {value!r}"[:300])
+    return value
+
+
+def _tables(raw: dict, key: str, file: str) -> list[dict]:
+    """`raw[key]` as a list of tables (an array of [[key]] entries); SpecError otherwise."""
+    value = raw.get(key, [])
+    if isinstance(value, dict):
+        value = [value]  # a single [key] table
+    if not isinstance(value, list):
+        raise SpecError(file, key, None, f"must be [[{key}]] tables, got {type(value).__name__} {value!r}"[:300])
+    for i, v in enumerate(value):
+        if not isinstance(v, dict):
+            raise SpecError(file, f"{key}[{i}]", None,
+                            f"must be a table ([[{key}]] with key = value lines), got {type(v).__name__} {v!r}"[:300])
+    return value
 
 
 def _need(entry: dict, key: str, kind: type | tuple[type, ...], err: Any) -> Any:
@@ -150,22 +233,34 @@ def load(path: str | os.PathLike | None = None, *, check_files: bool = True) -> 
     file = str(path)
     if not path.exists():
         raise SpecError(file, "file", None, "not found")
+    if path.is_dir():
+        raise SpecError(file, "file", None, "is a directory, not a spec file (give the path of a .toml file)")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(file, "file", None, f"not UTF-8 text (byte {e.start}): a spec is a UTF-8 TOML file") from None
+    except OSError as e:
+        raise SpecError(file, "file", None, f"cannot read: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:  # message carries "(at line N, column M)"
-        raise SpecError(file, "file", None, f"malformed TOML: {e}") from None
+        raise SpecError(file, "file", None, f"malformed TOML: {' '.join(str(e).split())}") from None
     base = path.resolve().parent
-    allowed_top = {"store", "models", "segmenters", "analyses"}
     for key in raw:
-        if key not in allowed_top:
-            raise SpecError(file, "top level", key, f"unknown section; allowed: {', '.join(sorted(allowed_top))}")
+        if key not in TOP_KEYS:
+            raise SpecError(file, "top level", key, f"unknown section{did_you_mean(key, TOP_KEYS)}; "
+                                                    f"allowed: {', '.join(TOP_KEYS)}")
 
-    store = raw.get("store", {})
-    store_path = os.environ.get("GANDISSECT_DB") or str(_resolve(base, store.get("path", "gandissect.duckdb")))
+    store = _table(raw.get("store", {}), file, "store")
+    _check_keys(store, STORE_KEYS, "[store]", lambda k, m: SpecError(file, "store", k, m))
+    sp = store.get("path", "gandissect.duckdb")
+    if not isinstance(sp, str) or not sp.strip():
+        raise SpecError(file, "store", "path", f"must be a non-empty string (a file path), got {sp!r}")
+    store_path = os.environ.get("GANDISSECT_DB") or str(_resolve(base, sp))
 
-    models = _parse_models(file, base, raw.get("models", []), check_files)
-    segmenters = _parse_segmenters(file, base, raw.get("segmenters", []), check_files)
-    analyses = _parse_analyses(file, raw.get("analyses", []), models, segmenters, str(base))
+    models = _parse_models(file, base, _tables(raw, "models", file), check_files)
+    segmenters = _parse_segmenters(file, base, _tables(raw, "segmenters", file), check_files)
+    analyses = _parse_analyses(file, _tables(raw, "analyses", file), models, segmenters, str(base))
     spec = Spec(file, store_path, tuple(models), tuple(segmenters), tuple(analyses))
     if check_files:
         _check_layers_and_concepts(spec)
@@ -187,8 +282,15 @@ def _parse_models(file: str, base: Path, entries: list, check_files: bool) -> li
         seen.add(name)
         family = _need(entry, "family", str, err)
         if family not in MODEL_FAMILIES:
-            raise err("family", f"unknown family {family!r}; allowed: {', '.join(MODEL_FAMILIES)}")
+            raise err("family", f"unknown family {family!r}{did_you_mean(family, MODEL_FAMILIES)}; "
+                                f"allowed: {', '.join(MODEL_FAMILIES)}")
+        _check_keys(entry, MODEL_KEYS[family], f"a {family} model", err, MODEL_KEYS)
         ckpt = _need(entry, "checkpoint", str, err)
+        if not ckpt.strip():
+            raise err("checkpoint", "is empty")
+        if not isinstance(entry.get("dataset", ""), str):
+            raise err("dataset", f"must be a string, got {entry['dataset']!r}")
+        _check_model_options(entry, err)
         options = _freeze({k: v for k, v in entry.items() if k not in {"name", "family", "checkpoint", "dataset"}})
         pattern = str(_resolve(base, ckpt))
         if any(ch in ckpt for ch in "*?["):
@@ -221,8 +323,15 @@ def _parse_segmenters(file: str, base: Path, entries: list, check_files: bool) -
             raise err("name", f"duplicate segmenter name {name!r}")
         family = _need(entry, "family", str, err)
         if family not in SEGMENTER_FAMILIES:
-            raise err("family", f"unknown family {family!r}; allowed: {', '.join(SEGMENTER_FAMILIES)}")
+            raise err("family", f"unknown family {family!r}{did_you_mean(family, SEGMENTER_FAMILIES)}; "
+                                f"allowed: {', '.join(SEGMENTER_FAMILIES)}")
+        _check_keys(entry, SEGMENTER_KEYS[family], f"a {family} segmenter", err, SEGMENTER_KEYS)
         ckpt = _need(entry, "checkpoint", str, err)
+        if not ckpt.strip():
+            raise err("checkpoint", "is empty")
+        res = entry.get("resolution")
+        if res is not None and (not isinstance(res, int) or isinstance(res, bool) or not 1 <= res <= 8192):
+            raise err("resolution", f"must be an integer in [1, 8192], got {res!r}")
         path = _resolve(base, ckpt)
         if check_files and not path.exists():
             raise err("checkpoint", f"file not found: {ckpt}")
@@ -248,18 +357,25 @@ def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
 
         kind = _need(entry, "kind", str, err)
         if kind not in ANALYSIS_KINDS:
-            raise err("kind", f"unknown analysis kind {kind!r}; allowed: {', '.join(ANALYSIS_KINDS)}")
+            raise err("kind", f"unknown analysis kind {kind!r}{did_you_mean(kind, ANALYSIS_KINDS)}; "
+                              f"allowed: {', '.join(ANALYSIS_KINDS)}")
+        if not isinstance(name, str) or not name.strip():
+            raise err("name", f"must be a non-empty string, got {name!r}")
+        params_table.check(kind, entry, err)
         if any(a.name == name for a in out):
             raise err("name", f"duplicate analysis name {name!r}")
         model_names = entry.get("models", [])
         if isinstance(model_names, str):
             model_names = [model_names]
+        if not isinstance(model_names, list) or not all(isinstance(x, str) for x in model_names):
+            raise err("models", f"must be a model name or a list of names, got {model_names!r}")
         if not model_names:
             raise err("models", "at least one model name is needed")
         expanded: list[str] = []
         for mn in model_names:
             if mn not in groups:
-                raise err("models", f"unknown model {mn!r}; declared: {', '.join(groups) or 'none'}")
+                raise err("models", f"unknown model {mn!r}{did_you_mean(mn, groups)}; "
+                                    f"declared: {', '.join(groups) or 'none'}")
             expanded.extend(x for x in groups[mn] if x not in expanded)
         layers = entry.get("layers", "all")
         if isinstance(layers, str) and layers != "all":
@@ -267,25 +383,30 @@ def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
         if not (layers == "all" or (isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers))):
             raise err("layers", f"must be \"all\" or a list of layer names, got {layers!r}")
         segmenter = entry.get("segmenter")
-        if kind != "quantiles":
+        if segmenter is not None and not isinstance(segmenter, str):
+            raise err("segmenter", f"must be a segmenter name, got {segmenter!r}")
+        if kind != "quantiles" or segmenter is not None:
             if segmenter is None:
                 raise err("segmenter", f"a {kind} analysis needs a segmenter")
-            if segmenter not in {s.name for s in segmenters}:
-                raise err("segmenter", f"unknown segmenter {segmenter!r}; declared: "
-                                       f"{', '.join(s.name for s in segmenters) or 'none'}")
+            names = [s.name for s in segmenters]
+            if segmenter not in names:
+                raise err("segmenter", f"unknown segmenter {segmenter!r}{did_you_mean(segmenter, names)}; "
+                                       f"declared: {', '.join(names) or 'none'}")
         samples = entry.get("samples", 1000)
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
-            raise err("samples", f"must be a positive integer, got {samples!r}")
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples <= MAX_SAMPLES:
+            raise err("samples", f"must be a positive integer <= {MAX_SAMPLES:,}, got {samples!r}")
         seed = entry.get("seed", 1)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise err("seed", f"must be a non-negative integer, got {seed!r}")
         threshold = _check_threshold(entry.get("threshold", "q0.99"), err)
         concepts = entry.get("concepts", [])
         if isinstance(concepts, str):
             concepts = [concepts]
+        if not isinstance(concepts, list) or not all(isinstance(c, str) and c for c in concepts):
+            raise err("concepts", f"must be a concept name or a list of names, got {concepts!r}")
         batch = entry.get("batch_size", 32)
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
-            raise err("batch_size", f"must be a positive integer, got {batch!r}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or not 0 < batch <= 4096:
+            raise err("batch_size", f"must be a positive integer <= 4096, got {batch!r}")
         known = {"kind", "name", "models", "layers", "segmenter", "samples", "seed", "threshold", "concepts"}
         params = _freeze({k: v for k, v in entry.items() if k not in known})
         out.append(AnalysisSpec(name, kind, tuple(expanded), "all" if layers == "all" else tuple(layers),

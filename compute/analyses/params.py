@@ -1,0 +1,265 @@
+"""Every analysis kind's parameters: type, bounds or allowed values, and default — checked at parse time.
+
+Reads nothing, writes nothing (no torch import: `compute.spec` uses it while parsing a spec). A spec
+key that no table here names is an unknown key ("did you mean ..."); a value of the wrong type or out
+of bounds is a one-line message. The CLI turns both into exit status 2 before anything is computed or
+written. The defaults here are the analysis modules' `DEFAULTS` (tests/reliability checks they agree);
+the runner still records the modules' `DEFAULTS` in runs.params, so run keys do not change.
+
+    python -m compute.analyses.params            # print every kind's parameter table
+    python -m compute.analyses.params dissect    # one kind
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+MAX_SAMPLES = 10_000_000  # upper bound of `samples` (and every other sample count); the README states it
+MAX_SEED = 2**63 - 1  # runs.seed is a BIGINT
+Check = Callable[[Any], str | None]  # value -> None when fine, else what is wrong (a phrase)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: what it accepts (`check`), its default, and a short description of both."""
+
+    accepts: str  # e.g. "an integer in [1, 4096]"
+    check: Check
+    default: Any = None
+    help: str = ""
+
+    def validate(self, value: Any) -> str | None:
+        """None when `value` is acceptable, else a phrase saying what is wrong (without the key)."""
+        problem = self.check(value)
+        return None if problem is None else f"{problem}; allowed: {self.accepts}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def Int(default: Any, lo: int | None = None, hi: int | None = None, help: str = "") -> Param:
+    """An integer in [lo, hi] (either bound may be open-ended)."""
+    def check(v: Any) -> str | None:
+        if not _is_int(v):
+            return f"got {v!r}, not an integer"
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return f"got {v}, out of range"
+        return None
+    rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+    return Param(f"an integer in {rng}", check, default, help)
+
+
+def Float(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+          hi_open: bool = False, help: str = "") -> Param:
+    """A finite number in the interval (bounds closed unless `lo_open` / `hi_open`)."""
+    def check(v: Any) -> str | None:
+        if not _is_num(v):
+            return f"got {v!r}, not a finite number"
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            return f"got {v}, out of range"
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            return f"got {v}, out of range"
+        return None
+    rng = (("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", "
+           + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]"))
+    return Param(f"a number in {rng}", check, default, help)
+
+
+def Choice(default: Any, options: tuple[Any, ...], help: str = "") -> Param:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, (str, int, float)) and not isinstance(v, bool) and v in options \
+            else f"got {v!r}"
+    return Param("one of " + ", ".join(repr(o) for o in options), check, default, help)
+
+
+def Str(default: Any = None, help: str = "", nonempty: bool = True) -> Param:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str):
+            return f"got {v!r}, not a string"
+        return "got an empty string" if nonempty and not v.strip() else None
+    return Param("a string" if not nonempty else "a non-empty string", check, default, help)
+
+
+def StrList(default: Any = (), help: str = "") -> Param:
+    def check(v: Any) -> str | None:
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x for x in items):
+            return f"got {v!r}"
+        return None
+    return Param("a string or a list of strings", check, list(default), help)
+
+
+def IntList(lo: int = 0, hi: int | None = None, length: int | None = None, help: str = "",
+            default: Any = None) -> Param:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, (list, tuple)) or not all(_is_int(x) for x in v):
+            return f"got {v!r}, not a list of integers"
+        if length is not None and len(v) != length:
+            return f"got {len(v)} integers"
+        if any(x < lo or (hi is not None and x > hi) for x in v):
+            return f"got {list(v)}, out of range"
+        return None
+    what = f"{length} integers" if length else "a list of integers"
+    return Param(f"{what} in [{lo}, {'inf' if hi is None else hi}]", check, default, help)
+
+
+def _threshold(v: Any) -> str | None:
+    if v in ("iqr", "iclr"):
+        return None
+    if isinstance(v, str) and v.startswith("q"):
+        try:
+            q = float(v[1:])
+        except ValueError:
+            q = -1.0
+        if 0.0 < q < 1.0:
+            return None
+    return f"got {v!r}"
+
+
+def _manual(v: Any) -> str | None:
+    if v == "flags" or (isinstance(v, str) and v.startswith("concept:") and len(v) > len("concept:")):
+        return None
+    return f"got {v!r}"
+
+
+THRESHOLD = Param('"q<level>" with level in (0, 1) (e.g. "q0.99"), "iqr" or "iclr"', _threshold, "q0.99",
+                  "activation threshold of each unit")
+
+# keys every analysis has (compute.spec checks them, with the same bounds)
+COMMON: dict[str, Param] = {
+    "samples": Int(1000, 1, MAX_SAMPLES, "size of the sample set"),
+    "seed": Int(1, 0, MAX_SEED, "seed of the sample set"),
+    "threshold": THRESHOLD,
+    "batch_size": Int(32, 1, 4096, "generator batch"),
+}
+STRUCTURE = ("kind", "name", "models", "layers", "segmenter", "concepts")  # checked by compute.spec
+
+_QUANTILES: dict[str, Param] = {
+    "batch_size": Int(32, 1, 4096, "generator batch"),
+    "topk": Int(20, 1, 1000, "top-activating samples kept per unit"),
+    "upsample": Choice("pnas", ("pnas", "iclr", "align_corners"), "how featuremaps are upsampled to the masks"),
+    "parts": Choice("none", ("none", "quad"), "quadrant part concepts"),
+    "iqr_threshold": Choice("unit", ("unit", "unit_concept"), "one IQR threshold per unit or per (unit, concept)"),
+    "null_block": Int(8, 2, 64, "block size of the null baseline's shifted masks"),
+}
+_REAL: dict[str, Param] = {
+    "real": Str(None, "real images: a directory / file of images, or \"village\" (rendered scenes)"),
+    "real_samples": Int(2000, 1, MAX_SAMPLES, "real images compared"),
+    "real_seed": Int(0, 0, MAX_SEED, "seed of the real images drawn"),
+    "real_exclude": StrList((), "concepts whose real images are left out"),
+    "features": Choice("segmenter", ("segmenter", "inception"), "feature extractor of the Frechet distance"),
+    "inception_weights": Str(None, "path of the Inception-v3 FID weights"),
+    "batch_size": Int(64, 1, 4096, "generator batch"),
+}
+
+KINDS: dict[str, dict[str, Param]] = {
+    "quantiles": dict(_QUANTILES),
+    "dissect": {
+        **_QUANTILES,
+        "holdout_samples": Int(None, 1, MAX_SAMPLES, "IQR held-out set size (default max(64, samples // 2))"),
+    },
+    "ace": {
+        "epochs": Int(10, 1, 100_000),
+        "steps_per_epoch": Int(10, 1, 100_000),
+        "batch": Int(32, 2, 65_536, "locations per optimisation step"),
+        "lr": Float(0.03, 0, 10, lo_open=True, help="Adam learning rate"),
+        "l2": Float(0.1, 0, 1e6, help="lambda of the penalty on alpha"),
+        "presence": Float(0.1, 0, 1, lo_open=True, help="share of a location's block the concept must cover"),
+        "probe": Int(4, 1, 4096, "absent locations per sample tried as insertion candidates"),
+        "eval_items": Int(64, 1, 1_000_000, "fixed locations on which delta is evaluated"),
+        "batch_size": Int(32, 1, 4096, "generator batch of the pool pass"),
+        "penalty": Choice("l2", ("l2", "l2sq"), "penalty on alpha: l2 norm or its square"),
+    },
+    "ablate": {
+        "n_max": Int(30, 0, 100_000, "largest ablated set"),
+        "draws": Int(5, 1, 10_000, "random rankings drawn"),
+        "effect_units": Int(20, 1, 100_000),
+        "insert_locations": Int(2, 1, 10_000),
+        "chunk": Int(64, 1, 65_536),
+        "batch_size": Int(32, 1, 4096, "generator batch"),
+        "n_units": IntList(0, 100_000, help="explicit set sizes (default 0..n_max)"),
+    },
+    "insert": {
+        "units": Int(20, 1, 100_000, "inserted units"),
+        "radius": Int(0, 0, 64),
+        "neighbourhood": Int(1, 0, 64),
+        "chunk": Int(256, 1, 65_536),
+        "batch_size": Int(32, 1, 4096, "generator batch"),
+    },
+    "trace": {
+        "units": Int(20, 1, 100_000, "inserted units"),
+        "radius": Int(0, 0, 64),
+        "batch_size": Int(32, 1, 4096, "generator batch"),
+        "location": IntList(0, None, 2, "featuremap location [y, x] of the insertion"),
+    },
+    "realism": {
+        **_REAL,
+        "top_fraction": Float(0.05, 0, 1, lo_open=True, help="share of samples that are a unit's top images"),
+        "presence_share": Float(0.005, 0, 1, help="pixel share for a concept to count as present"),
+        "strip": Int(8, 0, 64, "top images kept per unit for the dashboard strip"),
+    },
+    "repair": {
+        **_REAL,
+        "n_units": Int(20, 1, 100_000, "units per ablated set"),
+        "draws": Int(5, 0, 10_000, "random sets drawn"),
+        "manual": Param('"flags" or "concept:<name>"', _manual, "flags", "the hand-picked set"),
+        "manual_min_iou": Float(0.04, 0, 1, help="IoU cut of manual = \"concept:<name>\""),
+    },
+}
+
+
+def table(kind: str) -> dict[str, Param]:
+    """Every value-checked key of an analysis kind: the common ones, then the kind's own."""
+    return {**COMMON, **KINDS[kind]}
+
+
+def known_keys(kind: str) -> list[str]:
+    """Every key an analysis of this kind may carry."""
+    return [*STRUCTURE, *table(kind)]
+
+
+def defaults(kind: str) -> dict[str, Any]:
+    """The kind's own parameters' defaults (None: computed by the analysis, e.g. holdout_samples)."""
+    return {k: p.default for k, p in KINDS[kind].items()}
+
+
+def check(kind: str, entry: Mapping[str, Any], err: Callable[[str | None, str], Exception]) -> None:
+    """Raise err(key, message) for the first unknown key or bad value of an analysis entry."""
+    from db.errors import did_you_mean
+
+    allowed = table(kind)
+    known = known_keys(kind)
+    for key, value in entry.items():
+        if key not in allowed and key not in STRUCTURE:
+            other = [k for k, t in KINDS.items() if key in t and k != kind]
+            hint = did_you_mean(key, known)
+            if not hint and other:
+                hint = f"; {key!r} is a parameter of {', '.join(other)} analyses"
+            raise err(key, f"unknown key for a {kind} analysis{hint}")
+        if key in allowed and key not in COMMON:  # compute.spec checks the common keys itself
+            problem = allowed[key].validate(value)
+            if problem is not None:
+                raise err(key, problem)
+
+
+def describe(kind: str) -> str:
+    """The kind's parameter table as text (one line per key)."""
+    lines = [f"[{kind}]"]
+    for k, p in table(kind).items():
+        lines.append(f"  {k:<18} default {p.default!r:<12} {p.accepts}" + (f"  ({p.help})" if p.help else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for k in (sys.argv[1:] or list(KINDS)):
+        if k not in KINDS:
+            print(f"error: unknown kind {k!r}; kinds: {', '.join(KINDS)}", file=sys.stderr)
+            sys.exit(2)
+        print(describe(k))
