@@ -31,8 +31,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-__all__ = ["Quantile", "TopK", "IoUCounts", "ConditionalMean", "Moments", "Covariance",
-           "save_stat", "load_stat", "DEFAULT_QS"]
+__all__ = ["Quantile", "TopK", "IoUCounts", "PermutationNull", "bh_qvalues", "iqr_from_counts", "ConditionalMean",
+           "Moments", "Covariance", "save_stat", "load_stat", "DEFAULT_QS"]
 
 DEFAULT_QS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 Device = torch.device | str | None
@@ -438,13 +438,15 @@ class IoUCounts:
     have shape [C, K] or [C, T, K].
     """
 
-    def __init__(self, thresholds: torch.Tensor, device: Device = None, chunk: int = 1 << 25) -> None:
+    def __init__(self, thresholds: torch.Tensor, device: Device = None, chunk: int = 1 << 25,
+                 binned_from: int = 16) -> None:
         self.device = torch.device(device) if device is not None else thresholds.device
         if thresholds.dim() not in (1, 2):
             raise ValueError(f"IoUCounts: thresholds must be [C] or [C, T], got {tuple(thresholds.shape)}")
         self.thresholds = thresholds.detach().to(self.device, torch.float32)
         self._t = self.thresholds.reshape(self.thresholds.shape[0], -1)                   # [C, T]
         self.chunk = chunk                          # elements of the thresholded map per matmul
+        self.binned_from = binned_from              # levels from which add() counts by bins
         self._above = torch.zeros(self._t.shape, dtype=torch.int64, device=self.device)  # [C, T]
         self.concept: torch.Tensor | None = None                                         # [K]
         self._inter: torch.Tensor | None = None                                           # [C, T, K]
@@ -478,6 +480,9 @@ class IoUCounts:
         if k != self.concept.numel():
             raise ValueError(f"IoUCounts.add: {k} concepts, this stat has {self.concept.numel()}")
         a = _units(a.to(self.device), "IoUCounts.add")                                   # [N, C, HW]
+        if levels >= self.binned_from:
+            self._add_binned(a, m.to(self.device).reshape(n, k, hw))
+            return
         masks = self._buffer("masks", (n, k + 1, hw))                                    # last: ones
         masks[:, k] = 1.0
         masks[:, :k] = m.to(self.device).reshape(n, k, hw)
@@ -493,6 +498,38 @@ class IoUCounts:
             self._inter += counts[:rows, :k].view(c, levels, k)
             self._above += counts[:rows, k].view(c, levels)
             self.concept += counts[rows, :k]
+        self.samples += n
+        self.pixels += n * hw
+
+    def _add_binned(self, a: torch.Tensor, m: torch.Tensor) -> None:
+        """Many levels at once: each value's bin among the unit's sorted thresholds (searchsorted), then
+        one bincount per concept over the pixels in its mask; counts above t_j are suffix sums of the
+        bins. Exactly the counts of the thresholding path (a > t, float32), in O(C HW (1 + K')) for K'
+        the mean number of concepts per pixel instead of O(C T K HW). a [N, C, HW], m bool [N, K, HW]."""
+        c, levels = self._t.shape
+        n, k, hw = m.shape
+        order = torch.argsort(self._t, dim=1)                                            # ascending
+        srt = self._t.gather(1, order).contiguous()                                      # [C, T]
+        vals = a.transpose(0, 1).reshape(c, n * hw).contiguous()                         # [C, N HW]
+        bins = torch.searchsorted(srt, vals, side="left")                                # #{t_j < a}
+        keys = (bins + torch.arange(c, device=self.device)[:, None] * (levels + 1))      # [C, N HW]
+        span = c * (levels + 1)
+
+        def above_counts(flat_keys: torch.Tensor) -> torch.Tensor:
+            """[C, T] in the original level order: pixels with a > t_j."""
+            hist = torch.bincount(flat_keys, minlength=span).view(c, levels + 1)
+            suffix = hist.flip(1).cumsum(1).flip(1)[:, 1:]                               # #{bin > j}
+            out = torch.empty_like(suffix)
+            out.scatter_(1, order, suffix)
+            return out
+
+        self._above += above_counts(keys.flatten())
+        mflat = m.transpose(0, 1).reshape(k, n * hw)                                     # [K, N HW]
+        for j in range(k):
+            sel = mflat[j]
+            self.concept[j] += int(sel.sum())
+            if bool(sel.any()):
+                self._inter[:, :, j] += above_counts(keys[:, sel].flatten())
         self.samples += n
         self.pixels += n * hw
 
@@ -529,14 +566,8 @@ class IoUCounts:
     def iqr(self) -> torch.Tensor:
         """Information quality ratio I(A; M) / H(A, M) of the 2x2 table (A = a > t, M = concept),
         [C, K] (or [C, T, K]) float64; NaN where the concept never appears."""
-        cells = torch.stack(self._cells()) / max(self.pixels, 1)                         # [4, C, T, K]
-        plogp = torch.where(cells > 0, cells * torch.log(cells.clamp(min=1e-300)), torch.zeros_like(cells))
-        joint = -plogp.sum(0)
-        pa, pm = cells[0] + cells[1], cells[0] + cells[2]
-        marg = sum(-torch.where(p > 0, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
-                   for p in (pa, 1 - pa, pm, 1 - pm))
-        iqr = (marg - joint) / joint.clamp(min=1e-300)
-        iqr = torch.where(joint > 0, iqr, torch.zeros_like(iqr))
+        self._cells()                                                                    # raises if empty
+        iqr = iqr_from_counts(self._inter, self._above[..., None], self.concept[None, None, :], self.pixels)
         return self._shaped(torch.where(self.concept > 0, iqr, torch.full_like(iqr, math.nan)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -583,6 +614,213 @@ class IoUCounts:
                     if self.thresholds.dim() == 2:
                         row["level"] = level
                     yield row
+
+
+# ------------------------------------------------------------------------------------------------
+# PermutationNull: exact permutation moments of the intersection count, per (unit, concept)
+# ------------------------------------------------------------------------------------------------
+def iqr_from_counts(inter: torch.Tensor, above: torch.Tensor, concept: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Information quality ratio I(A; M) / H(A, M) of the 2x2 table given by |A & M| (inter), |A|
+    (above), |M| (concept) over `pixels` pixels; all broadcastable, float64 out, 0 where H = 0."""
+    both = inter.double()
+    only_a, only_m = above.double() - both, concept.double() - both
+    cells = torch.stack(torch.broadcast_tensors(both, only_a, only_m, pixels - both - only_a - only_m))
+    cells = cells / max(pixels, 1)
+    plogp = torch.where(cells > 0, cells * torch.log(cells.clamp(min=1e-300)), torch.zeros_like(cells))
+    joint = -plogp.sum(0)
+    pa, pm = cells[0] + cells[1], cells[0] + cells[2]
+    marg = sum(-torch.where(p > 0, p * torch.log(p.clamp(min=1e-300)), torch.zeros_like(p))
+               for p in (pa, 1 - pa, pm, 1 - pm))
+    iqr = (marg - joint) / joint.clamp(min=1e-300)
+    return torch.where(joint > 0, iqr, torch.zeros_like(iqr))
+
+
+def bh_qvalues(p: torch.Tensor) -> torch.Tensor:
+    """Benjamini-Hochberg adjusted p-values (q-values) of a family of tests, any shape, float64;
+    NaN entries are not tests (they stay NaN and do not count in the family size)."""
+    p = p.double()
+    flat = p.flatten()
+    ok = ~torch.isnan(flat)
+    v = flat[ok]
+    m = v.numel()
+    out = torch.full_like(flat, math.nan)
+    if m:
+        order = torch.argsort(v, descending=True)
+        ranks = torch.arange(m, 0, -1, dtype=torch.float64)            # rank of each sorted value
+        q = torch.cummin(v[order] * m / ranks, 0).values.clamp(max=1.0)
+        res = torch.empty_like(v)
+        res[order] = q
+        out[ok] = res
+    return out.view(p.shape)
+
+
+class PermutationNull:
+    """Per (unit, concept): the observed intersection count I = sum_n |A_n & M_n| and its exact mean and
+    variance when each unit's maps are re-paired with the masks of other images, by a uniformly random
+    permutation inside consecutive blocks of `block` samples (masks stay in place: no shift).
+
+    A_n = a_n > t (the unit's thresholded map of image n), M_n = concept mask of image n. Within a block
+    of b images, with c_ij = |A_i & M_j| (all b x b pairings, one matmul), the statistic sum_i c_i,pi(i)
+    over a uniform permutation pi has mean g / b (g = sum_ij c_ij) and variance
+    sum_ij d_ij^2 / (b - 1), d_ij = c_ij - r_i / b - s_j / b + g / b^2 (Hoeffding 1951; r, s row and
+    column sums). Blocks are permuted independently, so means and variances add over blocks, and the
+    one-sided p-value is the normal tail of (I - 1/2 - mean) / sd (continuity-corrected for the integer
+    count; the normal approximation rests on the sum over many independent blocks). Under exchangeability (the unit's maps carry no information about
+    the image's segmentation) the observed pairing is one uniform draw from the same distribution.
+    |A| and |M| do not depend on the pairing, so a test on I is a test on IoU = I / (|A| + |M| - I).
+
+    Thresholds are [C] (one per unit) or [C, K] (one per unit and concept: concept k is counted at
+    t[:, k]). The observed counts (the diagonal pairing) are kept too: `inter`, `above`, `concept`,
+    so iou() / iqr() need no other stat. merge() equals adding everything to one stat when the merged
+    stats saw whole blocks (blocks never span two add() calls).
+    """
+
+    def __init__(self, thresholds: torch.Tensor, block: int = 8, device: Device = None) -> None:
+        if thresholds.dim() not in (1, 2):
+            raise ValueError(f"PermutationNull: thresholds must be [C] or [C, K], got {tuple(thresholds.shape)}")
+        if block < 2:
+            raise ValueError(f"PermutationNull: block must be >= 2, got {block}")
+        self.device = torch.device(device) if device is not None else thresholds.device
+        self.thresholds = thresholds.detach().to(self.device, torch.float32)
+        self.block = int(block)
+        self.inter = self.above = self.concept = self.null_mean = self.null_var = None
+        self.samples = self.pixels = 0
+
+    def _init(self, c: int, k: int) -> None:
+        z = lambda dt: torch.zeros(c, k, dtype=dt, device=self.device)  # noqa: E731
+        self.inter, self.above = z(torch.int64), z(torch.int64)       # [C, K]
+        self.null_mean, self.null_var = z(torch.float64), z(torch.float64)
+        self.concept = torch.zeros(k, dtype=torch.int64, device=self.device)
+
+    def add(self, a: torch.Tensor, m: torch.Tensor) -> None:
+        """a [N, C, H, W] activations (upsampled), m [N, K, H, W] bool concept masks."""
+        c = self.thresholds.shape[0]
+        if a.dim() < 3 or a.shape[1] != c:
+            raise ValueError(f"PermutationNull.add: activations {tuple(a.shape)}, expected [N, {c}, H, W]")
+        if m.dim() != a.dim() or m.shape[0] != a.shape[0] or m.shape[2:] != a.shape[2:] or m.dtype != torch.bool:
+            raise ValueError(f"PermutationNull.add: masks {tuple(m.shape)} {m.dtype} do not match activations "
+                             f"{tuple(a.shape)} (need bool [N, K, H, W])")
+        n, k, hw = a.shape[0], m.shape[1], a[0, 0].numel()
+        if self.thresholds.dim() == 2 and self.thresholds.shape[1] != k:
+            raise ValueError(f"PermutationNull.add: {k} concepts, thresholds are {tuple(self.thresholds.shape)}")
+        if hw >= 2 ** 24:
+            raise ValueError("PermutationNull.add: 2**24 or more pixels per image would break exact counts")
+        if self.inter is None:
+            self._init(c, k)
+        if k != self.concept.numel():
+            raise ValueError(f"PermutationNull.add: {k} concepts, this stat has {self.concept.numel()}")
+        a = _units(a.to(self.device), "PermutationNull.add")                              # [N, C, HW]
+        mf = m.to(self.device).reshape(n, k, hw).float()
+        self.concept += mf.sum((0, 2)).round().long()
+        for s in range(0, n, self.block):
+            ab, mb = a[s:s + self.block], mf[s:s + self.block]
+            b = ab.shape[0]
+            if self.thresholds.dim() == 1:
+                above = (ab > self.thresholds[None, :, None]).float()                       # [b, C, HW]
+                cross = (above.reshape(b * c, hw) @ mb.reshape(b * k, hw).T).view(b, c, b, k)
+                self.above += above.sum((0, 2)).round().long()[:, None]
+            else:
+                cross = torch.empty(b, c, b, k, device=self.device)
+                for j in range(k):
+                    above = (ab > self.thresholds[None, :, j, None]).float()
+                    cross[..., j] = (above.reshape(b * c, hw) @ mb[:, j].T).view(b, c, b)
+                    self.above[:, j] += above.sum((0, 2)).round().long()
+            self._accumulate(cross.double().round())
+        self.samples += n
+        self.pixels += n * hw
+
+    def _accumulate(self, cross: torch.Tensor) -> None:
+        """cross [b, C, b, K] float64: c_ij = |A_i & M_j| of one block."""
+        b = cross.shape[0]
+        self.inter += torch.diagonal(cross, dim1=0, dim2=2).sum(-1).long()               # sum_i c_ii
+        if b == 1:                                                                        # one pairing only
+            self.null_mean += cross[0, :, 0]
+            return
+        g = cross.sum((0, 2))                                                             # [C, K]
+        r = cross.sum(2)                                                                  # [b, C, K]
+        s = cross.sum(0)                                                                  # [C, b, K]
+        d = cross - r[:, :, None] / b - s[None] / b + g[None, :, None] / b ** 2
+        self.null_mean += g / b
+        self.null_var += (d * d).sum((0, 2)) / (b - 1)
+
+    # -- results ----------------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self.inter is None:
+            raise ValueError("PermutationNull: empty (nothing added)")
+
+    def iou(self) -> torch.Tensor:
+        """[C, K] float64 observed IoU; NaN where the concept never appears."""
+        self._check()
+        i = self.inter.double()
+        iou = i / (self.above + self.concept[None] - self.inter).double().clamp(min=1)
+        return torch.where(self.concept[None] > 0, iou, torch.full_like(iou, math.nan))
+
+    def iqr(self) -> torch.Tensor:
+        """[C, K] float64 information quality ratio at the thresholds; NaN where the concept never appears."""
+        self._check()
+        v = iqr_from_counts(self.inter, self.above, self.concept[None], self.pixels)
+        return torch.where(self.concept[None] > 0, v, torch.full_like(v, math.nan))
+
+    def null_iou(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, sd) of the IoU under the permutation null, [C, K] float64 (delta method:
+        IoU = I / (U0 - I) with U0 = |A| + |M| fixed); NaN where the concept never appears."""
+        self._check()
+        u0 = (self.above + self.concept[None]).double()
+        mu = self.null_mean
+        mean = mu / (u0 - mu).clamp(min=1)
+        sd = self.null_var.clamp(min=0).sqrt() * u0 / ((u0 - mu).clamp(min=1) ** 2)
+        nan = torch.full_like(mean, math.nan)
+        keep = self.concept[None] > 0
+        return torch.where(keep, mean, nan), torch.where(keep, sd, nan)
+
+    def z(self) -> torch.Tensor:
+        """[C, K] float64 z = (I - 1/2 - null mean) / null sd of the intersection count; NaN where the
+        concept never appears, 0 where the permutation distribution is a point (every pairing gives the same count)."""
+        self._check()
+        sd = self.null_var.clamp(min=0).sqrt()
+        dev = self.inter.double() - self.null_mean
+        z = torch.where(sd > 0, (dev - 0.5) / sd.clamp(min=1e-300), torch.zeros_like(sd))
+        return torch.where(self.concept[None] > 0, z, torch.full_like(z, math.nan))
+
+    def p_value(self) -> torch.Tensor:
+        """[C, K] float64 one-sided p-value P(I_null >= I) (normal tail; 1 where the null is a point);
+        NaN where the concept never appears."""
+        p = 0.5 * torch.erfc(self.z() / math.sqrt(2.0))
+        return torch.where(self.null_var > 0, p, torch.where(torch.isnan(p), p, torch.ones_like(p)))
+
+    def log10_p(self) -> torch.Tensor:
+        """[C, K] float64 log10 of p_value, accurate far in the tail where p underflows to 0."""
+        from scipy.special import log_ndtr
+        z = self.z()
+        lp = torch.from_numpy(log_ndtr(-z.cpu().numpy()) / math.log(10.0)).to(z.device)
+        return torch.where(self.null_var > 0, lp, torch.where(torch.isnan(lp), lp, torch.zeros_like(lp)))
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._check()
+        return {"thresholds": self.thresholds, "block": torch.tensor(self.block), "inter": self.inter,
+                "above": self.above, "concept": self.concept, "null_mean": self.null_mean,
+                "null_var": self.null_var, "samples": torch.tensor(self.samples), "pixels": torch.tensor(self.pixels)}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(d["thresholds"].to(self.device, torch.float32), self.thresholds) \
+                or int(d["block"]) != self.block:
+            raise ValueError("PermutationNull: state was counted with other thresholds or blocks")
+        self.inter, self.above, self.concept = (d[x].to(self.device) for x in ("inter", "above", "concept"))
+        self.null_mean, self.null_var = (d[x].to(self.device, torch.float64) for x in ("null_mean", "null_var"))
+        self.samples, self.pixels = int(d["samples"]), int(d["pixels"])
+
+    def merge(self, other: "PermutationNull") -> None:
+        if not torch.equal(other.thresholds.to(self.device), self.thresholds) or other.block != self.block:
+            raise ValueError("PermutationNull.merge: different thresholds or blocks")
+        if other.inter is None:
+            return
+        if self.inter is None:
+            self._init(*other.inter.shape)
+        for name in ("inter", "above", "concept", "null_mean", "null_var"):
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
+        self.samples += other.samples
+        self.pixels += other.pixels
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from compute.stats import (ConditionalMean, Covariance, IoUCounts, Moments, Quantile, TopK, load_stat,
-                           save_stat)
+from compute.stats import (ConditionalMean, Covariance, IoUCounts, Moments, PermutationNull, Quantile, TopK,
+                           bh_qvalues, load_stat, save_stat)
 
 QS = torch.tensor([0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98, 0.99, 0.995, 0.999], dtype=torch.float64)
 
@@ -265,6 +265,127 @@ def test_iou_counts_with_levels_and_iqr() -> None:
     assert float(iqr[1, 2, 0]) > float(iqr[1, 0, 0])                # level 1.2 fits a > 0.8 better than 0.2
     rows = list(stat.rows())
     assert len(rows) == 4 * 4 * 3 and rows[0]["level"] == 0
+
+
+
+def test_iou_counts_binned_levels_equal_thresholding() -> None:
+    """Many levels are counted by bins (searchsorted + bincount): the same integers as thresholding,
+    with ties (a value equal to a threshold is not above it) and unsorted levels."""
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(7, 5, 9, 9, generator=g).round(decimals=1)       # many ties with the levels below
+    m = torch.rand(7, 4, 9, 9, generator=g) < 0.3
+    m[:, 3] = False
+    levels = torch.linspace(-2, 2, 41)[torch.randperm(41, generator=g)]
+    thr = levels[None, :].expand(5, 41) + 0.1 * torch.arange(5.0)[:, None]
+    binned, direct = IoUCounts(thr), IoUCounts(thr, binned_from=10 ** 6)
+    for i in range(0, 7, 3):
+        binned.add(a[i:i + 3], m[i:i + 3])
+        direct.add(a[i:i + 3], m[i:i + 3])
+    assert torch.equal(binned.inter, direct.inter) and torch.equal(binned.above, direct.above)
+    assert torch.equal(binned.concept, direct.concept) and binned.pixels == direct.pixels
+    assert int(binned.above[0, levels.argmin()]) == int((a[:, 0] > levels.min()).sum())
+
+
+def _cross(a: torch.Tensor, t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """c[i, u, j, k] = |(a_i,u > t_u) & m_j,k| for one block: a [b, C, H, W], t [C], m [b, K, H, W]."""
+    above = (a > t[None, :, None, None]).double()
+    return torch.einsum("iuhw,jkhw->iujk", above, m.double())
+
+
+def test_permutation_null_moments_equal_every_pairing() -> None:
+    """Within a block, mean and variance of sum_i c_i,pi(i) over all b! permutations are exact."""
+    import itertools
+
+    g = torch.Generator().manual_seed(12)
+    b, c, k = 5, 3, 4
+    a = torch.randn(b, c, 6, 6, generator=g)
+    m = torch.rand(b, k, 6, 6, generator=g) < 0.4
+    m[:, 0] = a[:, 0] > 0.3                                          # unit 0 detects concept 0
+    t = torch.tensor([0.3, 0.0, 1.0])
+    stat = PermutationNull(t, block=b)
+    stat.add(a, m)
+    cross = _cross(a, t, m)
+    sums = torch.stack([sum(cross[i, :, p[i]] for i in range(b)) for p in itertools.permutations(range(b))])
+    assert torch.allclose(stat.null_mean, sums.mean(0), atol=1e-9)
+    assert torch.allclose(stat.null_var, sums.var(0, unbiased=False), atol=1e-9)
+    assert torch.equal(stat.inter, torch.diagonal(cross, dim1=0, dim2=2).sum(-1).long())
+    exact_p = (sums >= stat.inter.double()[None]).double().mean(0)  # the exact permutation p-value
+    assert float(exact_p[0, 0]) <= 1 / 120 + 1e-12 and float(stat.p_value()[0, 0]) < 0.01
+    assert float(stat.z()[0, 0]) > 3
+
+
+def test_permutation_null_blocks_add_merge_round_trip(tmp_path) -> None:
+    """Blocks are independent: moments add over blocks (uneven last block included); merge of stats
+    that saw whole blocks equals one stat; per-concept thresholds [C, K] count concept k at t[:, k]."""
+    g = torch.Generator().manual_seed(13)
+    a = torch.randn(11, 4, 8, 8, generator=g)
+    m = torch.rand(11, 3, 8, 8, generator=g) < 0.3
+    t = torch.tensor([0.0, 0.5, 1.0, 1.5])
+    one = PermutationNull(t, block=4)
+    one.add(a, m)                                                   # blocks 0-3, 4-7, 8-10
+    parts = [PermutationNull(t, block=4) for _ in range(2)]
+    parts[0].add(a[:4], m[:4])
+    parts[0].add(a[4:8], m[4:8])
+    parts[1].add(a[8:], m[8:])
+    parts[0].merge(parts[1])
+    for name in ("inter", "above", "concept", "null_mean", "null_var"):
+        assert torch.allclose(getattr(one, name).double(), getattr(parts[0], name).double(), atol=1e-9), name
+    blocks = [PermutationNull(t, block=4) for _ in range(3)]
+    for blk, s in zip(blocks, (0, 4, 8)):
+        blk.add(a[s:s + 4], m[s:s + 4])
+    assert torch.allclose(one.null_var, sum(x.null_var for x in blocks), atol=1e-9)
+    save_stat(one, tmp_path / "p.safetensors")
+    back = load_stat(PermutationNull(t, block=4), tmp_path / "p.safetensors")
+    assert torch.equal(back.null_var, one.null_var) and torch.equal(back.inter, one.inter)
+    with pytest.raises(ValueError):
+        load_stat(PermutationNull(t, block=8), tmp_path / "p.safetensors")
+    # observed counts and IoU equal the exact full-batch ones
+    exact = iou_exact(a, t, m)
+    assert torch.allclose(one.iou(), exact, atol=1e-12)
+    # per-concept thresholds: concept k at t2[:, k] equals a [C] stat at that column
+    t2 = torch.stack([t, t + 0.25, t - 0.25], 1)                    # [C, K]
+    per = PermutationNull(t2, block=4)
+    per.add(a, m)
+    for j in range(3):
+        col = PermutationNull(t2[:, j].contiguous(), block=4)
+        col.add(a, m)
+        assert torch.equal(per.inter[:, j], col.inter[:, j]) and torch.equal(per.above[:, j], col.above[:, j])
+        assert torch.allclose(per.null_var[:, j], col.null_var[:, j], atol=1e-9)
+
+
+def test_permutation_null_is_calibrated_on_independent_maps() -> None:
+    """Maps independent of the masks (but spatially structured like them): p-values are ~uniform, so
+    about 5 % fall under 0.05 and BH leaves ~no discoveries; a detector gets a tiny p."""
+    g = torch.Generator().manual_seed(14)
+    n, c, k = 400, 40, 5
+    rows = torch.linspace(0, 1, 16)[None, None, :, None].expand(n, 1, 16, 16)
+    m = (torch.rand(n, k, 16, 16, generator=g) * 0.6 + rows) > 0.9     # layout: more concept near the bottom
+    a = torch.randn(n, c, 16, 16, generator=g) + 2 * rows                # unit maps share the layout
+    a = torch.nn.functional.avg_pool2d(a, 3, 1, 1)
+    a[:, 0] = m[torch.randperm(n, generator=g), 0].float() + 0.1 * torch.randn(n, 16, 16, generator=g)
+    a[:, 1] = m[:, 1].float() + 0.1 * torch.randn(n, 16, 16, generator=g)  # a real detector of concept 1
+    stat = PermutationNull(torch.full((c,), 1.0), block=8)
+    for s in range(0, n, 32):
+        stat.add(a[s:s + 32], m[s:s + 32])
+    p = stat.p_value()
+    q = bh_qvalues(p)
+    null_p = p[2:].flatten()
+    assert 0.01 <= float((null_p < 0.05).double().mean()) <= 0.10
+    assert float(q[1, 1]) < 1e-6
+    assert int((q[2:] < 0.05).sum()) <= 2
+    assert float(q[0, 0]) > 0.05                                    # another image's mask: no association
+
+
+def test_bh_qvalues_equal_scipy() -> None:
+    from scipy.stats import false_discovery_control
+
+    g = torch.Generator().manual_seed(15)
+    p = torch.rand(6, 7, generator=g, dtype=torch.float64) ** 3
+    p[0, 0] = p[1, 1] = float("nan")
+    q = bh_qvalues(p)
+    ok = ~torch.isnan(p)
+    want = false_discovery_control(p[ok].numpy(), method="bh")
+    assert np.allclose(q[ok].numpy(), want, atol=1e-12) and torch.isnan(q[~ok]).all()
 
 
 def test_conditional_mean_exact_merge_round_trip(tmp_path) -> None:
