@@ -30,9 +30,14 @@ ANALYSIS_KINDS: dict[str, str] = {
     "trace": "effect of one insertion on every later layer",
     "realism": "per-unit realism (Frechet distance of top images) and concept coverage vs real images",
     "repair": "ablate artifact unit sets (manual, worst realism, union, random) and measure the Frechet distance",
+    "unit_roles": "per-class accuracy of a classifier with each unit ablated; top-k vs random ablation curves",
 }
-MODEL_FAMILIES = ("progan", "module", "stylegan2")  # loaders: ingest.zoo.GENERATOR_LOADERS (docs/own-models.md)
-SEGMENTER_FAMILIES = ("village", "module", "transformers")  # loaders: ingest.zoo.SEGMENTER_LOADERS
+NO_SEGMENTER_KINDS = ("quantiles", "unit_roles")  # kinds that read no segmentation
+MODEL_FAMILIES = ("progan", "module", "stylegan2", "village-cls", "transformers")  # loaders: ingest.zoo (docs/own-models.md)
+MODEL_ROLES = ("generator", "classifier")  # role = "classifier": ingest.zoo.load_classifier_entry
+CLASSIFIER_FAMILIES = ("village-cls", "module", "transformers")
+GENERATOR_FAMILIES = ("progan", "module", "stylegan2")
+SEGMENTER_FAMILIES = ("village", "module", "transformers", "village-truth")  # loaders: ingest.zoo.SEGMENTER_LOADERS
 THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr", "iclr")
 DEFAULT_SPEC = "gandissect.toml"
 
@@ -140,7 +145,10 @@ MODEL_KEYS_COMMON = ("name", "family", "checkpoint", "dataset", "layers", "z_dim
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "progan": MODEL_KEYS_COMMON,
     "stylegan2": (*MODEL_KEYS_COMMON, "key", "input", "truncation", "noise", "lr_mlp"),
-    "module": (*MODEL_KEYS_COMMON, "factory", "kwargs", "state_key", "output", "output_index", "latent_shape"),
+    "module": (*MODEL_KEYS_COMMON, "factory", "kwargs", "state_key", "output", "output_index", "latent_shape",
+               "role", "images", "classes"),
+    "village-cls": (*MODEL_KEYS_COMMON, "role", "images"),
+    "transformers": (*MODEL_KEYS_COMMON, "role", "images", "input_range", "mean", "std"),
 }
 _LABEL_SEG_KEYS = ("resolution", "input_size", "input_range", "mean", "std", "background", "category", "categories")
 SEGMENTER_KEYS: dict[str, tuple[str, ...]] = {
@@ -148,6 +156,7 @@ SEGMENTER_KEYS: dict[str, tuple[str, ...]] = {
     "module": ("name", "family", "checkpoint", "factory", "kwargs", "state_key", "labels", "labels_file",
                *_LABEL_SEG_KEYS),
     "transformers": ("name", "family", "checkpoint", *_LABEL_SEG_KEYS),
+    "village-truth": ("name", "family", "checkpoint"),
 }
 STORE_KEYS = ("path",)
 TOP_KEYS = ("store", "models", "segmenters", "analyses")
@@ -285,6 +294,12 @@ def _parse_models(file: str, base: Path, entries: list, check_files: bool) -> li
             raise err("family", f"unknown family {family!r}{did_you_mean(family, MODEL_FAMILIES)}; "
                                 f"allowed: {', '.join(MODEL_FAMILIES)}")
         _check_keys(entry, MODEL_KEYS[family], f"a {family} model", err, MODEL_KEYS)
+        role = entry.get("role", "generator")
+        if role not in MODEL_ROLES:
+            raise err("role", f"unknown role {role!r}; allowed: {', '.join(MODEL_ROLES)}")
+        if family not in (CLASSIFIER_FAMILIES if role == "classifier" else GENERATOR_FAMILIES):
+            raise err("family", f"family {family!r} cannot be a {role}; {role} families: "
+                                f"{', '.join(CLASSIFIER_FAMILIES if role == 'classifier' else GENERATOR_FAMILIES)}")
         ckpt = _need(entry, "checkpoint", str, err)
         if not ckpt.strip():
             raise err("checkpoint", "is empty")
@@ -385,7 +400,7 @@ def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
         segmenter = entry.get("segmenter")
         if segmenter is not None and not isinstance(segmenter, str):
             raise err("segmenter", f"must be a segmenter name, got {segmenter!r}")
-        if kind != "quantiles" or segmenter is not None:
+        if kind not in NO_SEGMENTER_KINDS or segmenter is not None:
             if segmenter is None:
                 raise err("segmenter", f"a {kind} analysis needs a segmenter")
             names = [s.name for s in segmenters]

@@ -212,6 +212,13 @@ KINDS: dict[str, dict[str, Param]] = {
         "manual": Param('"flags" or "concept:<name>"', _manual, "flags", "the hand-picked set"),
         "manual_min_iou": Float(0.04, 0, 1, help="IoU cut of manual = \"concept:<name>\""),
     },
+    "unit_roles": {
+        "k_max": Int(8, 1, 4096, "largest set of units ablated together in the curves"),
+        "draws": Int(20, 1, 10_000, "random unit sets averaged per k"),
+        "labelled": Str(None, "held-out images with labels: a folder of class-named subfolders "
+                              "(default for a village classifier: the balanced held-out village split)"),
+        "batch_size": Int(250, 1, 4096, "classifier batch"),
+    },
 }
 
 
