@@ -58,6 +58,16 @@ def test_evaluate_only_writes_the_model_card(tmp_path):
     assert (tmp_path / "zoo" / "village-gan-samples.png").stat().st_size > 0
 
 
+def test_bf16_training_runs_r1_in_float32_and_saves_float_weights(tmp_path):
+    """--precision bf16 trains (R1 steps included, r1-every 2), saves contiguous float16 checkpoints like fp32."""
+    assert main(_args(tmp_path, 4) + ["--precision", "bf16"]) == 0
+    g = load_progan(tmp_path / "zoo" / "village-gan.safetensors")
+    x = g(torch.randn(2, 16))
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+    state = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["G"].values() if v.is_floating_point())
+
+
 def test_resume_refuses_a_different_configuration(tmp_path):
     assert main(_args(tmp_path, 1)) == 0
     with pytest.raises(ValueError, match="--resume"):
@@ -100,14 +110,15 @@ def test_resume_points_are_recorded_in_the_weights_provenance(tmp_path):
     """Each continuation from the in-repo point is recorded, carried through state.pt, and reaches the checkpoints."""
     point = tmp_path / "zoo" / "train" / "village-gan-v2-resume.safetensors"
     assert main(_args(tmp_path, 2)) == 0
-    assert Provenance.from_meta(read_metadata(point)) == Provenance((), 0)
+    assert Provenance.from_meta(read_metadata(point)) == Provenance((), 0, ((1, "fp32"),))
     (tmp_path / "out" / "state.pt").unlink()
     assert main(_args(tmp_path, 4) + ["--resume"]) == 0  # from the point at step 2
     assert main(_args(tmp_path, 5) + ["--resume"]) == 0  # from state.pt: exact, not a weights-only resume
     (tmp_path / "out" / "state.pt").unlink()
-    assert main(_args(tmp_path, 6) + ["--resume"]) == 0  # from the point at step 5
+    assert main(_args(tmp_path, 6) + ["--resume", "--precision", "bf16"]) == 0  # from the point at step 5, in bf16
     meta = read_metadata(tmp_path / "zoo" / "village-gan.safetensors")
-    assert Provenance.from_meta(meta) == Provenance((2, 5), 0)
+    assert Provenance.from_meta(meta) == Provenance((2, 5), 0, ((1, "fp32"), (6, "bf16")))
+    assert "bf16 from step 6" in Provenance.from_meta(meta).describe()
     # a point written before provenance was recorded starts the record where it is read
     assert Provenance().resumed(7, known=False) == Provenance((7,), 7)
     assert "since step 7" in Provenance((7,), 7).describe()
