@@ -181,7 +181,8 @@ UNIT_TABLE_SQL = f"""
 WITH units AS (
     SELECT unnest(range(units)) AS unit FROM layers WHERE model = $model AND layer = $layer
 ), lab AS (
-    SELECT unit, concept, category, iou, iqr, z, p_value, interpretable, beats_chance, threshold
+    SELECT unit, concept, category, iou, iqr, z, p_value, q_value, log10_p, interpretable, beats_chance,
+           threshold, precision, recall, iou_ceiling, iou_of_ceiling
     FROM unit_labels
     WHERE model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
 ), ci AS (
@@ -201,7 +202,8 @@ WITH units AS (
     FROM unit_flags WHERE model = $model AND layer = $layer GROUP BY unit
 )
 SELECT u.unit, lab.concept AS label, lab.category, lab.iou, lab.p_value, lab.z, lab.iqr,
-       coalesce(lab.interpretable, false) AS interpretable, lab.beats_chance,
+       coalesce(lab.interpretable, false) AS interpretable, lab.beats_chance, lab.q_value, lab.log10_p,
+       lab.precision, lab.recall, lab.iou_ceiling, lab.iou_of_ceiling,
        ci.concept_iou, ci.concept_p_value, al.alpha,
        coalesce(lab.threshold, q.value) AS threshold, ci.concept_threshold,
        fl.flags, fl.custom_label
@@ -216,7 +218,9 @@ RANKINGS: dict[str, tuple[str, str]] = {
     "concept_iou": ("IoU for a concept", "concept_iou DESC NULLS LAST, unit"),
     "alpha": ("α for a concept (ACE)", "alpha DESC NULLS LAST, unit"),
     "label": ("label (grouped)", "label NULLS LAST, iou DESC NULLS LAST, unit"),
-    "z": ("null-baseline z-score", "z DESC NULLS LAST, unit"),
+    "z": ("permutation-null z-score", "z DESC NULLS LAST, unit"),
+    "precision": ("precision of the label (inter / above)", "precision DESC NULLS LAST, unit"),
+    "ceiling": ("IoU relative to its ceiling (size-limited concepts)", "iou_of_ceiling DESC NULLS LAST, unit"),
     "unit": ("unit number", "unit"),
 }
 
@@ -239,7 +243,7 @@ ORDER BY q
 """
 
 UNIT_IOU_SQL = """
-SELECT i.concept, c.category, i.iou, i.threshold, i.p_value, i.z, i.iqr, i.null_mean,
+SELECT i.concept, c.category, i.iou, i.threshold, i.p_value, i.q_value, i.z, i.iqr, i.null_mean,
        i.inter, i.above, i.concept_pixels, d.interpretable_iou
 FROM unit_iou i
 JOIN dissections d USING (run_key, model, layer)

@@ -266,9 +266,10 @@ SELECT run_key, model, layer, unit, concept, iou, concept_pixels FROM unit_iou
 WHERE (iou IS NULL AND concept_pixels > 0) OR (iou IS NOT NULL AND concept_pixels = 0);
 
 -- audit: iou_statistics_range
-SELECT run_key, model, layer, unit, concept, iqr, null_mean, null_std, z, p_value FROM unit_iou
+SELECT run_key, model, layer, unit, concept, iqr, null_mean, null_std, z, p_value, q_value, log10_p FROM unit_iou
 WHERE NOT (iqr BETWEEN 0 AND 1) OR NOT (p_value BETWEEN 0 AND 1) OR NOT (null_mean BETWEEN 0 AND 1)
-   OR null_std < 0 OR isnan(null_std) OR isnan(z) OR isnan(threshold);
+   OR null_std < 0 OR isnan(null_std) OR isnan(z) OR isnan(threshold)
+   OR NOT (q_value BETWEEN 0 AND 1) OR q_value < p_value * (1 - 1e-9) OR log10_p > 1e-12;
 
 -- audit: quantiles_range
 SELECT run_key, model, layer, unit, q, value FROM unit_quantiles
@@ -371,3 +372,21 @@ WHERE k < 1 OR n_flagged < 1 OR NOT (precision BETWEEN 0 AND 1) OR NOT (recall B
 -- audit: unit_realism_top_samples_json
 SELECT run_key, model, layer, unit, top_samples FROM unit_realism
 WHERE top_samples IS NOT NULL AND NOT json_valid(top_samples);
+
+-- audit: unique_class_unit_effects
+SELECT run_key, model, layer, unit, class, count(*) AS n
+FROM class_unit_effects GROUP BY run_key, model, layer, unit, class HAVING count(*) > 1;
+
+-- audit: unique_class_ablation_curves
+SELECT run_key, model, layer, class, ranking, k, count(*) AS n
+FROM class_ablation_curves GROUP BY run_key, model, layer, class, ranking, k HAVING count(*) > 1;
+
+-- audit: class_unit_effects_range
+SELECT run_key, model, layer, unit, class, accuracy, accuracy_drop, rank FROM class_unit_effects
+WHERE NOT (accuracy BETWEEN 0 AND 1) OR NOT (accuracy_drop BETWEEN -1 AND 1) OR NOT (true_prob BETWEEN 0 AND 1)
+   OR rank < 1 OR images < 1;
+
+-- audit: class_ablation_curves_range
+SELECT run_key, model, layer, class, ranking, k, accuracy, other_accuracy FROM class_ablation_curves
+WHERE ranking NOT IN ('top', 'random') OR k < 0 OR draws < 1
+   OR NOT (accuracy BETWEEN 0 AND 1) OR NOT (other_accuracy BETWEEN 0 AND 1);

@@ -123,19 +123,21 @@ CREATE TABLE IF NOT EXISTS unit_iou (
     above DOUBLE,  -- pixels where the unit is above threshold, summed over images
     concept_pixels DOUBLE,  -- pixels where the concept is present, summed over images
     iqr DOUBLE,  -- information quality ratio I/H at the threshold (iqr mode); NULL otherwise
-    null_mean DOUBLE,  -- mean IoU of this unit and concept against the null baseline (shuffled segmentations); NULL if not computed
-    null_std DOUBLE,  -- standard deviation of that null IoU; NULL if not computed
-    z DOUBLE,  -- (iou - null_mean) / null_std; NULL if not computed
-    p_value DOUBLE  -- probability under the null of an IoU at least this high; NULL if not computed
+    null_mean DOUBLE,  -- mean IoU under the permutation null (the unit's maps paired with other images' masks, within blocks); NULL if not computed
+    null_std DOUBLE,  -- standard deviation of that null IoU (delta method from the exact count variance); NULL if not computed
+    z DOUBLE,  -- (inter - 1/2 - null mean count) / null sd count; NULL if not computed
+    p_value DOUBLE,  -- one-sided permutation p-value P(null IoU >= iou), normal tail; NULL if not computed
+    q_value DOUBLE,  -- Benjamini-Hochberg q over every unit x concept test of the layer in this run; beats chance when < 0.05
+    log10_p DOUBLE  -- log10 of p_value, finite where p_value underflows to 0 (keeps the ordering of strong units)
 );
 
--- grain: one row per layer of a dissection run: the null distribution of the units' best IoU
+-- grain: one row per layer of a dissection run: over the layer's units, the null's expected best IoU (max over concepts of null_mean)
 -- key: run_key, model, layer
 CREATE TABLE IF NOT EXISTS layer_null_iou (
     run_key VARCHAR NOT NULL,  -- runs.run_key
     model VARCHAR NOT NULL,  -- models.model
     layer VARCHAR NOT NULL,  -- layers.layer
-    method VARCHAR NOT NULL,  -- how the null was drawn: shuffle (spatially shuffled segmentations) | random_direction
+    method VARCHAR NOT NULL,  -- how the null was drawn: permutation (maps re-paired with other images' masks within blocks) | shuffle (older runs: shifted masks) | random_direction
     n_values INTEGER NOT NULL,  -- number of null best-IoU values behind the statistics
     mean DOUBLE,  -- mean null best-IoU
     std DOUBLE,  -- standard deviation of the null best-IoU
@@ -343,4 +345,40 @@ CREATE TABLE IF NOT EXISTS concept_coverage (
     pixel_fraction DOUBLE NOT NULL,  -- share of all pixels labelled with the concept, in [0, 1]
     presence DOUBLE NOT NULL,  -- share of images where the concept covers at least runs.params presence_share of the pixels, in [0, 1]
     n_images INTEGER NOT NULL  -- number of images behind the two shares
+);
+
+-- grain: one row per unit and class of a classifier layer in a unit_roles run: the class's held-out accuracy with that one unit ablated
+-- key: run_key, model, layer, unit, class
+CREATE TABLE IF NOT EXISTS class_unit_effects (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model (a classifier)
+    layer VARCHAR NOT NULL,  -- layers.layer
+    unit INTEGER NOT NULL,  -- channel index, 0-based
+    class VARCHAR NOT NULL,  -- class name (the classifier's classes)
+    class_index INTEGER NOT NULL,  -- logit index of the class
+    images INTEGER NOT NULL,  -- held-out images of the class
+    rank INTEGER NOT NULL,  -- the unit's importance for the class, 1 = largest accuracy drop (ties: larger logit drop)
+    accuracy DOUBLE NOT NULL,  -- share of the class's images classified as the class with the unit ablated, in [0, 1]
+    accuracy_drop DOUBLE NOT NULL,  -- unablated accuracy minus accuracy
+    true_logit DOUBLE NOT NULL,  -- mean logit of the true class over the class's images, unit ablated
+    logit_drop DOUBLE NOT NULL,  -- unablated mean true-class logit minus true_logit
+    true_prob DOUBLE NOT NULL,  -- mean softmax probability of the true class, unit ablated
+    prob_drop DOUBLE NOT NULL  -- unablated mean true-class probability minus true_prob
+);
+
+-- grain: one row per class, ranking and set size k of a classifier layer in a unit_roles run: accuracies with k units ablated together
+-- key: run_key, model, layer, class, ranking, k
+CREATE TABLE IF NOT EXISTS class_ablation_curves (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model (a classifier)
+    layer VARCHAR NOT NULL,  -- layers.layer
+    class VARCHAR NOT NULL,  -- class name
+    ranking VARCHAR NOT NULL,  -- top (the class's k most important units) | random (k units drawn uniformly)
+    k INTEGER NOT NULL,  -- units ablated together; 0 = the unablated baseline
+    draws INTEGER NOT NULL,  -- random sets averaged (1 for top)
+    accuracy DOUBLE NOT NULL,  -- the class's held-out accuracy (mean over draws), in [0, 1]
+    other_accuracy DOUBLE NOT NULL,  -- mean accuracy of the other classes (mean over draws), in [0, 1]
+    accuracy_std DOUBLE,  -- standard deviation of accuracy over draws (0 for top)
+    other_accuracy_std DOUBLE,  -- standard deviation of other_accuracy over draws (0 for top)
+    units VARCHAR  -- comma-separated ablated units, most important first (top only)
 );

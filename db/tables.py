@@ -81,8 +81,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     _t("unit_iou", "one row per unit and concept of a layer in a dissection run",
        "run_key, model, layer, unit, concept",
        f"{_RUN}, unit INTEGER!, concept VARCHAR!, threshold DOUBLE, iou DOUBLE, inter DOUBLE, above DOUBLE, "
-       "concept_pixels DOUBLE, iqr DOUBLE, null_mean DOUBLE, null_std DOUBLE, z DOUBLE, p_value DOUBLE"),
-    _t("layer_null_iou", "one row per layer of a dissection run: the null distribution of the units' best IoU",
+       "concept_pixels DOUBLE, iqr DOUBLE, null_mean DOUBLE, null_std DOUBLE, z DOUBLE, p_value DOUBLE, "
+       "q_value DOUBLE, log10_p DOUBLE"),
+    _t("layer_null_iou", "one row per layer of a dissection run: over the layer's units, the null's expected best "
+       "IoU (max over concepts of null_mean)",
        "run_key, model, layer",
        f"{_RUN}, method VARCHAR!, n_values INTEGER!, mean DOUBLE, std DOUBLE, median DOUBLE, q90 DOUBLE, "
        "q95 DOUBLE, q99 DOUBLE, max DOUBLE"),
@@ -135,6 +137,15 @@ TABLES: dict[str, Table] = {t.name: t for t in (
        "and real images hold", "run_key, concept, source",
        "run_key VARCHAR!, model VARCHAR!, segmenter VARCHAR!, concept VARCHAR!, source VARCHAR!, "
        "pixel_fraction DOUBLE!, presence DOUBLE!, n_images INTEGER!"),
+    _t("class_unit_effects", "one row per unit and class of a classifier layer in a unit_roles run: the class's "
+       "held-out accuracy with that one unit ablated", "run_key, model, layer, unit, class",
+       f"{_RUN}, unit INTEGER!, class VARCHAR!, class_index INTEGER!, images INTEGER!, rank INTEGER!, "
+       "accuracy DOUBLE!, accuracy_drop DOUBLE!, true_logit DOUBLE!, logit_drop DOUBLE!, true_prob DOUBLE!, "
+       "prob_drop DOUBLE!"),
+    _t("class_ablation_curves", "one row per class, ranking and set size k of a classifier layer in a unit_roles "
+       "run: accuracies with k units ablated together", "run_key, model, layer, class, ranking, k",
+       f"{_RUN}, class VARCHAR!, ranking VARCHAR!, k INTEGER!, draws INTEGER!, accuracy DOUBLE!, "
+       "other_accuracy DOUBLE!, accuracy_std DOUBLE, other_accuracy_std DOUBLE, units VARCHAR"),
 )}
 
 RESULT_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.per_run)

@@ -45,12 +45,17 @@ JOIN modes m USING (run_key);
 
 -- view: unit_labels
 -- grain: one row per model, layer, segmenter, threshold mode and unit: the unit's best concept in the latest done dissection
+-- beats_chance: the best concept's Benjamini-Hochberg q < 0.05 (permutation null; older runs without
+-- q_value: p < 0.01 or IoU above the layer's null q99). precision = inter / above, recall = inter /
+-- concept_pixels, iou_ceiling = min(above, concept_pixels) / max(above, concept_pixels): the highest IoU a
+-- unit firing on that many pixels can reach with a concept of that size (about 0.01 / f in q0.99 mode for
+-- a concept covering a share f > 0.01 of pixels), iou_of_ceiling = iou / iou_ceiling.
 CREATE OR REPLACE VIEW unit_labels AS
 WITH latest AS (
     SELECT * FROM dissections WHERE is_latest
 ), ranked AS (
     SELECT i.run_key, i.model, i.layer, i.unit, i.concept, c.category, i.threshold, i.iou, i.iqr,
-           i.z, i.p_value,
+           i.z, i.p_value, i.q_value, i.log10_p, i.inter, i.above, i.concept_pixels,
            row_number() OVER (
                PARTITION BY i.run_key, i.model, i.layer, i.unit
                ORDER BY i.iou DESC NULLS LAST, i.concept) AS rn
@@ -66,8 +71,15 @@ SELECT d.model, d.layer, d.segmenter, d.threshold_mode, r.unit,
        coalesce(CASE WHEN d.threshold_mode = 'iqr'
                      THEN r.iou > d.interpretable_iou AND r.iqr > d.interpretable_iqr
                      ELSE r.iou > d.interpretable_iou END, false) AS interpretable,
-       coalesce(r.p_value < 0.01, r.iou > n.q99, false) AS beats_chance,
-       d.run_key
+       coalesce(r.q_value < 0.05, r.p_value < 0.01, r.iou > n.q99, false) AS beats_chance,
+       d.run_key,
+       r.q_value, r.log10_p,
+       CASE WHEN r.iou IS NOT NULL AND r.above > 0 THEN r.inter / r.above END AS precision,
+       CASE WHEN r.iou IS NOT NULL AND r.concept_pixels > 0 THEN r.inter / r.concept_pixels END AS recall,
+       CASE WHEN r.iou IS NOT NULL AND greatest(r.above, r.concept_pixels) > 0
+            THEN least(r.above, r.concept_pixels) / greatest(r.above, r.concept_pixels) END AS iou_ceiling,
+       CASE WHEN r.iou IS NOT NULL AND least(r.above, r.concept_pixels) > 0
+            THEN r.iou * greatest(r.above, r.concept_pixels) / least(r.above, r.concept_pixels) END AS iou_of_ceiling
 FROM ranked r
 JOIN latest d USING (run_key, model, layer)
 LEFT JOIN layer_null_iou n USING (run_key, model, layer)

@@ -1,74 +1,115 @@
-"""Dissection (paper section 3.1): IoU of every unit of every layer with every concept, plus a null baseline.
+"""Dissection (paper section 3.1): IoU of every unit of every layer with every concept, and a permutation test.
 
 Reads the job's generator and segmenter; writes `unit_quantiles`, `unit_topk`, `unit_iou` and
-`layer_null_iou`. Two passes over the sample set, each serving every layer at once:
+`layer_null_iou`. Passes over the sample set, each serving every layer at once:
 
 1. quantiles: the generator cut after the deepest dissected layer, no segmenter (thresholds t_u);
-2. IoU: one generator pass and one segmenter pass per batch; each layer's featuremap is upsampled to
-   the segmentation resolution (bilinear, align_corners=True), thresholded and intersected with every
-   concept mask (one matmul per layer), and also with the masks of *another* sample, circularly shifted
-   by a random offset (the null baseline: same units, same thresholds, segmentations that do not belong
-   to the image).
+2. (iqr mode) held-out IoU counts at 100 candidate levels on a sample set drawn with another seed;
+3. IoU and null: one generator pass and one segmenter pass per batch; each layer's featuremap is
+   upsampled to the segmentation resolution (`upsample`: "pnas" default, "iclr", "align_corners"; see
+   quantiles.upsample), thresholded and intersected with every concept mask, for every pairing of maps
+   and masks inside blocks of `null_block` samples (stats.PermutationNull: the exact permutation mean and
+   variance of the intersection count, i.e. the IoU the unit would get with the segmentations of *other*
+   images, masks left in place). p = the normal tail of the count's permutation distribution;
+   q = Benjamini-Hochberg over every unit x concept test of the layer; a unit beats chance when its best
+   concept has q < 0.05 (the unit_labels view).
 
-Threshold modes (`threshold` in the spec, recorded in runs.params): "q0.99" (PNAS: t_u = the unit's
-0.99 quantile) or "iqr" (ICLR: per (unit, concept), the candidate level among the unit's quantiles that
-maximises the information quality ratio on a held-out sample set drawn with another seed).
+Threshold modes (`threshold`, recorded in runs.params):
+- "q0.99" (PNAS; any q<level>): t_u = the unit's 0.99 quantile of the upsampled map;
+- "iclr": t_u = the unit's 0.995 quantile of the raw (not upsampled) featuremap, as the ICLR code;
+- "iqr" (ICLR's information quality ratio): candidate levels 1 - logspace(-3, 0, 100) of the unit's
+  quantiles; on the held-out set, pairs are ruled out when pixel agreement <= 0.8, the level is <= 0 or
+  the lowest one, the concept covers < 0.1 % of pixels, or the unit is not positively associated with
+  the concept (|A & M| <= |A| |M| / pixels: an anti-detector); the best remaining IQR picks the level.
+  `iqr_threshold = "unit"` (default, the ICLR code's per-unit threshold: the level of the unit's best
+  (concept, level) pair, applied to every concept) or "unit_concept" (the paper's text: each pair at its
+  own level).
+
+`parts = "quad"` adds the ICLR concept-t/-b/-l/-r halves of every connected component of each object
+concept (category "quad"; see ingest.models.village_seg.quad_expand).
 
     gandissect run gandissect.toml --only dissect
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from compute.analyses.quantiles import DEFAULTS as QUANTILE_DEFAULTS
-from compute.analyses.quantiles import (GRID, IQR_LEVELS, activation_batches, batches, check_finite,
-                                        quantile_pass, quantile_rows, topk_rows, upsample)
+from compute.analyses.quantiles import (GRID, IQR_LEVELS, batches, check_finite, quantile_pass, quantile_rows,
+                                        topk_rows, upsample, upsample_mode)
 from compute.context import Checkpoint, Job, RunContext, flat_state, unflat_state
-from compute.stats import IoUCounts
+from compute.stats import IoUCounts, PermutationNull, bh_qvalues
 from compute.tap import Tap
 from ingest.samples import latents
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou")
-DEFAULTS: dict[str, Any] = dict(QUANTILE_DEFAULTS)  # recorded in runs.params (holdout_samples: max(64, samples // 2))
+# recorded in runs.params (holdout_samples: max(64, samples // 2))
+DEFAULTS: dict[str, Any] = {**QUANTILE_DEFAULTS, "parts": "none", "iqr_threshold": "unit", "null_block": 8}
 HOLDOUT_SEED_OFFSET = 1_000_003  # the IQR held-out set is seed + this
+ICLR_LEVEL = 0.995               # threshold = "iclr": the raw featuremap's 0.995 quantile
+FDR = 0.05                       # beats chance: BH q < FDR (the unit_labels view)
+MIN_CONCEPT_FRACTION = 1e-3      # IQR: concepts rarer than this are not trusted (the ICLR code)
+MIN_AGREEMENT = 0.8              # IQR: pixel agreement must exceed this (the ICLR code)
 
 
-def null_masks(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Masks of another sample of the batch, circularly shifted: [N, K, H, W] -> [N, K, H, W]."""
-    n, _, h, w = masks.shape
-    r = int(torch.randint(1, n, (1,), generator=gen)) if n > 1 else 0
-    dy, dx = (int(v) for v in torch.randint(0, max(h, w), (2,), generator=gen))
-    return torch.roll(masks.roll(r, dims=0), shifts=(dy % h, dx % w), dims=(2, 3))
+def concept_names(job: Job, ctx: RunContext) -> tuple[list[str], list[str]]:
+    """(names, categories) of the concepts dissected: the segmenter's concepts 1..K-1, then with
+    `parts = "quad"` the c-t/-b/-l/-r halves of every object concept (category "quad")."""
+    seg = ctx.segmenter(job)
+    names = [c.name for c in seg.concepts][1:]
+    cats = [c.category for c in seg.concepts][1:]
+    if parts_mode(job) == "quad":
+        objects = [n for n, c in zip(names, cats) if c == "object"]
+        quads = [f"{n}-{s}" for n in objects for s in ("t", "b", "l", "r")]
+        names, cats = names + quads, cats + ["quad"] * len(quads)
+    return names, cats
+
+
+def parts_mode(job: Job) -> str:
+    mode = str(job.analysis.param("parts", DEFAULTS["parts"]))
+    if mode not in ("none", "quad"):
+        raise ValueError(f"parts = {mode!r}; allowed: none, quad")
+    return mode
 
 
 def segment_batch(job: Job, ctx: RunContext, images: torch.Tensor, size: int) -> torch.Tensor:
-    """Concept masks of generated images: [N, 3, H, W] -> bool [N, K-1, size, size] (concepts 1..K-1)."""
+    """Concept masks of generated images: [N, 3, H, W] -> bool [N, K', size, size] (concepts 1..K-1, then
+    the quad halves of the object concepts when `parts = "quad"`)."""
+    from ingest.models.village_seg import quad_expand
+
     seg = ctx.segmenter(job)
     if images.shape[-1] != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return seg.concept_masks(images)[:, 1:]
+    masks = seg.concept_masks(images)[:, 1:]
+    if parts_mode(job) == "quad":
+        cats = [c.category for c in seg.concepts][1:]
+        obj = [k for k, c in enumerate(cats) if c == "object"]
+        quad, _ = quad_expand(masks[:, obj].cpu().numpy(), [str(k) for k in obj])
+        masks = torch.cat([masks, torch.from_numpy(quad).to(masks.device)], 1)
+    return masks
 
 
-def iou_pass(job: Job, ctx: RunContext, thresholds: dict[str, torch.Tensor], size: int, seed: int, n: int,
-             name: str) -> tuple[dict[str, IoUCounts], dict[str, IoUCounts]]:
-    """Counts at each threshold level (thresholds[layer] is [C, J]) for true and null segmentations."""
+def count_pass(job: Job, ctx: RunContext, make: Callable[[str], Any], size: int, seed: int, n: int,
+               name: str) -> dict[str, Any]:
+    """One generator + segmenter pass over n samples of `seed`; stats[layer] = make(layer) gets
+    add(upsampled featuremap [N, C, size, size], masks bool [N, K, size, size]) per batch. Resumable."""
     gen = ctx.generator(job)
     bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
+    mode = upsample_mode(job)
     todo = batches(n, bs)
     ckpt = Checkpoint(ctx.cache_dir(job), name)
     done, saved, _ = ckpt.load()
-    real = {l: IoUCounts(thresholds[l], device=ctx.device) for l in job.layers}
-    null = {l: IoUCounts(thresholds[l], device=ctx.device) for l in job.layers}
+    stats = {l: make(l) for l in job.layers}
     if done:
         for l in job.layers:
-            real[l].load_state_dict(unflat_state(f"r.{l}", saved))
-            null[l].load_state_dict(unflat_state(f"n.{l}", saved))
+            stats[l].load_state_dict(unflat_state(f"s.{l}", saved))
     for b in ctx.progress(range(done, len(todo)), desc=f"{job.model.name} {name}", total=len(todo), initial=done):
         s, cnt = todo[b]
         z = latents(seed, cnt, int(gen.z_dim), start=s).to(ctx.device)
@@ -77,47 +118,87 @@ def iou_pass(job: Job, ctx: RunContext, thresholds: dict[str, torch.Tensor], siz
                 images = gen(z)
                 acts = {l: tap[l] for l in job.layers}
             masks = segment_batch(job, ctx, images, size)
-            shuffled = null_masks(masks, torch.Generator().manual_seed(seed * 100_003 + b))
             for l, a in acts.items():
                 check_finite(a, l, job.model.name)
-                up = upsample(a, size)
-                real[l].add(up, masks)
-                null[l].add(up, shuffled)
+                stats[l].add(upsample(a, size, mode), masks)
         if (b + 1) % ctx.checkpoint_every == 0:
             state: dict[str, torch.Tensor] = {}
             for l in job.layers:
-                state.update(flat_state(f"r.{l}", real[l].state_dict()))
-                state.update(flat_state(f"n.{l}", null[l].state_dict()))
+                state.update(flat_state(f"s.{l}", stats[l].state_dict()))
             ckpt.save(b + 1, state)
-    return real, null
+    return stats
+
+
+def iqr_choice(hold: IoUCounts, levels: torch.Tensor, per: str) -> torch.Tensor:
+    """The ICLR level choice from held-out counts at T candidate levels (thresholds [C, T], levels [T]
+    descending to 0): index [C, K] (per = "unit_concept") or [C] (per = "unit") into the levels; where
+    every level is ruled out, index 0 (the highest level)."""
+    iqr = iqr_candidates(hold, levels)
+    if per == "unit_concept":
+        return iqr.argmax(1)                                                        # [C, K]
+    flat = iqr.flatten(1).argmax(1)                                                 # best (level, concept)
+    return flat // iqr.shape[2]                                                     # [C]
+
+
+def iqr_candidates(hold: IoUCounts, levels: torch.Tensor) -> torch.Tensor:
+    """Held-out IQR [C, T, K] float64 with ruled-out pairs set to -1: pixel agreement <= 0.8, level <= 0
+    or the last level, concepts under 0.1 % of pixels, no positive association (|A & M| <= |A| |M| / pixels)."""
+    iqr = torch.nan_to_num(hold.iqr().double(), nan=-1.0)                           # [C, T, K]
+    px = max(hold.pixels, 1)
+    inter = hold.inter.double()
+    above = hold.above.double()[:, :, None]
+    concept = hold.concept.double()[None, None, :]
+    agreement = (px - above - concept + 2 * inter) / px
+    bad = (agreement <= MIN_AGREEMENT) | (inter * px <= above * concept)
+    bad |= (concept / px < MIN_CONCEPT_FRACTION).expand_as(bad)
+    bad[:, (levels <= 0).to(bad.device)] = True
+    bad[:, -1] = True
+    return torch.where(bad, torch.full_like(iqr, -1.0), iqr)
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     seg = ctx.segmenter(job)
     size = int(seg.resolution)
-    names = [c.name for c in seg.concepts][1:]
-    quant, topk = quantile_pass(job, ctx, size, a.seed, a.samples)
+    names, cats = concept_names(job, ctx)
+    if parts_mode(job) == "quad":  # the quad concepts join the segmenter's in the concepts dimension
+        from db import store
+        store.upsert_dimension("concepts", [{"segmenter": job.segmenter.name, "concept": n, "category": c,
+                                             "concept_index": None}
+                                            for n, c in zip(names, cats) if c == "quad"], path=ctx.store)
     mode = a.threshold
+    block = int(a.param("null_block", DEFAULTS["null_block"]))
+    per = str(a.param("iqr_threshold", DEFAULTS["iqr_threshold"]))
+    if per not in ("unit", "unit_concept"):
+        raise ValueError(f"iqr_threshold = {per!r}; allowed: unit, unit_concept")
+    quant, topk, raw = quantile_pass(job, ctx, size, a.seed, a.samples, raw=mode == "iclr")
     if mode == "iqr":
         levels = torch.tensor(IQR_LEVELS, dtype=torch.float64)
-        cand = {l: quant[l].quantiles(levels).float() for l in job.layers}  # [C, J]
+        cand = {l: quant[l].quantiles(levels).float() for l in job.layers}         # [C, T]
         hold_n = int(a.param("holdout_samples", max(64, a.samples // 2)))
-        hold, _ = iou_pass(job, ctx, cand, size, a.seed + HOLDOUT_SEED_OFFSET, hold_n, "holdout")
-        real, null = iou_pass(job, ctx, cand, size, a.seed, a.samples, "iou")
+        hold = count_pass(job, ctx, lambda l: IoUCounts(cand[l], device=ctx.device), size,
+                          a.seed + HOLDOUT_SEED_OFFSET, hold_n, "holdout")
+        thr = {}
+        for l in job.layers:
+            choice = iqr_choice(hold[l], levels, per).to(cand[l].device)
+            thr[l] = cand[l].gather(1, choice if choice.dim() == 2 else choice[:, None])
+            thr[l] = thr[l] if per == "unit_concept" else thr[l][:, 0]              # [C, K] or [C]
+    elif mode == "iclr":
+        thr = {l: raw[l].quantiles(torch.tensor([ICLR_LEVEL], dtype=torch.float64))[:, 0].float()
+               for l in job.layers}
     else:
         q = float(mode[1:])
-        cand = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64)).float() for l in job.layers}
-        hold = None
-        real, null = iou_pass(job, ctx, cand, size, a.seed, a.samples, "iou")
+        thr = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64))[:, 0].float() for l in job.layers}
+    main = count_pass(job, ctx, lambda l: PermutationNull(thr[l], block=block, device=ctx.device), size,
+                      a.seed, a.samples, "iou")
     iou_rows: list[dict[str, Any]] = []
     null_rows: list[dict[str, Any]] = []
     absent: set[str] = set()
     for l in job.layers:
-        rows, summary = _layer_rows(job, l, names, cand[l], real[l], null[l], hold[l] if hold else None)
+        rows, summary = layer_rows(job, l, names, main[l], with_iqr=mode == "iqr")
         iou_rows += rows
         null_rows.append(summary)
-        absent |= {names[k] for k in range(len(names)) if int(real[l].concept[k]) == 0}
+        absent |= {names[k] for k in range(len(names)) if int(main[l].concept[k]) == 0}
     if absent:
         print(f"note: {job.analysis.name} [{job.model.name}]: concepts never present in the sample "
               f"(IoU NULL): {', '.join(sorted(absent))}")
@@ -125,49 +206,56 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             "unit_iou": iou_rows, "layer_null_iou": null_rows}
 
 
-def _pick(values: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-    """values [C, J, K] at the per-(unit, concept) level index choice [C, K] -> [C, K]."""
-    return values.gather(1, choice[:, None, :]).squeeze(1)
+def layer_tests(stat: PermutationNull) -> dict[str, torch.Tensor]:
+    """Per (unit, concept) [C, K] float64: iou, null mean/sd IoU, z, p, log10 p and the layer's BH q."""
+    iou = stat.iou().cpu()
+    null_mean, null_sd = (t.cpu() for t in stat.null_iou())
+    p = stat.p_value().cpu()
+    return {"iou": iou, "null_mean": null_mean, "null_std": null_sd, "z": stat.z().cpu(), "p": p,
+            "log10_p": stat.log10_p().cpu(), "q": bh_qvalues(p)}
 
 
-def _layer_rows(job: Job, layer: str, names: list[str], thresholds: torch.Tensor, real: IoUCounts,
-                null: IoUCounts, hold: IoUCounts | None) -> tuple[list[dict], dict]:
-    """unit_iou rows and the layer_null_iou summary of one layer; thresholds [C, J]."""
-    units, levels = thresholds.shape
-    k = len(names)
-    if hold is not None:  # ICLR: per (unit, concept) the level with the best IQR on the held-out set
-        choice = torch.nan_to_num(hold.iqr().cpu(), nan=-1.0).argmax(1)  # [C, K]
-        iqr_value = _pick(real.iqr().cpu(), choice)  # reported on the main set
-    else:
-        choice = torch.zeros(units, k, dtype=torch.long)
-        iqr_value = None
-    t_sel = _pick(thresholds.double().cpu()[:, :, None].expand(units, levels, k), choice)
-    i_sel = _pick(real.inter.double().cpu(), choice)
-    a_sel = _pick(real.above.double().cpu()[:, :, None].expand(units, levels, k), choice)
-    c_all = real.concept.double().cpu()[None, :].expand(units, k)
-    iou = _pick(real.iou().cpu(), choice)
-    null_iou = _pick(null.iou().cpu(), choice)
-    # the layer's null distribution: each unit's best IoU against segmentations of other images
-    null_best = torch.nan_to_num(null_iou, nan=-1.0).amax(1)
-    mu, sd = float(null_best.mean()), float(null_best.std()) if units > 1 else 0.0
-    sd = max(sd, 1e-6)
-    z = (iou - mu) / sd
-    p = 0.5 * torch.erfc(z / math.sqrt(2.0))  # one-sided normal tail
+def _num(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def layer_rows(job: Job, layer: str, names: list[str], stat: PermutationNull,
+               with_iqr: bool = False) -> tuple[list[dict], dict]:
+    """unit_iou rows and the layer_null_iou summary of one layer."""
+    t = layer_tests(stat)
+    units, k = t["iou"].shape
+    thr = stat.thresholds.double().cpu()
+    thr = thr[:, None].expand(units, k) if thr.dim() == 1 else thr
+    above = stat.above.cpu()
+    inter = stat.inter.cpu()
+    concept = stat.concept.cpu()
+    iqr = stat.iqr().cpu() if with_iqr else None
+    cols = {key: v.tolist() for key, v in t.items()}
     rows = []
     for u in range(units):
         for c in range(k):
-            v = float(iou[u, c])
-            finite = math.isfinite(v)
+            present = int(concept[c]) > 0
             rows.append({
                 "run_key": job.run_key, "model": job.model.name, "layer": layer, "unit": u, "concept": names[c],
-                "threshold": float(t_sel[u, c]), "iou": v if finite else None,
-                "inter": float(i_sel[u, c]), "above": float(a_sel[u, c]), "concept_pixels": float(c_all[u, c]),
-                "iqr": float(iqr_value[u, c]) if iqr_value is not None and finite else None,
-                "null_mean": mu, "null_std": sd,
-                "z": float(z[u, c]) if finite else None, "p_value": float(p[u, c]) if finite else None,
+                "threshold": float(thr[u, c]), "iou": cols["iou"][u][c] if present else None,
+                "inter": float(inter[u, c]), "above": float(above[u, c]), "concept_pixels": float(concept[c]),
+                "iqr": float(iqr[u, c]) if iqr is not None and present else None,
+                "null_mean": _num(cols["null_mean"][u][c]), "null_std": _num(cols["null_std"][u][c]),
+                "z": _num(cols["z"][u][c]), "p_value": _num(cols["p"][u][c]),
+                "q_value": _num(cols["q"][u][c]), "log10_p": _num(cols["log10_p"][u][c]),
             })
-    summary = {"run_key": job.run_key, "model": job.model.name, "layer": layer, "method": "shuffle",
-               "n_values": units, "mean": mu, "std": sd, "median": float(null_best.median()),
-               "q90": float(torch.quantile(null_best, 0.90)), "q95": float(torch.quantile(null_best, 0.95)),
-               "q99": float(torch.quantile(null_best, 0.99)), "max": float(null_best.max())}
+    # the null's expected best IoU per unit: max over concepts of the permutation mean IoU
+    null_best = torch.nan_to_num(t["null_mean"], nan=-1.0).amax(1).clamp(min=0)
+    q = lambda x: float(torch.quantile(null_best, x))  # noqa: E731
+    summary = {"run_key": job.run_key, "model": job.model.name, "layer": layer, "method": "permutation",
+               "n_values": units, "mean": float(null_best.mean()),
+               "std": float(null_best.std()) if units > 1 else 0.0, "median": float(null_best.median()),
+               "q90": q(0.90), "q95": q(0.95), "q99": q(0.99), "max": float(null_best.max())}
     return rows, summary
+
+
+def fraction_beating_chance(tests: dict[str, torch.Tensor], fdr: float = FDR) -> float:
+    """Share of units whose best concept (by IoU) has BH q < fdr."""
+    best = torch.nan_to_num(tests["iou"], nan=-1.0).argmax(1)
+    q = tests["q"].gather(1, best[:, None])[:, 0]
+    return float(np.mean(np.nan_to_num(q.numpy(), nan=1.0) < fdr))

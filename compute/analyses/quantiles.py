@@ -1,7 +1,8 @@
 """Activation quantiles and top-k samples of every unit of the job's layers (dissection's first pass).
 
 Reads the job's generator; writes `unit_quantiles` (a grid of levels incl. 0.99, 0.995, 0.999 over the
-featuremap upsampled to the segmentation resolution, bilinear, align_corners=True) and `unit_topk` (the
+featuremap upsampled to the segmentation resolution on the grid named by `upsample`, default the PNAS
+code's) and `unit_topk` (the
 k samples with the highest spatial-max activation per unit). Streaming state is checkpointed under
 `.cache/<run_key>/` every few batches, so a killed run resumes where it stopped.
 
@@ -22,15 +23,17 @@ from compute.stats import Quantile, TopK
 from compute.tap import Tap
 from ingest.samples import latents
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: upsample modes, default "pnas"
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_quantiles", "unit_topk")
-DEFAULTS: dict[str, Any] = {"batch_size": 32, "topk": 20}  # recorded in runs.params
+DEFAULTS: dict[str, Any] = {"batch_size": 32, "topk": 20, "upsample": "pnas"}  # recorded in runs.params
 
-# Levels stored per unit: the fixed-quantile thresholds and the IQR candidate levels.
-IQR_LEVELS: tuple[float, ...] = (0.999, 0.998, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.8)
-GRID: tuple[float, ...] = tuple(sorted({0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999,
-                                        1.0, *IQR_LEVELS}))
+# The IQR candidate levels of the ICLR code (netdissect/dissection.py collect_iqr): 1 - logspace(-3, 0, 100),
+# from 0.999 down to 0 (the unit's minimum), far below the median.
+IQR_LEVELS: tuple[float, ...] = tuple(float(1.0 - 10.0 ** (-3.0 + 3.0 * i / 99)) for i in range(100))
+# Levels stored per unit in unit_quantiles.
+GRID: tuple[float, ...] = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998,
+                           0.999, 1.0)
 
 
 def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -38,31 +41,61 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
 
 
+UPSAMPLE_MODES: tuple[str, ...] = ("pnas", "iclr", "align_corners")
+
+
+def source_coords(mode: str, n_in: int, n_out: int) -> torch.Tensor:
+    """Where each of n_out output pixels samples the input, in input pixel units (0 = centre of the first
+    input pixel), float64 [n_out]. "pnas" and "iclr" use the references' `upsample_grid` (pixel centres:
+    scale s = n_out / n_in, offset 0.5 s - 0.5, grid g = (t - offset) * 2 / (s (n_in - 1)) - 1), read
+    by `grid_sample` with align_corners=False in the PNAS code (davidbau/dissect, current torch) and
+    with the pre-1.3 default align_corners=True in the ICLR code; "align_corners" is
+    F.interpolate(align_corners=True)."""
+    t = torch.arange(n_out, dtype=torch.float64)
+    if mode == "align_corners":
+        return t * (n_in - 1) / max(n_out - 1, 1)
+    s = n_out / n_in
+    g = (t - (0.5 * s - 0.5)) * (2.0 / (s * (n_in - 1))) - 1.0
+    if mode == "iclr":
+        return (g + 1.0) * (n_in - 1) / 2.0
+    if mode == "pnas":
+        return ((g + 1.0) * n_in - 1.0) / 2.0
+    raise ValueError(f"upsample mode {mode!r}; allowed: {', '.join(UPSAMPLE_MODES)}")
+
+
 @functools.lru_cache(maxsize=64)
-def _bilinear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """[n_out, n_in] weights of 1-D linear interpolation with align_corners=True."""
+def _bilinear_matrix(n_in: int, n_out: int, device: torch.device, mode: str = "align_corners") -> torch.Tensor:
+    """[n_out, n_in] weights of 1-D linear interpolation at `source_coords(mode)`: "pnas" pads with
+    zeros (a neighbour outside the map contributes 0, as grid_sample's padding_mode="zeros"), "iclr"
+    clamps to the border (padding_mode="border"). A 1-pixel input is copied everywhere (the reference
+    grid is undefined there)."""
     if n_in == 1:
         return torch.ones(n_out, 1, device=device)
-    pos = torch.arange(n_out, dtype=torch.float64) * (n_in - 1) / (n_out - 1)
-    lo = pos.floor().long().clamp(max=n_in - 2)
+    pos = source_coords(mode, n_in, n_out)
+    if mode != "pnas":
+        pos = pos.clamp(0, n_in - 1)
+    lo = pos.floor().long()
     frac = pos - lo
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    w[torch.arange(n_out), lo] = 1 - frac
-    w[torch.arange(n_out), lo + 1] += frac
-    return w.float().to(device)
+    w = torch.zeros(n_out, n_in + 2, dtype=torch.float64)             # columns 0 and n_in + 1: outside
+    rows = torch.arange(n_out)
+    w.index_put_((rows, (lo + 1).clamp(0, n_in + 1)), 1 - frac, accumulate=True)
+    w.index_put_((rows, (lo + 2).clamp(0, n_in + 1)), frac, accumulate=True)
+    return w[:, 1:n_in + 1].float().to(device)
 
 
-def upsample(act: torch.Tensor, size: int) -> torch.Tensor:
-    """[N, C, h, w] -> [N, C, size, size], bilinear with align_corners=True (the recorded choice).
+def upsample(act: torch.Tensor, size: int, mode: str = "pnas") -> torch.Tensor:
+    """[N, C, h, w] -> [N, C, size, size], bilinear on the grid of `mode` (recorded as `upsample` in
+    runs.params): "pnas" (default, the PNAS code's grid, zero padding), "iclr" (the ICLR code's; equal
+    to half-pixel bilinear, F.interpolate(align_corners=False)) or "align_corners".
 
-    Separable: two small matmuls (rows, then columns), several times faster on CPU than
-    F.interpolate and equal to it up to float rounding (tested).
+    Separable: two small matmuls (rows, then columns), several times faster on CPU than grid_sample
+    and equal to it up to float rounding (tested against the references' grids).
     """
     h, w = act.shape[-2:]
-    if h == size and w == size:
+    if h == size and w == size and mode != "pnas":
         return act
-    wy = _bilinear_matrix(h, size, act.device)  # [size, h]
-    wx = _bilinear_matrix(w, size, act.device)  # [size, w]
+    wy = _bilinear_matrix(h, size, act.device, mode)  # [size, h]
+    wx = _bilinear_matrix(w, size, act.device, mode)  # [size, w]
     return torch.matmul(wy, torch.matmul(act, wx.T))
 
 
@@ -94,49 +127,52 @@ def activation_batches(job: Job, ctx: RunContext, seed: int, n: int, start_batch
         yield b, s, acts
 
 
-def quantile_pass(job: Job, ctx: RunContext, size: int, seed: int, n: int,
-                  name: str = "quantiles") -> tuple[dict[str, Quantile], dict[str, TopK]]:
-    """Streaming per-unit quantiles (of upsampled maps) and top-k samples, resumable from checkpoints."""
+def upsample_mode(job: Job) -> str:
+    """The job's `upsample` parameter (default "pnas"), checked."""
+    mode = str(job.analysis.param("upsample", DEFAULTS["upsample"]))
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample = {mode!r}; allowed: {', '.join(UPSAMPLE_MODES)}")
+    return mode
+
+
+def quantile_pass(job: Job, ctx: RunContext, size: int, seed: int, n: int, name: str = "quantiles",
+                  raw: bool = False) -> tuple[dict[str, Quantile], dict[str, TopK], dict[str, Quantile] | None]:
+    """Streaming per-unit quantiles of the upsampled maps and top-k samples, resumable from checkpoints;
+    with raw=True also the quantiles of the featuremaps as the layer outputs them (the ICLR code's
+    thresholds), else None. Returns (quantiles, topk, raw quantiles)."""
     k = int(job.analysis.param("topk", DEFAULTS["topk"]))
+    mode = upsample_mode(job)
     ckpt = Checkpoint(ctx.cache_dir(job), name)
     done, saved, _ = ckpt.load()
-    quant: dict[str, Quantile] = {}
-    topk: dict[str, TopK] = {}
+    stats = _new_stats(job, ctx, k, raw)
+    if done:
+        _load(stats, saved)
     for b, s, acts in activation_batches(job, ctx, seed, n, done, desc=f"{job.model.name} {name}"):
-        if not quant:  # first batch seen by this process: build (and restore) the stats
-            for layer, a in acts.items():
-                quant[layer] = Quantile(device=ctx.device)
-                topk[layer] = TopK(k, device=ctx.device)
-                if done:
-                    quant[layer].load_state_dict(unflat_state(f"q.{layer}", saved))
-                    topk[layer].load_state_dict(unflat_state(f"t.{layer}", saved))
         index = torch.arange(s, s + next(iter(acts.values())).shape[0], device=ctx.device)
         for layer, a in acts.items():
-            quant[layer].add(upsample(a, size))
-            topk[layer].add(a.flatten(2).amax(2), index)
+            stats["q"][layer].add(upsample(a, size, mode))
+            stats["t"][layer].add(a.flatten(2).amax(2), index)
+            if raw:
+                stats["r"][layer].add(a)
         if (b + 1) % ctx.checkpoint_every == 0:
-            ckpt.save(b + 1, _state(quant, topk))
-    if not quant:  # everything was already done before a crash: restore from the checkpoint
-        quant, topk = _restore(job, ctx, saved, k)
-    return quant, topk
+            ckpt.save(b + 1, {key: v for pre, d in stats.items() for layer, st in d.items()
+                              for key, v in flat_state(f"{pre}.{layer}", st.state_dict()).items()})
+    return stats["q"], stats["t"], stats.get("r")
 
 
-def _state(quant: dict[str, Quantile], topk: dict[str, TopK]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for layer in quant:
-        out.update(flat_state(f"q.{layer}", quant[layer].state_dict()))
-        out.update(flat_state(f"t.{layer}", topk[layer].state_dict()))
+def _new_stats(job: Job, ctx: RunContext, k: int, raw: bool) -> dict[str, dict[str, Any]]:
+    """{"q": upsampled quantiles, "t": top-k, ["r": raw quantiles]} per layer."""
+    out: dict[str, dict[str, Any]] = {"q": {l: Quantile(device=ctx.device) for l in job.layers},
+                                      "t": {l: TopK(k, device=ctx.device) for l in job.layers}}
+    if raw:
+        out["r"] = {l: Quantile(device=ctx.device) for l in job.layers}
     return out
 
 
-def _restore(job: Job, ctx: RunContext, saved: dict[str, torch.Tensor], k: int
-             ) -> tuple[dict[str, Quantile], dict[str, TopK]]:
-    quant = {l: Quantile(device=ctx.device) for l in job.layers}
-    topk = {l: TopK(k, device=ctx.device) for l in job.layers}
-    for l in job.layers:
-        quant[l].load_state_dict(unflat_state(f"q.{l}", saved))
-        topk[l].load_state_dict(unflat_state(f"t.{l}", saved))
-    return quant, topk
+def _load(stats: dict[str, dict[str, Any]], saved: dict[str, torch.Tensor]) -> None:
+    for pre, d in stats.items():
+        for layer, st in d.items():
+            st.load_state_dict(unflat_state(f"{pre}.{layer}", saved))
 
 
 def quantile_rows(job: Job, quant: dict[str, Quantile], levels: Sequence[float] = GRID) -> list[dict[str, Any]]:
@@ -174,5 +210,5 @@ def segmentation_size(job: Job, ctx: RunContext) -> int:
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     size = segmentation_size(job, ctx)
     a = job.analysis
-    quant, topk = quantile_pass(job, ctx, size, a.seed, a.samples)
+    quant, topk, _ = quantile_pass(job, ctx, size, a.seed, a.samples)
     return {"unit_quantiles": quantile_rows(job, quant), "unit_topk": topk_rows(job, topk, a.seed)}

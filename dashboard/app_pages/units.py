@@ -1,5 +1,9 @@
-"""Units: rank the units of one layer (best IoU, IoU for a concept, α for a concept, label, null z-score)
-and show them as cards with their top images, the region above threshold outlined (paper Fig. 3)."""
+"""Units: rank the units of one layer (best IoU, IoU for a concept, α for a concept, label, permutation-null
+z-score, precision of the label, IoU relative to its size ceiling) and show them as cards with their top
+images, the region above threshold outlined (paper Fig. 3).
+
+Large concepts (sky, grass) cannot reach a high IoU in q-mode: a unit above threshold on 1 % of pixels has
+IoU at most 0.01 / f with a concept covering a share f; rank by precision or by IoU / ceiling to see them."""
 from __future__ import annotations
 
 import polars as pl
@@ -52,6 +56,13 @@ page = st.number_input(f"page (of {n_pages})", 1, n_pages, 1, key="units_page") 
 shown = table.slice((page - 1) * n_cards, n_cards)
 st.caption(f"{table.height} units of {model} {layer}; ranked by {queries.RANKINGS[ranking][0]}"
            + (f" ({concept})" if concept else "") + (f"; dissection {ui.dissection_label((seg, mode))}" if seg else ""))
+if ranking in ("precision", "ceiling"):
+    st.caption("precision = share of the unit's above-threshold pixels on its label; ceiling = "
+               "min(above, concept) / max(above, concept), the best IoU possible at these sizes")
+if seg and "beats_chance" in table.columns and table["beats_chance"].drop_nulls().len():
+    beats = int(table["beats_chance"].fill_null(False).sum())
+    st.caption(f"{beats} of {table.height} units beat chance (Benjamini-Hochberg q < 0.05 against the "
+               "permutation null: maps re-paired with other images' masks); association is not interpretability")
 if shown.height == 0:
     st.info("No unit matches.")
     st.stop()

@@ -13,6 +13,7 @@ from compute.tap import Tap
 from db import store
 from ingest.samples import latents
 from ingest.zoo import load_model_spec, load_segmenter_spec
+from tests.compute.test_upsample import reference_upsample
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_streaming_iou_equals_exact_full_batch(computed) -> None:
                       "where r.name = 'dq' order by u.layer, u.unit, u.concept", path=db)
     assert len(rows) == sum(a.shape[1] for a in acts.values()) * len(names)
     for layer, a in acts.items():
-        up = F.interpolate(a, size=(64, 64), mode="bilinear", align_corners=True)
+        up = reference_upsample(a, 64, "pnas")  # the default grid, as the PNAS code draws it
         sub = rows.filter(rows["layer"] == layer)
         t = torch.tensor(sub.group_by("unit", maintain_order=True).agg(
             __import__("polars").col("threshold").first())["threshold"].to_list())
@@ -80,9 +81,142 @@ def test_iqr_mode_and_null_baseline(computed) -> None:
     null = store.read("select * from layer_null_iou", path=db)
     assert set(null["layer"].to_list()) == {"layer3", "layer8"} and (null["n_values"] > 0).all()
     params = store.read("select params from runs where name = 'diqr'", path=db)["params"][0]
-    assert '"threshold":"iqr"' in params
+    assert '"threshold":"iqr"' in params and '"upsample":"pnas"' in params and '"iqr_threshold":"unit"' in params
+    assert '"null_block":8' in params and '"parts":"none"' in params
+    assert set(null["method"].to_list()) == {"permutation"}
     views = store.read("select * from unit_labels", path=db)
     assert len(views) > 0
+    # iqr_threshold = "unit" (default): one threshold per unit, whatever the concept
+    per_unit = store.read("select unit, count(distinct threshold) as n from unit_iou u join runs r using (run_key) "
+                          "where r.name = 'diqr' group by unit", path=db)
+    assert (per_unit["n"] == 1).all()
+
+
+def test_q_values_are_bh_over_the_layer(computed) -> None:
+    from scipy.stats import false_discovery_control
+
+    s, db = computed
+    df = store.read("select u.layer, u.p_value, u.q_value, u.log10_p from unit_iou u join runs r using (run_key) "
+                    "where r.name = 'dq' and p_value is not null order by layer, unit, concept", path=db)
+    for layer in ("layer3", "layer8"):
+        sub = df.filter(df["layer"] == layer)
+        want = false_discovery_control(sub["p_value"].to_numpy(), method="bh")
+        assert np.allclose(sub["q_value"].to_numpy(), want, atol=1e-12)
+        p = sub["p_value"].to_numpy()
+        ok = p > 1e-300
+        assert np.allclose(sub["log10_p"].to_numpy()[ok], np.log10(p[ok]), atol=1e-9)
+
+
+def test_iqr_choice_rules_out_anti_detectors_and_the_grid_edge() -> None:
+    """The ICLR filters: an anti-correlated pair has MI > 0 but is never chosen; nor is level 0."""
+    from compute.analyses.dissect import iqr_candidates, iqr_choice
+    from compute.stats import IoUCounts
+
+    g = torch.Generator().manual_seed(3)
+    m = torch.zeros(40, 2, 16, 16, dtype=torch.bool)
+    m[:, 0, :8] = True                                              # concept 0: top half
+    m[:, 1] = torch.rand(40, 16, 16, generator=g) < 0.3             # concept 1: noise
+    a = torch.randn(40, 2, 16, 16, generator=g) * 0.1
+    a[:, 0] += m[:, 0].float()                                     # unit 0 detects concept 0
+    a[:, 1] -= m[:, 0].float()                                     # unit 1 is off on concept 0 (anti-detector)
+    levels = torch.tensor([0.99, 0.9, 0.7, 0.5, 0.3, 0.0], dtype=torch.float64)
+    q = torch.quantile(a.transpose(0, 1).reshape(2, -1), levels.float(), dim=1).T       # [C, T]
+    hold = IoUCounts(q.contiguous())
+    hold.add(a, m)
+    per_pair = iqr_choice(hold, levels, "unit_concept")
+    assert int(per_pair[0, 0]) == 3                                # 50 % above: exactly the top half
+    per_unit = iqr_choice(hold, levels, "unit")
+    assert int(per_unit[0]) == 3
+    # unit 1 on concept 0: anti-correlated at every level, so ruled out everywhere
+    iqr = hold.iqr()
+    assert float(iqr[1, 2, 0]) > 0.1                               # the raw IQR would have picked it
+    assert (iqr_candidates(hold, levels)[1, :, 0] == -1).all()
+    assert (per_pair < 5).all() and (per_unit < 5).all()           # never the last level (quantile 0)
+
+
+@pytest.fixture(scope="module")
+def reference_modes(tmp_path_factory, tiny_gan, tiny_seg) -> str:
+    from tests.conftest import run_spec_in, write_spec
+
+    d = tmp_path_factory.mktemp("modes")
+    path = write_spec(d, f"""
+        [store]
+        path = "{d / 'm.duckdb'}"
+        [[models]]
+        name = "tiny"
+        family = "progan"
+        checkpoint = "{tiny_gan}"
+        [[segmenters]]
+        name = "tiny-seg"
+        family = "village"
+        checkpoint = "{tiny_seg}"
+        [[analyses]]
+        name = "diclr"
+        kind = "dissect"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer4"]
+        samples = 24
+        seed = 4
+        batch_size = 12
+        threshold = "iclr"
+        upsample = "iclr"
+        parts = "quad"
+        null_block = 4
+        [[analyses]]
+        name = "dpair"
+        kind = "dissect"
+        models = ["tiny"]
+        segmenter = "tiny-seg"
+        layers = ["layer8"]
+        samples = 24
+        seed = 4
+        batch_size = 12
+        threshold = "iqr"
+        iqr_threshold = "unit_concept"
+        holdout_samples = 16
+        """)
+    out = run_spec_in(d, path)
+    assert [o.state for o in out] == ["done", "done"], [o.error for o in out]
+    return str(d / "m.duckdb")
+
+
+def test_iclr_threshold_is_the_raw_0995_quantile(reference_modes: str) -> None:
+    db = reference_modes
+    params = store.read("select params from runs where name = 'diclr'", path=db)["params"][0]
+    assert '"upsample":"iclr"' in params and '"parts":"quad"' in params and '"threshold":"iclr"' in params
+    from ingest.models.progan import load_progan
+
+    rows = store.read("select distinct unit, threshold from unit_iou u join runs r using (run_key) "
+                      "where r.name = 'diclr' order by unit", path=db)
+    g = load_progan(str(Path(store.read("select checkpoint from models where model = 'tiny'", path=db)
+                                  ["checkpoint"][0])))
+    with torch.no_grad(), Tap(g, ["layer4"]) as tap:
+        g(latents(4, 24, g.z_dim))
+        raw = tap["layer4"].transpose(0, 1).reshape(8, -1)                 # not upsampled
+    for u, t in zip(rows["unit"], rows["threshold"]):
+        share = float((raw[u] > t).double().mean())
+        assert abs(share - 0.005) <= 0.5 / raw.shape[1] + 0.002, (u, share)  # by rank
+
+
+def test_quad_parts_are_halves_of_each_object_concept(reference_modes: str) -> None:
+    db = reference_modes
+    df = store.read("select concept, max(concept_pixels) as px from unit_iou u join runs r using (run_key) "
+                    "where r.name = 'diclr' group by concept", path=db)
+    px = dict(zip(df["concept"], df["px"]))
+    quads = [c for c in px if c[-2:] in ("-t", "-b", "-l", "-r")]
+    assert quads, "quad concepts are dissected"
+    cats = store.read("select concept, category from concepts where category = 'quad'", path=db)
+    assert set(quads) <= set(cats["concept"].to_list())
+    for c in {q[:-2] for q in quads}:
+        assert px[f"{c}-t"] + px[f"{c}-b"] == px[c] and px[f"{c}-l"] + px[f"{c}-r"] == px[c]
+
+
+def test_unit_concept_thresholds_differ_by_concept(reference_modes: str) -> None:
+    db = reference_modes
+    df = store.read("select unit, count(distinct threshold) as n from unit_iou u join runs r using (run_key) "
+                    "where r.name = 'dpair' and iou is not null group by unit", path=db)
+    assert df["n"].max() > 1
 
 
 @pytest.mark.parametrize("h", [1, 4, 8, 32])
@@ -91,7 +225,7 @@ def test_matmul_upsample_equals_interpolate(h: int) -> None:
 
     x = torch.randn(3, 5, h, h)
     want = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=True)
-    assert torch.allclose(upsample(x, 64), want, atol=1e-5)
+    assert torch.allclose(upsample(x, 64, "align_corners"), want, atol=1e-5)
 
 
 def test_non_finite_activations_name_the_layer_and_unit() -> None:
