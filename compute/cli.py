@@ -1,10 +1,11 @@
 """The `gandissect` command line.
 
 Reads a spec (default `gandissect.toml`) and the store; writes through the runner. Exit status:
-0 success, 2 bad input (spec, arguments, files, refused SQL), 1 anything else. Errors are one line
+0 success, 2 bad input (spec, arguments, files, refused SQL: every `db.errors.BadInput`), 1 anything
+else (including a run being computed by another process: `--wait` waits for it). Errors are one line
 unless `--debug`.
 
-    gandissect run [SPEC] [--only NAME] [--force] [--device auto|cpu|cuda] [--quiet]
+    gandissect run [SPEC] [--only NAME] [--force] [--wait] [--device auto|cpu|cuda] [--quiet]
     gandissect status [SPEC]
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
@@ -21,15 +22,24 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from db.errors import BadInput, one_line
+
 BAD_INPUT = 2
 
 
-class UsageError(ValueError):
+class UsageError(BadInput):
     """Bad arguments: exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): `error: gandissect run: ...`, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(BAD_INPUT, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gandissect", description="GAN Dissection workbench")
+    p = _Parser(prog="gandissect", description="GAN Dissection workbench")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -37,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("spec", nargs="?", default="gandissect.toml")
     r.add_argument("--only", help="run one analysis (by name)")
     r.add_argument("--force", action="store_true", help="recompute even if done")
+    r.add_argument("--wait", action="store_true",
+                   help="when another process is computing a run, wait for it (default: skip it, exit 1)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -101,11 +113,12 @@ def store_path(db: str | None, spec_path: str) -> str:
 def cmd_run(a: argparse.Namespace) -> int:
     from compute import runner, spec
 
-    outcomes = runner.run(spec.load(a.spec), only=a.only, force=a.force, device=a.device, quiet=a.quiet)
+    outcomes = runner.run(spec.load(a.spec), only=a.only, force=a.force, device=a.device, quiet=a.quiet,
+                          wait=a.wait)
     failed = [o for o in outcomes if o.state == "failed"]
     if failed and all(o.bad_input for o in failed):
         return 2  # bad input: every failure names what to change in the spec or its files
-    return 1 if failed else 0
+    return 1 if failed or any(o.state == "running elsewhere" for o in outcomes) else 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -122,14 +135,21 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_sql(a: argparse.Namespace) -> int:
-    from db.guard import guarded_query
+    from db.guard import run_guarded
+
+    from db.store import check_store_path
 
     path = store_path(a.db, a.spec)
+    check_store_path(path)  # a directory, a foreign or empty file, a path under a file: exit 2
     if not Path(path).exists():
         raise UsageError(f"no store at {path}: run `gandissect run` first")
-    df = guarded_query(a.query, path=path, row_limit=a.limit, timeout_s=a.timeout)
+    res = run_guarded(a.query, path=path, row_limit=a.limit, timeout_s=a.timeout)
+    df = res.frame
+    if res.truncated:
+        print(f"note: only the first {a.limit:,} rows are shown (--limit {a.limit}); more rows matched",
+              file=sys.stderr)
     if a.format == "csv":
-        sys.stdout.write(df.write_csv())
+        sys.stdout.write(_json_nested(df).write_csv())
     elif a.format == "json":
         sys.stdout.write(df.write_json() + "\n")
     else:
@@ -139,6 +159,19 @@ def cmd_sql(a: argparse.Namespace) -> int:
                        tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
             print(df)
     return 0
+
+
+def _json_nested(df):  # type: ignore[no-untyped-def]
+    """Nested columns (lists, structs, arrays) as JSON text, so CSV can hold them."""
+    import json
+
+    import polars as pl
+
+    nested = [c for c, t in df.schema.items() if t.is_nested() or t == pl.Object]
+    if not nested:
+        return df
+    return df.with_columns([pl.Series(c, [None if v is None else json.dumps(v, default=str) for v in df[c].to_list()],
+                                      dtype=pl.String) for c in nested])
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
@@ -173,8 +206,22 @@ def cmd_edit(a: argparse.Namespace) -> int:
     return paint.cmd_edit(a, store_path(a.db, a.spec))
 
 
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """`--region -5,0,10,10` as `--region=-5,0,10,10` (argparse takes a leading '-' for an option)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--region" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"--region={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _glue_negative_values(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     try:
         a = parser.parse_args(argv)
@@ -195,15 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # one clear line; the traceback only with --debug
         if a.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
         return BAD_INPUT if _is_bad_input(e) else 1
 
 
 def _is_bad_input(e: Exception) -> bool:
-    from compute.spec import SpecError
-
-    names = {"GuardError", "ZooError", "SpecError", "UsageError", "EditError"}
-    return isinstance(e, (SpecError, UsageError, FileNotFoundError)) or type(e).__name__ in names
+    names = {"ZooError", "EditError", "RealImagesError", "FeatureError"}  # bad-input types defined elsewhere
+    return isinstance(e, (BadInput, FileNotFoundError)) or type(e).__name__ in names
 
 
 if __name__ == "__main__":

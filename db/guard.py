@@ -4,8 +4,10 @@ Reads the store through a short read-only connection opened with external access
 configuration locked, so the query cannot write, read other files, attach databases, load extensions
 or turn any of that back on. Before anything runs, DuckDB's own parser splits the text: exactly one
 statement, of type SELECT (which covers WITH, FROM-first, SHOW, DESCRIBE, SUMMARIZE) or EXPLAIN of a
-SELECT. A timer interrupts queries that run past the time limit; at most `row_limit` rows come back.
-Every refusal or failure is a `GuardError` with a one-line message.
+SELECT. A timer interrupts queries that run past the time limit; at most `row_limit` rows come back;
+the connection's memory is capped at `MEMORY_LIMIT` (1 GB) and 2 threads, locked, so one query cannot
+exhaust the machine (it fails with "Out of Memory" instead). Every refusal or failure is a `GuardError`
+with a one-line message.
 
     from db.guard import guarded_query
     df = guarded_query("select * from unit_labels limit 5", path="gandissect.duckdb")
@@ -13,6 +15,7 @@ Every refusal or failure is a `GuardError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -24,12 +27,16 @@ from typing import Iterator
 import duckdb
 import polars as pl
 
-from db.store import StoreNotFound, connect, ensure_schema, store_path
+from db.errors import BadInput
+from db.store import BASE_CONFIG, StoreError, StoreNotFound, StorePathError, connect, ensure_schema, store_path
 
+MEMORY_LIMIT = "1GB"  # DuckDB memory_limit of a guarded connection (the README states it)
+THREADS = 2
 GUARD_CONFIG = {
+    **BASE_CONFIG,  # autoinstall / autoload of extensions off
     "enable_external_access": False,
-    "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False,
+    "memory_limit": MEMORY_LIMIT,
+    "threads": THREADS,
     "lock_configuration": True,
 }
 
@@ -55,7 +62,7 @@ _REASON_TEXT = {  # statement type name -> why it is refused (names missing from
     "ALTER": "ALTER changes the store",
     "TRANSACTION": "transaction control is not needed for a read",
     "VACUUM": "VACUUM changes the store",
-    "ANALYZE": "ANALYZE changes the store",
+    "ANALYZE": "ANALYZE changes the store's statistics",
     "CALL": "CALL runs table functions and commands (use SELECT * FROM fn(...))",
     "PREPARE": "PREPARE / EXECUTE are not allowed",
     "EXECUTE": "PREPARE / EXECUTE are not allowed",
@@ -63,9 +70,22 @@ _REASON_TEXT = {  # statement type name -> why it is refused (names missing from
 _REASONS: dict[object, str] = {getattr(ST, k): v for k, v in _REASON_TEXT.items() if hasattr(ST, k)}
 _ALLOWED = "only one read-only SELECT (or EXPLAIN SELECT) is allowed"
 _EXPLAIN = re.compile(r"^\s*explain(\s+analyze)?\s+", re.IGNORECASE)
+_COMMENTS = re.compile(r"(--[^\n]*|/\*.*?\*/)", re.DOTALL)
+# statements DuckDB's parser files under another type (their refusal names them, not the other type)
+_BY_KEYWORD = {
+    "analyze": "ANALYZE changes the store's statistics",
+    "checkpoint": "CHECKPOINT writes the store",
+    "force": "FORCE CHECKPOINT writes the store",
+}
 
 
-class GuardError(ValueError):
+def _keyword(sql: str) -> str:
+    """The first word of the text, lower case, comments and parentheses skipped."""
+    words = _COMMENTS.sub(" ", sql).replace("(", " ").split()
+    return words[0].lower() if words else ""
+
+
+class GuardError(BadInput):
     """User SQL refused (`refused` is True) or failed; the message is one clear line."""
 
     def __init__(self, message: str, refused: bool = True) -> None:
@@ -91,6 +111,9 @@ def check_sql(sql: str) -> str:
     parser = duckdb.connect(":memory:")
     try:
         statements = parser.extract_statements(sql)
+        if _keyword(sql) in ("pivot", "unpivot") and (len(statements) != 1 or statements[0].type != ST.SELECT):
+            raise GuardError(f"refused: a {_keyword(sql).upper()} without an IN list first creates a type "
+                             f"(a write); list the values: PIVOT t ON col IN ('a', 'b') USING ...; {_ALLOWED}")
         if len(statements) != 1:
             raise GuardError(f"refused: {len(statements)} statements given; {_ALLOWED}")
         st = statements[0]
@@ -100,7 +123,7 @@ def check_sql(sql: str) -> str:
             if len(inner_st) != 1 or inner_st[0].type != ST.SELECT:
                 raise GuardError(f"refused: EXPLAIN of anything but a SELECT; {_ALLOWED}")
         elif st.type != ST.SELECT:
-            reason = _REASONS.get(st.type, f"{st.type.name} statements are not allowed")
+            reason = _BY_KEYWORD.get(_keyword(st.query)) or _REASONS.get(st.type, f"{st.type.name} statements are not allowed")
             raise GuardError(f"refused: {reason}; {_ALLOWED}")
         return st.query
     except duckdb.ParserException as e:
@@ -115,8 +138,9 @@ def _guarded_connection(path: str | os.PathLike | None, missing_ok: bool) -> Ite
     in-memory store under the same configuration."""
     p = store_path(path)
     if missing_ok and not Path(p).exists():
-        con = duckdb.connect(":memory:", config=GUARD_CONFIG)
+        con = duckdb.connect(":memory:", config={k: v for k, v in GUARD_CONFIG.items() if k != "lock_configuration"})
         ensure_schema(con)
+        con.execute("SET lock_configuration = true")
     else:
         con = connect(p, read_only=True, config=GUARD_CONFIG)
     try:
@@ -128,8 +152,11 @@ def _guarded_connection(path: str | os.PathLike | None, missing_ok: bool) -> Ite
 def run_guarded(sql: str, path: str | os.PathLike | None = None, row_limit: int = 10_000,
                 timeout_s: float = 30.0, *, missing_ok: bool = False) -> GuardedResult:
     """Check, then run user SQL read-only with external access off, a time limit and a row limit."""
-    if row_limit < 1:
-        raise GuardError("the row limit must be at least 1", refused=False)
+    if isinstance(row_limit, bool) or not isinstance(row_limit, int) or row_limit < 1:
+        raise GuardError(f"the row limit must be a whole number >= 1, got {row_limit!r}", refused=False)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise GuardError(f"the time limit must be a number of seconds > 0, got {timeout_s!r}", refused=False)
     query = check_sql(sql)
     t0 = time.monotonic()
     try:
@@ -141,7 +168,7 @@ def run_guarded(sql: str, path: str | os.PathLike | None = None, row_limit: int 
             finally:
                 timer.cancel()
                 timer.join()
-    except StoreNotFound as e:
+    except (StoreNotFound, StorePathError) as e:
         raise GuardError(str(e), refused=False) from e
     except duckdb.InterruptException as e:
         raise GuardError(f"the query ran past the time limit of {timeout_s:g} s and was stopped",
@@ -149,6 +176,9 @@ def run_guarded(sql: str, path: str | os.PathLike | None = None, row_limit: int 
     except duckdb.PermissionException as e:
         raise GuardError(f"refused: the query reaches outside the store, and external access (files, "
                          f"network, extensions) is disabled here: {_first_line(e)}") from e
+    except duckdb.OutOfMemoryException as e:
+        raise GuardError(f"query failed: it needs more than the {MEMORY_LIMIT} memory limit of this connection: "
+                         f"{_first_line(e)}", refused=False) from e
     except duckdb.Error as e:
         raise GuardError(f"query failed: {_first_line(e)}", refused=False) from e
     truncated = frame.height > row_limit

@@ -37,12 +37,18 @@ try:
 except ImportError:  # not POSIX: no writer gate, plain retry
     fcntl = None  # type: ignore[assignment]
 
+from db.errors import BadInput
 from db.tables import AUDITS_SQL, DIMENSIONS, RESULT_TABLES, SCHEMA_SQL, TABLES, VIEWS_SQL, Table, parse_schema
 
 DEFAULT_PATH = "gandissect.duckdb"
 DEFAULT_TIMEOUT_S = float(os.environ.get("GANDISSECT_DB_TIMEOUT", "30"))  # read-only connects
 WRITE_TIMEOUT_S = float(os.environ.get("GANDISSECT_DB_WRITE_TIMEOUT", "120"))  # write connects
 RUN_STATUSES = ("running", "done", "failed")
+# every connection: never download or auto-load an extension (a foreign file must not make DuckDB fetch
+# e.g. sqlite_scanner). One base configuration for all, since DuckDB refuses two connections of one
+# process to one file with different configurations.
+BASE_CONFIG: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
 FLAGS = ("artifact", "watermark", "interesting", "label")
 
 Rows = Union[Sequence[Mapping[str, Any]], pl.DataFrame, pa.Table]
@@ -55,6 +61,11 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another process kept the store's lock for longer than the retry window."""
+
+
+class StorePathError(StoreError, BadInput):
+    """The store path is not usable: a directory, an empty or foreign file, a path under a file,
+    an uncreatable location (bad input: the CLI exits 2)."""
 
 
 class StoreNotFound(StoreError, FileNotFoundError):
@@ -115,10 +126,15 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
     timeout = (DEFAULT_TIMEOUT_S if read_only else WRITE_TIMEOUT_S) if timeout is None else timeout
     if p != ":memory:":
         if read_only and not Path(p).exists():
+            check_store_path(p)  # a path under a regular file says so
             raise StoreNotFound(f"no store at {p}: run `gandissect run` first")
+        check_store_path(p)
         if not read_only:
-            Path(p).parent.mkdir(parents=True, exist_ok=True)
-    con = _connect_with_retry(p, read_only, timeout, dict(config or {}))
+            try:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorePathError(f"store {p}: cannot create its directory: {e.strerror or e}") from None
+    con = _connect_with_retry(p, read_only, timeout, {**BASE_CONFIG, **dict(config or {})})
     if not read_only:
         try:
             ensure_schema(con)
@@ -126,6 +142,35 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, *,
             con.close()
             raise
     return con
+
+
+def check_store_path(p: str | os.PathLike) -> None:
+    """Refuse a store path DuckDB must not open (StorePathError, one line), before anything is created:
+    a directory, a path under a regular file, an empty file, a file that is not a DuckDB database
+    (e.g. SQLite: DuckDB would try to install an extension to read it), an unreadable file."""
+    path = Path(p)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StorePathError(f"store {p}: {parent} is a file, not a directory")
+            break
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise StorePathError(f"store {p} is a directory: give the path of a .duckdb file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise StorePathError(f"store {p}: cannot read it: {e.strerror or e}") from None
+    if not head:
+        raise StorePathError(f"store {p} is an empty file, not a DuckDB database: delete it "
+                             f"(`gandissect run` creates the store)")
+    if head[8:12] != DUCKDB_MAGIC:
+        what = ("a SQLite database" if head.startswith(b"SQLite format 3") else
+                "a text file" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "another kind of file")
+        raise StorePathError(f"store {p} is {what}, not a DuckDB database: point --db / [store] path at a "
+                             f".duckdb file (or a new path)")
 
 
 def _connect_with_retry(p: str, read_only: bool, timeout: float, config: dict[str, Any]
@@ -147,7 +192,8 @@ def _retry(p: str, read_only: bool, timeout: float, deadline: float, config: dic
                 return duckdb.connect(p, read_only=read_only, config=config)
             except (duckdb.IOException, duckdb.ConnectionException) as e:
                 if not _is_lock_error(e):
-                    raise StoreError(f"cannot open store {p}: {e}") from e
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise StorePathError(f"cannot open store {p}: {first}") from e
                 err = e
         if time.monotonic() + delay > deadline:
             raise StoreLocked(f"store {p} stayed locked by another process for {timeout:g} s "
@@ -223,7 +269,7 @@ def empty_store() -> duckdb.DuckDBPyConnection:
     """A cursor on an in-memory store with the full schema and no rows (for "nothing computed yet")."""
     global _EMPTY
     if _EMPTY is None:
-        con = duckdb.connect(":memory:")
+        con = duckdb.connect(":memory:", config=BASE_CONFIG)
         ensure_schema(con)
         _EMPTY = con
     return _EMPTY.cursor()
@@ -241,6 +287,16 @@ def _reader(path: str | os.PathLike | None, timeout: float | None, missing_ok: b
         yield con
     finally:
         con.close()
+
+
+def has_table(path: str | os.PathLike | None, table: str) -> bool:
+    """Whether the store file exists and holds `table` (a store made by another tool may not)."""
+    p = store_path(path)
+    if p != ":memory:" and not Path(p).exists():
+        return False
+    with _reader(p, None, False) as con:
+        return _one(con, "SELECT 1 FROM duckdb_tables() WHERE database_name = current_database() "
+                         "AND schema_name = 'main' AND table_name = ?", [table]) is not None
 
 
 def read(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
