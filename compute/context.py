@@ -1,7 +1,8 @@
 """What an analysis gets to work with: its job (resolved declaration) and a run context.
 
-Reads and writes the run's checkpoint directory `.cache/<run_key>/` (streaming state saved every few
-batches so a killed run resumes); reads dependency results through short read-only store connections.
+Reads and writes the run's checkpoint directory `.cache/<run_key>/` beside the store file (streaming
+state saved every few batches so a killed run resumes, whatever the working directory); reads
+dependency results through short read-only store connections.
 """
 from __future__ import annotations
 
@@ -43,14 +44,23 @@ class Job:
         raise KeyError(f"job {self.analysis.name} has no {kind} dependency")
 
 
+def cache_root_for(store: str | os.PathLike) -> Path:
+    """The checkpoint root of a store: `.cache/` in the store file's directory."""
+    return Path(os.path.abspath(os.fspath(store))).parent / ".cache"
+
+
 @dataclass
 class RunContext:
     device: torch.device
     store: str
-    cache_root: Path = Path(".cache")
+    cache_root: Path | None = None  # default: cache_root_for(store), i.e. .cache/ beside the store
     quiet: bool = False
     checkpoint_every: int = int(os.environ.get("GANDISSECT_CHECKPOINT_EVERY", "8"))
     _models: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cache_root is None:
+            self.cache_root = cache_root_for(self.store)
 
     def cache_dir(self, job: Job) -> Path:
         d = self.cache_root / job.run_key

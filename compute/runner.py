@@ -2,15 +2,24 @@
 
 Reads the spec, the models and the store's `runs` table; writes dimension rows, `runs` rows and each
 analysis's result tables (one transaction per run: delete the run's slice, insert, mark done), and
-streaming checkpoints under `.cache/<run_key>/`. A run key is the sha256 of the analysis's canonical
-parameters, the model and segmenter checkpoint hashes, the dependencies' run keys and the code
-version, so a second `gandissect run` finds every run done and computes nothing.
+streaming checkpoints under `.cache/<run_key>/` beside the store. A run key is the sha256 of the
+analysis's canonical parameters, the model and segmenter checkpoint hashes, the dependencies' run keys
+and the code version, so a second `gandissect run` finds every run done and computes nothing.
 
-    gandissect run gandissect.toml [--only NAME] [--force] [--device auto|cpu|cuda]
+One process computes a run at a time: it holds the run's lease, an exclusive flock on
+`.cache/<run_key>.lease` (holding "pid P since T"), which the kernel frees when the process dies, so a
+killed run's lease is taken over at once. Another process skips that run, saying who holds it, or with
+`--wait` waits and then finds it done. After taking a lease the runner re-reads the run's status (it
+may have been finished meanwhile); a failure marks failed only a run this process started. A refused
+run (bad spec, missing dependency) writes nothing, not even the store file.
+
+    gandissect run gandissect.toml [--only NAME] [--force] [--wait] [--device auto|cpu|cuda]
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import os
 import shutil
 import time
 import traceback
@@ -20,8 +29,13 @@ from typing import Callable
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no leases (one process at a time is then the user's job)
+    fcntl = None  # type: ignore[assignment]
+
 from compute import analyses
-from compute.context import Job, RunContext
+from compute.context import Job, RunContext, cache_root_for
 from compute.spec import Spec, SpecError, canonical
 from db import store
 
@@ -104,10 +118,83 @@ def _find_dependency(spec: Spec, jobs: dict, need: str, a, model: str, layers: t
                     f"{', '.join(layers)} with segmenter {a.segmenter!r} declared in the spec")
 
 
+class Lease:
+    """The exclusive right to compute one run: a flock on `<cache_root>/<run_key>.lease`.
+
+    The file holds "pid P since T" of the holder. The kernel releases the flock when the holder exits
+    or dies, so a lease is never stale. `release()` deletes the file while still holding it; an
+    acquirer that locked a file already deleted (its inode no longer at the path) retries.
+    """
+
+    def __init__(self, cache_root: Path, run_key: str) -> None:
+        self.path = Path(cache_root) / f"{run_key}.lease"
+        self.fd: int | None = None
+
+    def holder(self) -> str:
+        """'pid P since T' of the current holder (best effort: the file may be changing)."""
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def acquire(self, wait: bool = False, poll_s: float = 0.2) -> bool:
+        """Take the lease; False (without waiting) when another process holds it and not `wait`."""
+        if fcntl is None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not wait:
+                    return False
+                time.sleep(poll_s)
+                continue
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (and deleted) it between our open and our lock
+                os.close(fd)
+                continue
+            since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} since {since}\n".encode())
+            self.fd = fd
+            return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lease right now (probes without keeping it)."""
+        if fcntl is None or not self.path.exists():
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
 @dataclass
 class Outcome:
     job: Job
-    state: str  # "up to date" | "done" | "failed"
+    state: str  # "up to date" | "done" | "failed" | "running elsewhere"
     seconds: float = 0.0
     error: str | None = None
     bad_input: bool = False  # failed on bad input (too few images, missing weights, bad units): exit 2
@@ -126,16 +213,23 @@ def bad_input_errors() -> tuple[type[Exception], ...]:
 
 
 def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str = "auto",
-        quiet: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
-    """Materialise every missing run; returns one outcome per planned job."""
+        quiet: bool = False, wait: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
+    """Materialise every missing run; returns one outcome per planned job.
+
+    A run another process is computing (its lease is held) is skipped with the state "running
+    elsewhere", or with `wait` waited for. Nothing is written (not even the store file) until a run
+    is actually started."""
+    if not spec.analyses:
+        raise SpecError(spec.path, "analyses", None, "the spec declares no analyses: add [[analyses]] entries")
     dev = resolve_device(device)
     jobs = plan(spec, only)
-    with store.session(spec.store) as con:
-        store.ensure_schema(con)
+    store.check_store_path(spec.store)
     done_keys = _done_keys(spec.store, [j.run_key for j in jobs] + [k for j in jobs for _, k in j.deps])
     ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
+    _clean_done_caches(ctx, [j for j in jobs if j.run_key in done_keys])
     failed: set[str] = set()
     outcomes: list[Outcome] = []
+    schema_ready = False
     for job in jobs:
         label = f"{job.analysis.name} [{job.model.name}]"
         if job.run_key in done_keys and not force:
@@ -155,7 +249,32 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
             outcomes.append(Outcome(job, "failed", error=msg, bad_input=True))
             echo(f"skipped: {label}: {msg}")
             continue
-        outcome = _execute(job, ctx, force, echo)
+        lease = Lease(ctx.cache_root, job.run_key)
+        if not lease.acquire(wait=False):
+            holder = lease.holder()
+            if not wait:
+                msg = (f"run {job.run_key[:12]} is being computed by {holder} (running elsewhere); "
+                       f"skipped: `gandissect run --wait` waits for it")
+                echo(f"busy: {label}: {msg}")
+                failed.add(job.run_key)  # its dependants cannot run in this process either
+                outcomes.append(Outcome(job, "running elsewhere", error=msg))
+                continue
+            echo(f"waiting: {label}: run {job.run_key[:12]} is being computed by {holder}")
+            lease.acquire(wait=True)
+        try:
+            if not force and job.run_key in _done_keys(spec.store, [job.run_key]):  # finished meanwhile
+                echo(f"up to date: {label} (run {job.run_key[:12]}, computed by another process)")
+                _remove_cache(ctx, job)
+                done_keys.add(job.run_key)
+                outcomes.append(Outcome(job, "up to date"))
+                continue
+            if not schema_ready:  # the store file is created only now that a run starts
+                with store.session(spec.store) as con:
+                    store.ensure_schema(con)
+                schema_ready = True
+            outcome = _execute(job, ctx, force, echo)
+        finally:
+            lease.release()
         if outcome.state == "failed":
             failed.add(job.run_key)
         else:
@@ -165,11 +284,32 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
 
 
 def _done_keys(path: str, keys: list[str]) -> set[str]:
-    if not keys:
+    """The keys among `keys` whose run is done (none when the store or its runs table does not exist)."""
+    if not keys or not store.has_table(path, "runs"):
         return set()
     df = store.read("select run_key from runs where status = 'done' and run_key in (select unnest(?))",
                     [keys], path=path)
     return set(df["run_key"].to_list())
+
+
+def _remove_cache(ctx: RunContext, job: Job) -> None:
+    cache = ctx.cache_root / job.run_key
+    if cache.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _clean_done_caches(ctx: RunContext, done: list[Job]) -> None:
+    """Remove the checkpoints a done run left behind (a kill between its publish and its clean-up),
+    unless another process holds that run's lease (e.g. a --force recompute)."""
+    for job in done:
+        if not (ctx.cache_root / job.run_key).exists():
+            continue
+        lease = Lease(ctx.cache_root, job.run_key)
+        if lease.acquire(wait=False):
+            try:
+                _remove_cache(ctx, job)
+            finally:
+                lease.release()
 
 
 def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]) -> Outcome:
@@ -180,8 +320,10 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
     echo(f"running: {label} (run {job.run_key[:12]}, {job.analysis.samples} samples, "
          f"{len(job.layers)} layer(s), {ctx.device})")
     t0 = time.time()
+    started = False  # only a run this process started is marked failed (never another's rows)
     try:
         _register(job, ctx)
+        started = True
         store.start_run(job.run_key, job.analysis.kind, name=job.analysis.name,
                         model=job.model.name, layer=job.layer_label,
                         segmenter=job.segmenter.name if job.segmenter else None,
@@ -193,11 +335,12 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
         store.publish_many(job.run_key, results, finish={"status": "done", "seconds": seconds}, path=ctx.store)
     except Exception as e:  # the run is marked failed with its error; no result rows remain
         seconds = time.time() - t0
-        msg = f"{type(e).__name__}: {e}"
-        try:
-            store.fail_run(job.run_key, msg + "\n" + traceback.format_exc(limit=8), seconds, path=ctx.store)
-        except Exception as e2:  # the store itself failed: report both
-            msg += f" (and recording the failure failed: {e2})"
+        msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        if started:
+            try:
+                store.fail_run(job.run_key, msg + "\n" + traceback.format_exc(limit=8), seconds, path=ctx.store)
+            except Exception as e2:  # the store itself failed: report both
+                msg += f" (and recording the failure failed: {' '.join(str(e2).split())})"
         echo(f"failed: {label}: {msg}")
         return Outcome(job, "failed", seconds, msg, bad_input=isinstance(e, bad_input_errors()))
     if cache.exists():
@@ -225,9 +368,19 @@ def _register(job: Job, ctx: RunContext) -> None:
 def status(spec: Spec) -> list[tuple[Job, str, str | None]]:
     """Each planned job with its state: pending / running / done / failed (and the error)."""
     jobs = plan(spec)
-    if not Path(spec.store).exists():
+    store.check_store_path(spec.store)
+    if not store.has_table(spec.store, "runs"):  # no store yet, or a DuckDB file without the schema
         return [(j, "pending", None) for j in jobs]
     df = store.read("select run_key, status, error from runs where run_key in (select unnest(?))",
                     [[j.run_key for j in jobs]], path=spec.store)
     by_key = {r["run_key"]: (r["status"], r["error"]) for r in df.iter_rows(named=True)}
-    return [(j, *by_key.get(j.run_key, ("pending", None))) for j in jobs]
+    root = cache_root_for(spec.store)
+    out = []
+    for j in jobs:
+        state, error = by_key.get(j.run_key, ("pending", None))
+        if state == "running" and not Lease(root, j.run_key).held_elsewhere():
+            state, error = "stopped", "no process holds its lease (killed?): `gandissect run` resumes it"
+        elif state == "running":
+            error = f"by {Lease(root, j.run_key).holder()}"
+        out.append((j, state, error))
+    return out
