@@ -734,10 +734,35 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     Image.fromarray(image).save(path)
 
 
+def _check_out(out: str) -> None:
+    """--out must be a new or existing .png file in an existing, writable directory."""
+    p = Path(out)
+    if p.is_dir():
+        raise EditError(f"--out {out} is a directory: give a .png file path")
+    if p.suffix.lower() != ".png":
+        raise EditError(f"--out {out}: the edited image is written as PNG, give a path ending in .png")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise EditError(f"--out {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise EditError(f"--out {out}: not writable")
+
+
 def cmd_edit(a: argparse.Namespace, db: str) -> int:
     """`gandissect edit`: one stroke, the PNG written to --out, a summary (or --json) on stdout."""
-    if a.seed < 0 or a.sample < 0:
-        raise EditError(f"--seed and --sample must be >= 0 (got {a.seed}, {a.sample})")
+    from compute.analyses.params import MAX_SAMPLES, MAX_SEED
+
+    # every argument checked before anything loads or computes (bad input: exit 2, nothing written)
+    if not (0 <= a.seed <= MAX_SEED and 0 <= a.sample < MAX_SAMPLES):
+        raise EditError(f"--seed must be in [0, 2**63 - 1] and --sample in [0, {MAX_SAMPLES:,}) "
+                        f"(got {a.seed}, {a.sample})")
+    x0, y0, x1, y1 = parse_region(a.region)
+    if x1 <= x0 or y1 <= y0:
+        raise EditError(f"region {x0},{y0},{x1},{y1} is empty: need x0 < x1 and y0 < y1 (x1, y1 exclusive)")
+    if x0 < 0 or y0 < 0:
+        raise EditError(f"region {x0},{y0},{x1},{y1} lies outside the image: x0 and y0 must be >= 0")
+    resolve_strength(a.strength)
+    _check_out(a.out)
     notes: list[str] = []
     res = edit_once(a.model, a.seed, a.sample, a.brush, a.action, a.region, a.strength, a.layer, db, a.spec,
                     a.device, notes=notes)

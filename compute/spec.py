@@ -188,7 +188,7 @@ def _model_option_checks() -> dict[str, Any]:
         "noise": Choice("fixed", ("fixed", "zero")), "lr_mlp": Float(0.01, 0, 10, lo_open=True),
         "factory": Param('"module:function"', lambda v: None if isinstance(v, str) and ":" in v else f"got {v!r}"),
         "kwargs": Param("a table", lambda v: None if isinstance(v, dict) else f"got {v!r}"),
-        "state_key": Str(), "output": Choice("clamp", ("clamp", "tanh", "unit", "byte")),
+        "state_key": Str(),  # output: checked by the module loader (one of clamp, tanh, unit, byte)
         "output_index": Int(0, 0, 64), "latent_shape": IntList(1),
     }
 

@@ -2,7 +2,8 @@
 
 Reads `.safetensors` files (`safetensors.torch.load_file`) and PyTorch pickles (`torch.load(...,
 weights_only=True)`); writes nothing. A pickle that needs code to load (a whole pickled `nn.Module`, a
-custom class) is refused with the class it asked for; the only non-tensor global allowed is
+custom class, a call like `os.system`) is refused with the class it asked for, in our own words (never
+torch's advice to retry with weights_only=False); the only non-tensor global allowed is
 `argparse.Namespace`, a plain attribute bag that StyleGAN2 training checkpoints carry as `args`.
 Every problem is a one-line `ZooError` (the CLI exits with status 2).
 
@@ -21,8 +22,25 @@ import torch
 from ingest.zoo import ZooError
 
 CheckpointError = ZooError  # one error type for the CLI (exit status 2)
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL posix.system ..."
 _UNPICKLER = re.compile(r"WeightsUnpickler error: ([^\n]+)")
+_TORCH_ADVICE = re.compile(r"weights_only|Weights only load failed|documentation of torch\.load|pytorch\.org", re.I)
+
+
+def refusal(path: str, text: str) -> str:
+    """Our one-line message for a pickle the weights-only unpickler refused (never torch's advice to
+    retry with weights_only=False, which would run the file's code)."""
+    m = _GLOBAL.search(text)
+    if m:
+        return (f"{path}: refused: this pickle needs code to load ({m.group(1)}), and only tensors are read "
+                f"from checkpoints. Save the model's state_dict() (or safetensors) instead of a pickled object")
+    m = _UNPICKLER.search(text)
+    detail = m.group(1) if m else next((ln.strip() for ln in text.splitlines()
+                                         if ln.strip() and not _TORCH_ADVICE.search(ln)), "")
+    detail = "" if _TORCH_ADVICE.search(detail) else detail
+    return (f"{path}: refused: this pickle holds something other than tensors"
+            + (f" ({detail.rstrip('.')})" if detail else "")
+            + ". Save the model's state_dict() (or safetensors) instead")
 
 
 def read_checkpoint(path: str) -> Any:
@@ -41,15 +59,7 @@ def read_checkpoint(path: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        m = _GLOBAL.search(text)
-        if m:
-            raise ZooError(f"{path}: refused: this pickle needs code to load ({m.group(1)}); only tensors are "
-                           f"loaded (torch.load weights_only=True). Save the model's state_dict() "
-                           f"(or safetensors) instead of the pickled object") from None
-        m = _UNPICKLER.search(text)
-        raise ZooError(f"{path}: refused by the weights-only unpickler: "
-                       f"{m.group(1) if m else _first_line(e)}") from None
+        raise ZooError(refusal(path, str(e))) from None
     except Exception as e:  # not a torch file at all, truncated, ...
         raise ZooError(f"{path}: cannot read as a PyTorch checkpoint: {_first_line(e)}") from None
 
