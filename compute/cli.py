@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--db", help="store path")
     d.add_argument("--spec", default="gandissect.toml")
 
-    t = sub.add_parser("train", help="train a bundled model: segmenter | gan")
-    t.add_argument("what", choices=["segmenter", "gan"])
+    t = sub.add_parser("train", help="train a bundled model: segmenter | gan | classifier")
+    t.add_argument("what", choices=["segmenter", "gan", "classifier"])
     t.add_argument("args", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("bench", help="performance benchmarks (also written to the benchmarks table)")
@@ -189,6 +189,8 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.what == "segmenter":
         from compute.train_seg import main as train
+    elif a.what == "classifier":
+        from compute.train_cls import main as train
     else:
         from compute.train_gan import main as train
     return int(train(list(a.args)) or 0)

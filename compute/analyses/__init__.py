@@ -18,6 +18,7 @@ _MODULES: dict[str, str] = {
     "trace": "compute.analyses.trace",
     "realism": "compute.analyses.realism",
     "repair": "compute.analyses.repair",
+    "unit_roles": "compute.analyses.unit_roles",
 }
 
 

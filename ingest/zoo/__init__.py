@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 ZOO_DIR = Path(__file__).resolve().parent
 BUNDLED_GENERATORS = {"village-gan": ZOO_DIR / "village-gan.safetensors"}
 BUNDLED_SEGMENTERS = {"village-seg": ZOO_DIR / "village-seg.safetensors"}
+BUNDLED_CLASSIFIERS = {"village-cls": ZOO_DIR / "village-cls.safetensors"}
 
 
 class ZooError(ValueError):
@@ -108,6 +109,46 @@ def load_segmenter(name: str, spec: "str | os.PathLike | Spec | None" = None,
     return load_village_seg(str(path), torch.device(device)).eval()
 
 
+def load_classifier(name: str, spec: "str | os.PathLike | Spec | None" = None,
+                    device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A classifier by name: a spec's model entry with role = "classifier", else a bundled classifier.
+
+    The module has `classes`, `layers`, `resolution` and `forward(images [N,3,H,W] in [-1,1]) -> logits`."""
+    entry = _spec_entry("model", name, spec)
+    if entry is not None and entry.option("role") == "classifier":
+        return load_classifier_entry(entry, device)
+    if name not in BUNDLED_CLASSIFIERS:
+        raise ZooError(f"unknown classifier {name!r}; bundled: {', '.join(BUNDLED_CLASSIFIERS)}")
+    path = BUNDLED_CLASSIFIERS[name]
+    if not path.exists():
+        raise ZooError(f"bundled classifier {name!r} has no weights at {path} (train it: gandissect train classifier)")
+    from ingest.models.classifier import load_village_cls
+
+    return load_village_cls(str(path), torch.device(device)).eval()
+
+
+def load_classifier_entry(m: "ModelSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The bare classifier of a spec entry with role = "classifier" (families: village-cls, module,
+    transformers)."""
+    device = torch.device(device)
+    if not Path(m.checkpoint).exists():
+        raise ZooError(f"checkpoint not found: {m.checkpoint}")
+    if m.family == "village-cls":
+        from ingest.models.classifier import load_village_cls
+
+        try:
+            return load_village_cls(m.checkpoint, device)
+        except ValueError as e:
+            raise ZooError(f"model {m.name!r}: {e}") from None
+    if m.family in ("module", "transformers"):
+        from ingest.models.classifier_families import load_hf_classifier, load_module_classifier
+
+        loader = load_module_classifier if m.family == "module" else load_hf_classifier
+        return loader(m, device)
+    raise ZooError(f"model {m.name!r}: family {m.family!r} has no classifier loader; "
+                   "classifier families: village-cls, module, transformers")
+
+
 def _read_meta_format(path: str) -> str | None:
     """The `format` metadata of a safetensors file (None for any other file)."""
     if not path.endswith(".safetensors"):
@@ -174,10 +215,16 @@ def _check_generator(m: "ModelSpec", net: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_model_spec(m: "ModelSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Instantiate the generator a spec entry declares (families: progan, stylegan2, module)."""
+    """Instantiate the generator a spec entry declares (families: progan, stylegan2, module); an entry
+    with `role = "classifier"` gives its classifier with an image source, presented as a generator
+    (`ingest.models.image_source.ClassifierDissection`)."""
     device = torch.device(device)
     if not Path(m.checkpoint).exists():
         raise ZooError(f"checkpoint not found: {m.checkpoint}")
+    if m.option("role") == "classifier":
+        from ingest.models.image_source import load_classifier_model
+
+        return _check_generator(m, load_classifier_model(m, device)).eval()
     loader = GENERATOR_LOADERS.get(m.family)
     if loader is None:
         raise ZooError(f"model family {m.family!r} is not supported; families: {', '.join(GENERATOR_LOADERS)}")
@@ -202,7 +249,14 @@ def _load_transformers(s: "SegmenterSpec", device: torch.device) -> torch.nn.Mod
     return load_hf_segmenter(s.checkpoint, device, dict(s.options), s.name)
 
 
-SEGMENTER_LOADERS = {"village": _load_village, "module": _load_module_seg, "transformers": _load_transformers}
+def _load_village_truth(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+    from ingest.models.village_truth import load_village_truth
+
+    return load_village_truth(device)
+
+
+SEGMENTER_LOADERS = {"village": _load_village, "module": _load_module_seg, "transformers": _load_transformers,
+                     "village-truth": _load_village_truth}
 
 
 def load_segmenter_spec(s: "SegmenterSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
