@@ -168,7 +168,7 @@ CREATE TABLE IF NOT EXISTS ace_epochs (
     layer VARCHAR NOT NULL,  -- layers.layer
     concept VARCHAR NOT NULL,  -- concept whose causal units are sought
     epoch INTEGER NOT NULL,  -- 0 = initialisation, then one per epoch
-    loss DOUBLE,  -- mean loss: -effect + lambda * ||alpha||_2
+    loss DOUBLE,  -- mean loss: -effect + lambda * penalty (runs.params penalty: 'l2' = ||alpha||_2, 'l2sq' = its square)
     effect DOUBLE,  -- normalised average causal effect delta of the current alpha
     alpha_l1 DOUBLE,  -- sum of alpha over units
     alpha_l2 DOUBLE  -- L2 norm of alpha

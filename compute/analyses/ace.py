@@ -19,12 +19,20 @@ Method, for each declared concept c and layer:
        delta = [share_i * E(s_c(x'_i) - s_c(x)) + share_a * E(s_c(x) - s_c(x'_a))] / E[s_c(x)],
    the ACE of eq. 5 where x'_i ~ x at removal items and x'_a ~ x at insertion items, normalised by the
    pool's mean s_c(x) over the same location mixture (delta = 0 exactly when alpha = 0).
-   loss = -delta + lambda * ||alpha||_2; Adam (lr); alpha clamped to [0, 1] after every step;
+   loss = -delta + lambda * P(alpha); Adam (lr); alpha clamped to [0, 1] after every step;
    initialised alpha_u = IoU_{u,c} / max_v IoU_{v,c} from the dissection.
+   P is `penalty`: "l2" (default) = ||alpha||_2, eq. 6 as printed in the paper; "l2sq" = ||alpha||_2^2,
+   what the reference code (CSAILVision/gandissect `aceoptimize.py`, `l2_lambda * ablation.pow(2).sum()`)
+   minimises. Both shrink each alpha_u in proportion to itself; they differ in scale: the norm's
+   gradient lambda * alpha / ||alpha|| has length lambda wherever alpha is, so lambda means the same
+   on a 64-unit and a 512-unit layer; the square's gradient 2 * lambda * alpha has length
+   2 * lambda * ||alpha||, which grows with the number of units switched on. docs/ace.md argues the
+   default (the paper's "l2") with measurements.
 4. After every epoch, delta and the loss are evaluated on a fixed set of `eval_items` locations.
 
 Parameters (spec keys; the defaults below apply when absent, and the example spec states them all):
-epochs, steps_per_epoch, batch, lr, l2 (lambda), presence, probe, eval_items, batch_size.
+epochs, steps_per_epoch, batch, lr, l2 (lambda), penalty ("l2" | "l2sq"), presence, probe, eval_items,
+batch_size.
 
     gandissect run examples/intervene.toml --only ace
 """
@@ -62,6 +70,11 @@ class AceConfig:
     eval_items: int = 64     # fixed locations on which delta is evaluated after every epoch
     seed: int = 1            # seed of the sample pool (and of the location sampling)
     batch_size: int = 32     # generator batch of the pool pass
+    penalty: str = "l2"      # "l2": lambda * ||alpha||_2 (eq. 6 as printed); "l2sq": lambda * ||alpha||_2^2 (reference code)
+
+    def __post_init__(self) -> None:
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"ace: penalty = {self.penalty!r}; allowed: {', '.join(map(repr, PENALTIES))}")
 
     @classmethod
     def from_job(cls, job: Job) -> "AceConfig":
@@ -190,10 +203,22 @@ def _l2(alpha: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((alpha * alpha).sum() + 1e-12)
 
 
+PENALTIES: tuple[str, ...] = ("l2", "l2sq")
+
+
+def penalty(alpha: torch.Tensor, kind: str) -> torch.Tensor:
+    """The penalty on alpha [C] (a scalar): "l2" = ||alpha||_2 (paper eq. 6), "l2sq" = ||alpha||_2^2 (reference code)."""
+    if kind == "l2":
+        return _l2(alpha)
+    if kind == "l2sq":
+        return (alpha * alpha).sum()
+    raise ValueError(f"unknown ACE penalty {kind!r}; allowed: {', '.join(map(repr, PENALTIES))}")
+
+
 def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, init: torch.Tensor,
                    cfg: AceConfig, ckpt: Checkpoint | None = None, progress: Any = None,
                    cands: tuple[torch.Tensor, torch.Tensor] | None = None) -> AlphaResult:
-    """Adam on -delta + lambda ||alpha||_2 with alpha clamped to [0, 1] after every step (eq. 6)."""
+    """Adam on -delta + lambda P(alpha) (P = cfg.penalty) with alpha clamped to [0, 1] after every step (eq. 6)."""
     name = seg.concepts[c].name
     if bool(torch.isnan(pool.k[c]).any()):
         raise ConceptAbsentError(f"concept {name!r} is absent from every one of the {pool.n} samples of seed "
@@ -231,7 +256,8 @@ def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: in
         with torch.no_grad():
             d = float(effect(gen, seg, layer, pool, c, alpha, eval_rem, eval_ins, (s_rem, s_ins), norm))
             l2 = float(_l2(alpha))
-        epochs.append({"epoch": epoch, "loss": -d + cfg.l2 * l2, "effect": d,
+            pen = float(penalty(alpha, cfg.penalty))
+        epochs.append({"epoch": epoch, "loss": -d + cfg.l2 * pen, "effect": d,
                        "alpha_l1": float(alpha.detach().sum()), "alpha_l2": l2})
         trajectory.append(alpha.detach().cpu().clone())
 
@@ -243,7 +269,7 @@ def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: in
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 10_007 + epoch * cfg.steps_per_epoch + step)
             b_rem, b_ins = _draw(rem, m_rem, g), _draw(ins, m_ins, g)
             d = effect(gen, seg, layer, pool, c, alpha, b_rem, b_ins, (s_rem, s_ins), norm)
-            loss = -d + cfg.l2 * _l2(alpha)
+            loss = -d + cfg.l2 * penalty(alpha, cfg.penalty)
             (grad,) = torch.autograd.grad(loss, [alpha])  # no weight gradients of the generator or segmenter
             alpha.grad = grad
             opt.step()

@@ -29,6 +29,18 @@ have = set(at_layer.filter(pl.col("concept") == concept)["tbl"].to_list())
 st.caption(f"{model} · {layer} · {concept}: " + ", ".join(sorted(have)))
 
 
+def delta_caption(epochs: pl.DataFrame) -> str:
+    """One line: δ (the chart's `effect`) after every epoch, from the IoU initialisation (epoch 0) on."""
+    d = [float(v) for v in epochs.sort("epoch")["effect"].to_list() if v is not None]
+    if not d:
+        return "no δ recorded"
+    steps = " → ".join(f"{v:.3f}" for v in d)
+    verdict = "rose" if d[-1] > d[0] else ("fell" if d[-1] < d[0] else "stayed")
+    return (f"δ per epoch (normalised causal effect on the fixed evaluation locations; epoch 0 = the IoU "
+            f"initialisation): {steps} — {verdict} by {d[-1] - d[0]:+.3f} over {len(d) - 1} epochs. "
+            f"loss = −δ + λ · penalty(α) (the run's `l2` and `penalty`)")
+
+
 def missing(what: str, kind: str) -> None:
     st.caption(f"No {what} for {concept} in {layer} yet (a `{kind}` analysis).")
 
@@ -44,6 +56,7 @@ if "ace_alpha" in have:
         epochs = queries.ace_epochs(db, model, layer, concept)
         if epochs.height:
             st.altair_chart(charts.ace_epochs(epochs), width="stretch")
+            st.caption(delta_caption(epochs))
         top_units = alpha.head(8)
         links = [f"[{u}]({ui.permalink(ui.unit_link_params(model, layer, u))})" for u in top_units["unit"].to_list()]
         st.markdown("strongest units: " + ", ".join(links))

@@ -88,3 +88,86 @@ def test_absent_concept_says_no_optimisation_is_possible(setup) -> None:
     with pytest.raises(ConceptAbsentError, match="'sky' is absent from every one of the 12 samples of seed 2: "
                                                  "no alpha optimisation is possible"):
         ace.optimise_alpha(gen, seg, LAYER, pool, sky, torch.zeros(8), CFG)
+
+
+def test_penalty_forms() -> None:
+    a = torch.tensor([0.6, 0.8, 0.0])
+    assert abs(float(ace.penalty(a, "l2")) - 1.0) < 1e-6 and abs(float(ace.penalty(a, "l2sq")) - 1.0) < 1e-6
+    b = 2 * a
+    assert abs(float(ace.penalty(b, "l2")) - 2.0) < 1e-6 and abs(float(ace.penalty(b, "l2sq")) - 4.0) < 1e-6
+    with pytest.raises(ValueError, match="penalty = 'l1'"):
+        ace.AceConfig(penalty="l1")
+
+
+def test_l2sq_penalty_enters_the_loss_and_moves_alpha_differently(setup) -> None:
+    gen, seg, pool, c, cands = setup
+    init = torch.linspace(0.2, 1, 8)
+    strong = {**CFG.__dict__, "l2": 5.0}  # a penalty large enough that its form decides the step
+    l2 = ace.optimise_alpha(gen, seg, LAYER, pool, c, init, ace.AceConfig(**strong), cands=cands)
+    sq = ace.optimise_alpha(gen, seg, LAYER, pool, c, init, ace.AceConfig(**{**strong, "penalty": "l2sq"}),
+                            cands=cands)
+    for e, a in zip(sq.epochs, sq.trajectory):
+        assert abs(e["loss"] - (-e["effect"] + 5.0 * float((a * a).sum()))) < 1e-4
+    for e, a in zip(l2.epochs, l2.trajectory):
+        assert abs(e["loss"] - (-e["effect"] + 5.0 * float(a.norm()))) < 1e-4
+    assert not torch.allclose(l2.alpha, sq.alpha)
+
+
+ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ZOO / "village-gan.safetensors").exists(), reason="bundled village-gan not present")
+@pytest.mark.parametrize("penalty", ["l2", "l2sq"])
+def test_delta_rises_from_the_iou_init_on_the_bundled_model(tmp_path: Path, penalty: str) -> None:
+    """On the bundled village-gan (layer4, door), the α optimisation raises δ (evaluated on its fixed
+    locations) from the dissection's IoU initialisation, and lowers the loss, with either penalty."""
+    import duckdb
+
+    from tests.conftest import run_spec_in, write_spec
+
+    spec = write_spec(tmp_path, f"""
+        [store]
+        path = "{tmp_path / 'a.duckdb'}"
+        [[models]]
+        name = "village-gan"
+        family = "progan"
+        checkpoint = "{ZOO / 'village-gan.safetensors'}"
+        dataset = "village"
+        [[segmenters]]
+        name = "village-seg"
+        family = "village"
+        checkpoint = "{ZOO / 'village-seg.safetensors'}"
+        [[analyses]]
+        name = "dissect"
+        kind = "dissect"
+        models = ["village-gan"]
+        layers = ["layer4"]
+        segmenter = "village-seg"
+        samples = 200
+        seed = 1
+        [[analyses]]
+        name = "ace"
+        kind = "ace"
+        models = ["village-gan"]
+        layers = ["layer4"]
+        segmenter = "village-seg"
+        samples = 100
+        seed = 1
+        concepts = ["door"]
+        epochs = 4
+        steps_per_epoch = 5
+        batch = 16
+        eval_items = 48
+        penalty = "{penalty}"
+        """)
+    outcomes = run_spec_in(tmp_path, spec)
+    assert all(o.state == "done" for o in outcomes), [(o.job.analysis.name, o.state, o.error) for o in outcomes]
+    with duckdb.connect(str(tmp_path / "a.duckdb"), read_only=True) as con:
+        rows = con.execute("select epoch, effect, loss from ace_epochs order by epoch").fetchall()
+        params = con.execute("select params from runs where analysis = 'ace'").fetchone()[0]
+    assert f'"penalty": "{penalty}"' in params or f'"penalty":"{penalty}"' in params
+    (_, d0, loss0), (_, d_end, loss_end) = rows[0], rows[-1]
+    print(f"penalty {penalty}: delta per epoch {[round(r[1], 4) for r in rows]}")
+    assert d_end > d0, rows
+    assert loss_end < loss0, rows

@@ -19,7 +19,7 @@ EXPECTED = {
     "unit": ["Activation quantiles", "IoU with every concept", "permalink"],
     "compare": ["Compare", "Interpretable units by category", "Emergence across training checkpoints",
                 "2 checkpoints of tiny-gan, training steps 50–100"],
-    "causal": ["Causal", "α per unit", "Ablation curves", "Insertion by context", "Where can it be inserted?",
+    "causal": ["Causal", "α per unit", "δ per epoch", "0.050 → 0.150 → 0.250 — rose by +0.200", "Ablation curves", "Insertion by context", "Where can it be inserted?",
                "Tracing into later layers"],
     "realism": ["Realism", "Per-unit realism scores", "Least realistic units", "Repair",
                 "of the 8 worst units, 2 are flagged", "What the generator under- or over-produces",
