@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--db", help="store path")
     d.add_argument("--spec", default="gandissect.toml")
+    d.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this Host name (default: loopback names only)")
 
     t = sub.add_parser("train", help="train a bundled model: segmenter | gan | classifier")
     t.add_argument("what", choices=["segmenter", "gan", "classifier"])
@@ -177,8 +179,11 @@ def _json_nested(df):  # type: ignore[no-untyped-def]
 def cmd_dashboard(a: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     env = dict(os.environ, GANDISSECT_DB=os.path.abspath(store_path(a.db, a.spec)))
-    if Path(a.spec).exists():  # lets the image pages load models whose options live in the spec
+    if Path(a.spec).is_file():  # lets the image pages load models whose options live in the spec
         env["GANDISSECT_SPEC"] = os.path.abspath(a.spec)
+    hosts = [*a.allow_host] + ([a.host] if a.host not in ("0.0.0.0", "::", "") else [])
+    hosts += [h for h in os.environ.get("GANDISSECT_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    env["GANDISSECT_ALLOWED_HOSTS"] = ",".join(dict.fromkeys(h.strip() for h in hosts))  # Host check: dashboard/ui.py
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", a.host,
            "--server.port", str(a.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal"]

@@ -2,7 +2,10 @@
 
 Reads the store named by env GANDISSECT_DB (default "gandissect.duckdb") with short read-only
 connections (`dashboard.queries`); writes only unit flags (Flags, Unit and Realism pages). Pages live in
-`dashboard/app_pages/`. Start it with the CLI (binds to 127.0.0.1):
+`dashboard/app_pages/`. Every script run first checks the request's Host header: only loopback names
+and addresses (and $GANDISSECT_ALLOWED_HOSTS) are served, so a page of another site whose name was
+rebound to 127.0.0.1 (DNS rebinding) gets a refusal and nothing else. Start it with the CLI (binds to
+127.0.0.1):
 
     gandissect dashboard --port 8501
     # or: GANDISSECT_DB=gandissect.duckdb streamlit run dashboard/app.py --server.address 127.0.0.1
@@ -18,12 +21,28 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dash
 
 import streamlit as st  # noqa: E402
 
-from dashboard import queries  # noqa: E402
+from dashboard import queries, ui  # noqa: E402
 from db import store  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+REFUSAL = "Refused: this dashboard answers only requests addressed to localhost (Host header {host})."
 
 st.set_page_config(page_title="gandissect", page_icon=":material/biotech:", layout="wide")
+
+
+def _request_host() -> str | None:
+    """The Host header of the browser's connection; None where there is no request (AppTest)."""
+    try:
+        headers = st.context.headers
+    except Exception:  # no script run context
+        return None
+    return headers.get("Host") if headers is not None and len(headers) else None
+
+
+_host = _request_host()
+if _host is not None and not ui.host_allowed(_host, ui.allowed_hosts()):
+    st.error(REFUSAL.format(host=ui.md_escape(_host)))  # no page, no query, no flag write runs
+    st.stop()
 
 
 def page(name: str, title: str, icon: str, **kw) -> st.Page:

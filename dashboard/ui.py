@@ -6,7 +6,9 @@ Reads the store through `dashboard.queries` (and writes flags through `db.store.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlencode
@@ -48,12 +50,58 @@ def fmt(x: Any, spec: str = ".3f", none: str = "–") -> str:
     return format(x, spec)
 
 
-_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:/@&=])")
 
 
 def md_escape(text: Any) -> str:
-    """Text shown inside markdown (labels, notes typed by users) with markdown syntax escaped."""
-    return _MD.sub(r"\\\1", str(text))
+    """Text shown inside markdown (labels, notes, URL parameters: anything a user typed) with every
+    markdown syntax escaped: no image, link, autolink (http://, www., e-mail), HTML, emoji or
+    Streamlit directive (:red[..], :material/..:) can come out of it. Newlines become spaces."""
+    return _MD.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def not_found(what: str, value: str, options: Sequence[str], where: str = "") -> str:
+    """Markdown: 'There is no <what> **value**<where> in the store; the nearest is **x**.' (escaped)."""
+    from db.errors import nearest
+
+    best = nearest(value, options, cutoff=0.0) if options else None
+    msg = f"There is no {what} **{md_escape(value)}**{md_escape(where)} in the store"
+    if best is not None:
+        msg += f"; the nearest is **{md_escape(best)}**"
+    return msg + "."
+
+
+# ---------------------------------------------------------------- host check (DNS rebinding)
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def host_name(host_header: str) -> str:
+    """The name of a Host header, without its port: "[::1]:8501" -> "::1", "a.b:80" -> "a.b"."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def allowed_hosts() -> tuple[str, ...]:
+    """Extra Host names the dashboard answers: $GANDISSECT_ALLOWED_HOSTS (comma-separated; the CLI adds
+    the --host it binds to when that is a specific address)."""
+    return tuple(h.strip().lower() for h in os.environ.get("GANDISSECT_ALLOWED_HOSTS", "").split(",") if h.strip())
+
+
+def host_allowed(host_header: str | None, extra: Iterable[str] = ()) -> bool:
+    """Whether a request's Host is a loopback name or address, or a configured one. A page of another
+    site that rebinds its own name to 127.0.0.1 sends its own name as Host, so it is refused."""
+    if not host_header:
+        return False
+    name = host_name(host_header)
+    if name in LOOPBACK_NAMES or name.endswith(".localhost") or name in {h.lower() for h in extra}:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def flag_badges(flags: str | None, custom_label: str | None = None) -> str:

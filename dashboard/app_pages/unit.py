@@ -17,12 +17,25 @@ qp = st.query_params
 url = {k: qp.get(k) for k in ("model", "layer", "unit", "segmenter", "mode") if qp.get(k) is not None}
 from_url = url != st.session_state.get("unit_url") or "unit_num" not in st.session_state
 models = queries.models(db)["model"].to_list()
+
+
+def refuse(what: str, value: str, options: list[str], where: str = "") -> None:
+    """A permalink naming something the store lacks: say so (with the nearest match) and show nothing
+    else, never another unit in its place. Every user-supplied string is markdown-escaped."""
+    st.warning(ui.not_found(what, value, options, where), icon=":material/link_off:")
+    st.stop()
+
+
+if from_url and "model" in url and url["model"] not in models:
+    refuse("model", url["model"], models)
 with st.sidebar:
     st.markdown("**Unit**")
     model = ui.pick_model(db, "unit", st.sidebar, models, force=url.get("model") if from_url else None)
+    if from_url and "layer" in url and url["layer"] not in (names := ui.layer_names(db, model)):
+        refuse("layer", url["layer"], names, f" in model {model}")
     layer = ui.pick_layer(db, model, "unit", st.sidebar, force=url.get("layer") if from_url else None)
 if layer is None:
-    st.info(f"Model {model} has no registered layers yet.")
+    st.info(f"Model {ui.md_escape(model)} has no registered layers yet.")
     st.stop()
 n_units = ui.layer_units(db, model, layer)
 if from_url and "unit" in url:
@@ -31,13 +44,20 @@ if from_url and "unit" in url:
     except ValueError:
         wanted = -1
     if not 0 <= wanted < n_units:
-        st.warning(f"{model} {layer} has units 0..{n_units - 1}; there is no unit {url['unit']!r}.")
+        st.warning(f"{ui.md_escape(model)} {ui.md_escape(layer)} has units 0..{n_units - 1}; "
+                   f"there is no unit '{ui.md_escape(url['unit'])}'.")
         wanted = 0
     st.session_state["unit_num"] = wanted
 elif st.session_state.get("unit_num", 0) >= n_units:
     st.session_state["unit_num"] = 0
 unit = int(st.sidebar.number_input("unit", 0, max(n_units - 1, 0), key="unit_num"))
-wanted_mode = (url.get("segmenter"), url.get("mode")) if from_url and "mode" in url else None
+wanted_mode = (url.get("segmenter"), url.get("mode")) if from_url and ("mode" in url or "segmenter" in url) else None
+if wanted_mode is not None:
+    modes = queries.dissection_modes(db, model, layer)
+    pairs = list(dict.fromkeys(zip(modes["segmenter"].to_list(), modes["threshold_mode"].to_list())))
+    if wanted_mode not in pairs:
+        refuse("dissection (segmenter · mode)", f"{wanted_mode[0]} · {wanted_mode[1]}",
+               [f"{s} · {m}" for s, m in pairs], f" of {model} {layer}")
 seg, mode = ui.pick_dissection(db, model, layer, "unit", st.sidebar, force=wanted_mode)
 params = ui.unit_link_params(model, layer, unit, seg, mode)
 if url != params:  # keep the URL a permalink of what is shown
