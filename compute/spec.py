@@ -169,11 +169,8 @@ def _check_keys(entry: dict, allowed: tuple[str, ...], what: str, err: Any,
     for key in entry:
         if key in allowed:
             continue
-        hint = did_you_mean(key, allowed)
-        if not hint and others:
-            owners = [o for o, keys in others.items() if key in keys]
-            if owners:
-                hint = f"; {key!r} belongs to family {', '.join(owners)}"
+        owners = [o for o, keys in (others or {}).items() if key in keys]
+        hint = f"; {key!r} belongs to family {', '.join(owners)}" if owners else did_you_mean(key, allowed)
         if not hint and key in _SECTION_OF:
             hint = f"; a {_SECTION_OF[key]} section cannot sit inside this entry (TOML nests keys under the last header)"
         raise err(key, f"unknown key for {what}{hint}")
@@ -285,6 +282,7 @@ def _parse_models(file: str, base: Path, entries: list, check_files: bool) -> li
         def err(key: str | None, msg: str, label: str = label) -> SpecError:
             return SpecError(file, label, key, msg)
 
+        _check_keys(entry, tuple(dict.fromkeys(k for keys in MODEL_KEYS.values() for k in keys)), "a model", err)
         name = _need(entry, "name", str, err)
         if name in seen:
             raise err("name", f"duplicate model name {name!r}")
@@ -333,6 +331,7 @@ def _parse_segmenters(file: str, base: Path, entries: list, check_files: bool) -
         def err(key: str | None, msg: str, label: str = label) -> SpecError:
             return SpecError(file, label, key, msg)
 
+        _check_keys(entry, tuple(dict.fromkeys(k for keys in SEGMENTER_KEYS.values() for k in keys)), "a segmenter", err)
         name = _need(entry, "name", str, err)
         if any(s.name == name for s in out):
             raise err("name", f"duplicate segmenter name {name!r}")
@@ -370,6 +369,9 @@ def _parse_analyses(file: str, entries: list, models: list[ModelSpec],
         def err(key: str | None, msg: str, label: str = label) -> SpecError:
             return SpecError(file, label, key, msg)
 
+        if "kind" not in entry:
+            all_keys = list(dict.fromkeys(k for kd in ANALYSIS_KINDS for k in params_table.known_keys(kd)))
+            _check_keys(entry, tuple(all_keys), "an analysis", err)
         kind = _need(entry, "kind", str, err)
         if kind not in ANALYSIS_KINDS:
             raise err("kind", f"unknown analysis kind {kind!r}{did_you_mean(kind, ANALYSIS_KINDS)}; "

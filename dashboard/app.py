@@ -57,6 +57,7 @@ pages = {
         page("compare", "Compare", ":material/compare_arrows:"),
         page("causal", "Causal", ":material/target:"),
         page("realism", "Realism", ":material/healing:"),
+        page("classes", "Classes", ":material/category:"),
     ],
     "Tools": [
         page("paint", "Paint", ":material/brush:"),
