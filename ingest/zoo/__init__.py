@@ -7,7 +7,11 @@ PyTorch pickles only with `weights_only=True`); writes nothing. Families (see do
   `ingest.models.progan_paper`), `stylegan2` (rosinality `g_ema` checkpoints, `ingest.models.stylegan2`),
   `module` (a user's factory `pkg.mod:factory` + checkpoint, `ingest.models.module_family`);
 - segmenters: `village` (bundled), `module` (a user's factory + labels), `transformers` (a local
-  Hugging Face `AutoModelForSemanticSegmentation` directory, `ingest.models.hf_segmenter`).
+  Hugging Face `AutoModelForSemanticSegmentation` directory, `ingest.models.hf_segmenter`),
+  `village-truth` (the world's exact labels of rendered scenes, `ingest.models.village_truth`);
+- classifiers (`role = "classifier"`, `load_classifier`): `village-cls` (bundled), `module`, `transformers`
+  (`ingest.models.classifier_families`); as a spec model they are dissected through
+  `ingest.models.image_source.ClassifierDissection` (images from a dataset instead of latents).
 
 Every loading problem is one line in a `ZooError` (the CLI exits with status 2).
 
@@ -84,6 +88,10 @@ def load_generator(name: str, spec: "str | os.PathLike | Spec | None" = None,
     if entry is not None:
         return load_model_spec(entry, device)
     path = _bundled_generator_path(name)
+    if path is None and name in BUNDLED_CLASSIFIERS:  # a bundled classifier over rendered village scenes
+        from ingest.models.image_source import ClassifierDissection, VillageScenes
+
+        return ClassifierDissection(load_classifier(name, spec, device), VillageScenes()).to(device).eval()
     if path is None:
         raise ZooError(f"unknown generator {name!r}; bundled: {', '.join(BUNDLED_GENERATORS)}")
     if not path.exists():
