@@ -9,7 +9,8 @@ unless `--debug`.
     gandissect status [SPEC]
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
-    gandissect train segmenter|gan [ARGS...]
+    gandissect train segmenter|gan|encoder [ARGS...]
+    gandissect invert PHOTO... --model M [--layer L] [--out DIR] [--json]
     gandissect edit --model M --seed S --sample I --brush B --action draw|remove --region x0,y0,x1,y1
     gandissect version
 """
@@ -94,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--db", help="store path")
     e.add_argument("--spec", default="gandissect.toml")
     e.add_argument("--device", default="cpu")
+
+    from compute.invert.cli import add_arguments as _invert_arguments
+
+    _invert_arguments(sub.add_parser("invert", help="invert photos into a generator; what it cannot draw"))
 
     sub.add_parser("version", help="print the version")
     return p
@@ -213,6 +218,12 @@ def cmd_edit(a: argparse.Namespace) -> int:
     return paint.cmd_edit(a, store_path(a.db, a.spec))
 
 
+def cmd_invert(a: argparse.Namespace) -> int:
+    from compute.invert.cli import run
+
+    return run(a)
+
+
 def _glue_negative_values(argv: list[str]) -> list[str]:
     """`--region -5,0,10,10` as `--region=-5,0,10,10` (argparse takes a leading '-' for an option)."""
     out: list[str] = []
@@ -240,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gandissect {PACKAGE_VERSION}")
         return 0
     handlers = {"run": cmd_run, "status": cmd_status, "sql": cmd_sql, "dashboard": cmd_dashboard,
-                "train": cmd_train, "bench": cmd_bench, "edit": cmd_edit}
+                "train": cmd_train, "bench": cmd_bench, "edit": cmd_edit,
+                "invert": cmd_invert}
     try:
         return handlers[a.command](a)
     except KeyboardInterrupt:
