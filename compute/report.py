@@ -1,7 +1,9 @@
 """The README's dissection results, regenerated from the store: a table, checks and a bar chart.
 
 Reads `layer_summary`, `unit_labels`, `unit_iou` and `layer_null_iou` (latest done q0.99 dissection
-of a model, and of its training checkpoints); writes `docs/figures/<model>-interpretable-units.png`
+of a model, and of its training checkpoints); the headline compares the median best IoU over *all* units
+with the permutation null's (units are never selected on the outcome first; the interpretable-only ratio
+is printed beside it, labelled as selected). Writes `docs/figures/<model>-interpretable-units.png`
 (stacked bars per layer and category, Altair rendered with vl-convert), `docs/figures/<model>-emergence.png`
 when checkpoints exist, and the README section between `<!-- report:dissect -->` markers.
 
@@ -96,15 +98,23 @@ def markdown(t: pl.DataFrame, c: dict[str, object], model: str, figures: list[st
         body += "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
                                   for v in r) + " |\n"
     ratio, ratio_sel = c["ratio_all"], c["ratio_interpretable"]
+    first = t.sort("layer_index").row(0, named=True)
     lines = [
-        f"Dissection of `{model}` (fixed quantile q0.99; `gandissect run`, then `python -m compute.report`):",
+        f"Dissection of `{model}` (fixed quantile q0.99, the PNAS code's upsampling grid; `gandissect run`, "
+        "then `python -m compute.report`):",
         "", head + body,
+        "- `beats_chance_units`: units whose best concept has Benjamini-Hochberg q < 0.05 over the layer's "
+        "unit x concept tests, against a permutation null (each unit's maps paired with the masks of other "
+        "images inside blocks of 8, masks left in place; see docs/statistics.md). It measures association "
+        "with a concept, not interpretability; `null_median` is the median over units of the null's "
+        f"expected best IoU. {first['layer']}: {first['beats_chance_units']} of {first['units']} units.",
         f"- best layer (most distinct concepts): **{c['best_layer']}**; concepts matched by a unit with "
         f"IoU >= 0.10 there: {len(c['concepts_iou_ge_0.10'])} ({', '.join(c['concepts_iou_ge_0.10']) or 'none'})",
-        f"- median best IoU over all units {c['median_best_iou']:.4f} vs the null baseline's median "
-        f"{c['null_median']:.4f}: **{ratio:.2f}x**" if ratio else "- no units: the null comparison is undefined",
-        f"- over the interpretable units only: {c['median_interpretable_best_iou']:.4f}, {ratio_sel:.1f}x the null "
-        "(selected on IoU >= 0.04, so this ratio is at least 0.04 / null by construction)" if ratio_sel else
+        f"- median best IoU over all units (no selection) {c['median_best_iou']:.4f} vs the permutation null's "
+        f"median {c['null_median']:.4f}: **{ratio:.2f}x**" if ratio else "- no units: the null comparison is undefined",
+        f"- over the interpretable units only (selected on the outcome): {c['median_interpretable_best_iou']:.4f}, "
+        f"{ratio_sel:.1f}x the null (selected on IoU > 0.04, so this ratio is at least 0.04 / null by "
+        "construction)" if ratio_sel else
         "- no interpretable units",
         "",
     ] + [f"![{Path(f).stem}]({f})" for f in figures]

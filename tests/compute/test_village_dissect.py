@@ -62,7 +62,15 @@ def test_mid_layer_peak(store: str) -> None:
 
 def test_units_beat_the_null_baseline(store: str) -> None:
     c = report.checks(store, "village-gan")
-    # over every unit (no selection on the outcome): median best IoU >= 2x the null median (measured 2.36x
-    # on the bundled model); the interpretable units' ratio is >= 0.04 / null by construction
-    assert c["ratio_all"] is not None and c["ratio_all"] >= 2.0, c
+    # over every unit (no selection on the outcome): the median best IoU beats the permutation null's
+    # median (other images' masks left in place keep the scene layout, so the margin is modest); the
+    # interpretable units' ratio is >= 0.04 / null by construction
+    assert c["ratio_all"] is not None and c["ratio_all"] > 1.0, c
     assert c["ratio_interpretable"] >= c["ratio_all"], c
+
+
+def test_first_layer_beats_chance_least(store: str) -> None:
+    """Layer1 (entangled in the paper) has the smallest share of units beating chance (BH q < 0.05)."""
+    t = report.layer_table(store, "village-gan")
+    share = (t["beats_chance_units"] / t["units"]).to_list()
+    assert share[0] == min(share) and share[0] < 1.0, share
