@@ -12,7 +12,7 @@ class, seeds from HELDOUT_SEED_START, the model card's set when samples = 250), 
   the lower unit index);
 - `class_ablation_curves`: per class, ranking `top` (the class's k most important units ablated
   together) and `random` (k units drawn uniformly, averaged over `draws` sets; seeded by the run's
-  seed, layer and class), for k = 0 (the baseline) .. `k_max`: the class's accuracy and
+  seed and layer, the same sets for every class), for k = 0 (the baseline) .. `k_max`: the class's accuracy and
   `other_accuracy`, the mean accuracy of the other classes (the paper's sparsity figure).
 
 Units are ranked and curves measured on the same held-out images (as in the paper). A classifier with a
@@ -151,18 +151,20 @@ def layer_rows(job: Job, layer: str, run: Callable[[Tensor], Tensor], units: int
             })
     curves: list[dict[str, Any]] = []
     ks = list(range(0, min(k_max, units) + 1))
+    # random unit sets do not depend on the class: one set of draws per k serves every class's curve
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, layer)))
+    rand = torch.zeros(len(ks) * draws, units)
+    for i, n in enumerate(ks):
+        for d in range(draws):
+            rand[i * draws + d, torch.randperm(units, generator=gen)[:n]] = 1
+    m_rand_all = class_metrics(run(rand), labels, k)["accuracy"].view(len(ks), draws, k)
     for c in range(k):
         others = [o for o in range(k) if o != c]
         top = torch.zeros(len(ks), units)
         for i, n in enumerate(ks):
             top[i, orders[c][:n]] = 1
         m_top = class_metrics(run(top), labels, k)["accuracy"]  # [len(ks), K]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + c * 7919 + sum(map(ord, layer)))
-        rand = torch.zeros(len(ks) * draws, units)
-        for i, n in enumerate(ks):
-            for d in range(draws):
-                rand[i * draws + d, torch.randperm(units, generator=gen)[:n]] = 1
-        m_rand = class_metrics(run(rand), labels, k)["accuracy"].view(len(ks), draws, k)
+        m_rand = m_rand_all
         for i, n in enumerate(ks):
             base_row = {"run_key": job.run_key, "model": job.model.name, "layer": layer, "class": classes[c], "k": n}
             curves.append({**base_row, "ranking": "top", "draws": 1, "accuracy": float(m_top[i, c]),
