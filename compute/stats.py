@@ -665,8 +665,9 @@ class PermutationNull:
     sum_ij d_ij^2 / (b - 1), d_ij = c_ij - r_i / b - s_j / b + g / b^2 (Hoeffding 1951; r, s row and
     column sums). Blocks are permuted independently, so means and variances add over blocks, and the
     one-sided p-value is the normal tail of (I - 1/2 - mean) / sd (continuity-corrected for the integer
-    count; the normal approximation rests on the sum over many independent blocks). Under exchangeability (the unit's maps carry no information about
-    the image's segmentation) the observed pairing is one uniform draw from the same distribution.
+    count; the normal approximation rests on the sum over many independent blocks). Under
+    exchangeability (the unit's maps carry no information about the image's segmentation) the observed
+    pairing is one uniform draw from the same distribution.
     |A| and |M| do not depend on the pairing, so a test on I is a test on IoU = I / (|A| + |M| - I).
 
     Thresholds are [C] (one per unit) or [C, K] (one per unit and concept: concept k is counted at

@@ -147,7 +147,7 @@ _QUANTILES: dict[str, Param] = {
     "upsample": Choice("pnas", ("pnas", "iclr", "align_corners"), "how featuremaps are upsampled to the masks"),
     "parts": Choice("none", ("none", "quad"), "quadrant part concepts"),
     "iqr_threshold": Choice("unit", ("unit", "unit_concept"), "one IQR threshold per unit or per (unit, concept)"),
-    "null_block": Int(8, 2, 64, "permutation null: maps re-paired with other images' masks inside blocks of this many samples"),
+    "null_block": Int(8, 2, 64, "permutation null: maps re-paired with other images' masks inside blocks"),
 }
 _REAL: dict[str, Param] = {
     "real": Str(None, "real images: a directory / file of images, or \"village\" (rendered scenes)"),
