@@ -51,13 +51,18 @@ def fmt(x: Any, spec: str = ".3f", none: str = "–") -> str:
 
 
 _MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:/@&=])")
+_WWW = re.compile(r"(?i)\b(www)\.")
+ZWSP = "\u200b"
 
 
 def md_escape(text: Any) -> str:
     """Text shown inside markdown (labels, notes, URL parameters: anything a user typed) with every
     markdown syntax escaped: no image, link, autolink (http://, www., e-mail), HTML, emoji or
     Streamlit directive (:red[..], :material/..:) can come out of it. Newlines become spaces."""
-    return _MD.sub(r"\\\1", " ".join(str(text).split()))
+    flat = " ".join(str(text).split())
+    # GFM autolink literals survive backslash escapes: a zero-width space breaks "://", "www." and "@"
+    flat = _WWW.sub(lambda m: m.group(1) + ZWSP + ".", flat.replace("://", ":" + ZWSP + "//")).replace("@", ZWSP + "@")
+    return _MD.sub(r"\\\1", flat)
 
 
 def not_found(what: str, value: str, options: Sequence[str], where: str = "") -> str:
