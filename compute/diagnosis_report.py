@@ -16,6 +16,7 @@ from db.store import read
 
 REPAIR_SQL = """
 SELECT r.layer, r.unit_set, r.n_units, r.draws, r.fd_before, r.fd_after, r.fd_after_std, r.units,
+       r.fd_before_full, r.fd_after_full, r.fd_after_full_std,
        c.fraction_before, c.fraction_after,
        (SELECT max(abs(o.relative_change)) FROM repair_concepts_latest o
         WHERE o.model = r.model AND o.layer = r.layer AND o.unit_set = r.unit_set AND o.concept <> ?
@@ -66,7 +67,20 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.1f} %"
 
 
+def _fd(r: dict, key: str) -> str:
+    """'0.7677' or '0.8624 ± 0.0501' (random sets: mean ± std over draws); '–' when not measured."""
+    if r[key] is None:
+        return "–"
+    return f"{r[key]:.4f}" + (f" ± {r[key + '_std']:.4f}" if r[key + "_std"] is not None else "")
+
+
+def _change(r: dict, after: str, before: str) -> str:
+    return "–" if r[after] is None or not r[before] else _pct(r[after] / r[before] - 1)
+
+
 def repair_table(db: str, model: str, concept: str) -> str:
+    """Per layer: each unit set's Fréchet distance before / after ablation against the real images the run
+    kept (after real_exclude) and, when it left some out, against the full real distribution too."""
     df = read(REPAIR_SQL, [concept, concept, concept, model], path=db)
     if df.height == 0:
         return "(no repair run in this store)\n"
@@ -76,21 +90,30 @@ def repair_table(db: str, model: str, concept: str) -> str:
         part = df.filter(df["layer"] == layer)
         p = json.loads(part["params"][0])
         first = part.row(0, named=True)
+        excluded = list(p.get("real_exclude") or [])
+        full = bool(excluded)  # without real_exclude the full distribution is the one scored already
+        kept = f"{p['real_samples']} real scenes" + (f" without {', '.join(excluded)}" if excluded else "")
+        head = (f"| unit set | units ablated | Fréchet distance ({'without ' + ', '.join(excluded) if full else 'real'}) "
+                f"| change |" + (" Fréchet distance (all real scenes) | change |" if full else "")
+                + f" {concept} pixels | largest other change |")
         lines += [f"**{model} {layer}** — {p['samples']} samples (seed {p['seed']}), Fréchet distance in "
-                  f"{p['features']} features against {p['real_samples']} real scenes"
-                  + (f" without {', '.join(p['real_exclude'])}" if p["real_exclude"] else "")
-                  + f"; manual = `{p['manual']}`\n",
-                  f"| unit set | units ablated | Fréchet distance | change | {concept} pixels | largest other change |",
-                  "|---|---|---|---|---|---|",
-                  f"| none (original) | 0 | {first['fd_before']:.4f} | | {100 * (first['fraction_before'] or 0):.2f} % | |"]
+                  f"{p['features']} features against {kept}"
+                  + (f" and against the full real distribution ({p['real_samples']} scenes, nothing left out)"
+                     if full else "") + f"; manual = `{p['manual']}`\n",
+                  head, "|---" * (8 if full else 6) + "|",
+                  f"| none (original) | 0 | {first['fd_before']:.4f} | |"
+                  + (f" {'–' if first['fd_before_full'] is None else format(first['fd_before_full'], '.4f')} | |"
+                     if full else "")
+                  + f" {100 * (first['fraction_before'] or 0):.2f} % | |"]
         for r in part.iter_rows(named=True):
-            fd = f"{r['fd_after']:.4f}" + (f" ± {r['fd_after_std']:.4f}" if r["fd_after_std"] is not None else "")
             n = f"{r['n_units']}" + (f" × {r['draws']} draws" if r["draws"] > 1 else "")
             wm = (f"{100 * r['fraction_after']:.2f} % ({_pct(r['fraction_after'] / r['fraction_before'] - 1)})"
                   if r["fraction_before"] else "–")
             side = f"{r['side_concept']} {_pct(r['side_effect'])}" if r["side_concept"] else "–"
-            lines.append(f"| {names.get(r['unit_set'], r['unit_set'])} | {n} | {fd} | "
-                         f"{_pct(r['fd_after'] / r['fd_before'] - 1)} | {wm} | {side} |")
+            lines.append(f"| {names.get(r['unit_set'], r['unit_set'])} | {n} | {_fd(r, 'fd_after')} | "
+                         f"{_change(r, 'fd_after', 'fd_before')} |"
+                         + (f" {_fd(r, 'fd_after_full')} | {_change(r, 'fd_after_full', 'fd_before_full')} |"
+                            if full else "") + f" {wm} | {side} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

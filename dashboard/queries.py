@@ -368,7 +368,9 @@ _UNIT_SET_ORDER = ("CASE unit_set WHEN 'manual' THEN 0 WHEN 'realism' THEN 1 WHE
 REPAIR_SQL = f"""
 SELECT p.unit_set, p.n_units, p.draws, CAST(p.units::JSON AS INTEGER[]) AS units, p.fd_before, p.fd_after,
        p.fd_after_std, p.fd_change, r.n_samples, r.seed,
-       coalesce(json_extract_string(r.params, '$.manual'), 'flags') AS manual_rule, p.run_key
+       coalesce(json_extract_string(r.params, '$.manual'), 'flags') AS manual_rule, p.run_key,
+       p.fd_before_full, p.fd_after_full, p.fd_after_full_std,
+       coalesce(CAST(json_extract(r.params, '$.real_exclude') AS VARCHAR[]), []) AS real_exclude
 FROM repair_latest p LEFT JOIN runs r USING (run_key)
 WHERE p.model = ? AND p.layer = ?
 ORDER BY {_UNIT_SET_ORDER} NULLS LAST, p.unit_set

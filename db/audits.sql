@@ -348,6 +348,8 @@ WHERE frechet < 0 OR isnan(frechet) OR isinf(frechet) OR n_top < 1 OR n_real < 1
 SELECT run_key, model, layer, unit_set, draw, n_units, units, fd_before, fd_after FROM repair_effects
 WHERE unit_set NOT IN ('manual', 'realism', 'union', 'random') OR draw < 0 OR n_units < 0
    OR fd_before < 0 OR fd_after < 0 OR isnan(fd_before) OR isnan(fd_after) OR isinf(fd_before) OR isinf(fd_after)
+   OR fd_before_full < 0 OR fd_after_full < 0 OR isnan(fd_before_full) OR isnan(fd_after_full)
+   OR isinf(fd_before_full) OR isinf(fd_after_full) OR ((fd_before_full IS NULL) <> (fd_after_full IS NULL))
    OR (units IS NOT NULL AND NOT json_valid(units))
    OR (units IS NOT NULL AND json_valid(units) AND json_array_length(units) <> n_units);
 

@@ -304,8 +304,10 @@ CREATE TABLE IF NOT EXISTS repair_effects (
     draw INTEGER NOT NULL,  -- 0 for deterministic sets, 0..n-1 for random draws
     n_units INTEGER NOT NULL,  -- number of units ablated
     units VARCHAR,  -- the unit indices as a JSON list
-    fd_before DOUBLE NOT NULL,  -- Frechet distance of the whole sample to real images before ablation
-    fd_after DOUBLE NOT NULL  -- the same after ablating the set
+    fd_before DOUBLE NOT NULL,  -- Frechet distance of the whole sample to real images before ablation (the real images left after runs.params real_exclude)
+    fd_after DOUBLE NOT NULL,  -- the same after ablating the set
+    fd_before_full DOUBLE,  -- Frechet distance before ablation to the full real distribution (real_samples images, nothing excluded); NULL in runs before repair code version 2
+    fd_after_full DOUBLE  -- the same after ablating the set
 );
 
 -- grain: one row per unit set, draw and concept of a repair run: the concept's pixel fraction before and after ablating the set

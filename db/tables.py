@@ -125,7 +125,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     _t("repair_effects", "one row per unit set and draw of a repair run: the Frechet distance before and after "
        "ablating the set", "run_key, model, layer, unit_set, draw",
        f"{_RUN}, unit_set VARCHAR!, draw INTEGER!, n_units INTEGER!, units VARCHAR, fd_before DOUBLE!, "
-       "fd_after DOUBLE!"),
+       "fd_after DOUBLE!, fd_before_full DOUBLE, fd_after_full DOUBLE"),
     _t("repair_concepts", "one row per unit set, draw and concept of a repair run: the concept's pixel fraction "
        "before and after ablating the set", "run_key, model, layer, unit_set, draw, concept",
        f"{_RUN}, unit_set VARCHAR!, draw INTEGER!, concept VARCHAR!, fraction_before DOUBLE!, "

@@ -200,7 +200,10 @@ SELECT e.model, e.layer, e.unit_set,
        CASE WHEN count(*) > 1 THEN stddev_pop(e.fd_after) END AS fd_after_std,
        avg(e.fd_after) - any_value(e.fd_before) AS fd_change,
        CASE WHEN count(*) = 1 THEN any_value(e.units) END AS units,
-       e.run_key
+       e.run_key,
+       any_value(e.fd_before_full) AS fd_before_full,
+       avg(e.fd_after_full) AS fd_after_full,
+       CASE WHEN count(*) > 1 THEN stddev_pop(e.fd_after_full) END AS fd_after_full_std
 FROM repair_effects e
 JOIN latest USING (run_key, model, layer)
 GROUP BY e.model, e.layer, e.unit_set, e.run_key;

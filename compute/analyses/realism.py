@@ -136,10 +136,13 @@ def _save(ckpt: Checkpoint, done: int, acts: dict[str, list[torch.Tensor]], feat
     ckpt.save(done, t)
 
 
-def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device) -> tuple[np.ndarray, Coverage]:
-    """Features float64 [n_real, D] and concept coverage of the job's real images (one segmenter pass)."""
+def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device,
+             exclude: list[str] | None = None) -> tuple[np.ndarray, Coverage]:
+    """Features float64 [n_real, D] and concept coverage of the job's real images (one segmenter pass).
+
+    exclude: concepts whose images are left out (None: the job's `real_exclude`; [] = the full distribution)."""
     src = real_source(job)
-    exclude = list(param(job, "real_exclude"))
+    exclude = list(param(job, "real_exclude")) if exclude is None else list(exclude)
     images, _ = real_images(src, int(param(job, "real_samples")), int(param(job, "real_seed")), size=size,
                             exclude=exclude)
     x = to_input(images)

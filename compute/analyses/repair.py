@@ -3,7 +3,10 @@
 Reads the job's generator and segmenter, real images (`ingest.real`), the realism run it depends on
 (`unit_realism`), the hand flags (`unit_flags`, resolved when the run is planned, so a new flag makes a
 new run) or a dissection's IoU for a concept; writes `repair_effects` (Fréchet distance of the whole
-generated sample to real images, before and after ablating each unit set), `repair_concepts` (each
+generated sample to real images, before and after ablating each unit set — against the real images
+left after `real_exclude` (fd_before, fd_after) and against the full real distribution, the same
+`real_samples` scenes with nothing left out (fd_before_full, fd_after_full); with no `real_exclude`
+the two are the same), `repair_concepts` (each
 concept's pixel share before and after) and `realism_flag_pr` (precision and recall of the worst
 realism scores as a predictor of the manual set, `sklearn.metrics.precision_recall_curve`).
 
@@ -16,7 +19,9 @@ Unit sets per layer (`n_units` = 20 as in the paper):
     random  n_units random units, `draws` (5) draws
 Ablation sets the units to 0 over the whole image. Parameters as in realism (real, real_samples,
 real_seed, real_exclude — e.g. ["watermark"] for the watermark-free real scenes — features,
-inception_weights, batch_size).
+inception_weights, batch_size). Scoring only against watermark-free scenes rewards removing
+watermarks by construction, though real scenes carry them too (15 % of rendered village scenes): the
+full-distribution columns say whether the repair still helps when the real watermarks count.
 
     gandissect run gandissect.toml --only repair
 """
@@ -36,7 +41,7 @@ from compute.frechet import feature_stats, frechet_from_stats
 from compute.intervene import edit_featuremap, featuremap, finish, unit_alpha
 from ingest.samples import latents
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: fd_before_full / fd_after_full
 NEEDS: tuple[str, ...] = ("realism",)
 OPTIONAL_NEEDS: tuple[str, ...] = ("dissect",)
 TABLES = ("repair_effects", "repair_concepts", "realism_flag_pr")
@@ -159,6 +164,12 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     real_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device)
     check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
     mu_r, s_r = feature_stats(real_f)
+    if list(param(job, "real_exclude")):  # the full real distribution: the same sources, nothing left out
+        full_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device, exclude=[])
+        check_count(full_f.shape[0], feat.dim, f"analysis {a.name!r}: real images")
+        mu_full, s_full = feature_stats(full_f)
+    else:
+        mu_full, s_full = mu_r, s_r
     names = [c.name for c in seg.concepts]
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
@@ -178,15 +189,19 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         if not done:
             f0, c0, fs, cs = ablated_features(gen, seg, feat, layer, a.seed, a.samples, int(param(job, "batch_size")),
                                               [us for _, _, us in sets], ctx.device, ctx.progress)
-            fd0 = frechet_from_stats(*feature_stats(f0), mu_r, s_r)
-            extra = {"fd_before": fd0, "before": c0.state_dict()["pixels"].tolist(), "total": c0.total,
-                     "after": [(frechet_from_stats(*feature_stats(f), mu_r, s_r), c.pixels.tolist())
-                               for f, c in zip(fs, cs)]}
+            st0 = feature_stats(f0)
+            sts = [feature_stats(f) for f in fs]
+            extra = {"fd_before": frechet_from_stats(*st0, mu_r, s_r),
+                     "fd_before_full": frechet_from_stats(*st0, mu_full, s_full),
+                     "before": c0.state_dict()["pixels"].tolist(), "total": c0.total,
+                     "after": [(frechet_from_stats(*st, mu_r, s_r), c.pixels.tolist()) for st, c in zip(sts, cs)],
+                     "after_full": [frechet_from_stats(*st, mu_full, s_full) for st in sts]}
             ckpt.save(1, {"done": torch.ones(1)}, extra)
-        for (name, draw, us), (fd, pixels) in zip(sets, extra["after"]):
+        for (name, draw, us), (fd, pixels), fd_full in zip(sets, extra["after"], extra["after_full"]):
             row = {**base, "layer": layer, "unit_set": name, "draw": draw}
             out["repair_effects"].append({**row, "n_units": len(us), "units": json.dumps(us),
-                                          "fd_before": extra["fd_before"], "fd_after": fd})
+                                          "fd_before": extra["fd_before"], "fd_after": fd,
+                                          "fd_before_full": extra["fd_before_full"], "fd_after_full": fd_full})
             out["repair_concepts"] += [{**row, "concept": c, "fraction_before": extra["before"][i] / extra["total"],
                                         "fraction_after": pixels[i] / extra["total"]}
                                        for i, c in enumerate(names) if c != "none"]

@@ -147,6 +147,7 @@ def test_realism_and_repair_end_to_end(tmp_path, tiny_gan, tiny_seg) -> None:
         == worst
     assert store.read("select count(*) n from realism_flag_pr", path=db)["n"][0] == 0
     assert store.run_audits(db) == []
+    _check_full_distribution_scores(db, tiny_gan, tiny_seg)
     # the views read the new tables
     assert store.read("select count(*) n from repair_latest", path=db)["n"][0] == 2
     assert store.read("select count(*) n from concept_coverage_latest", path=db)["n"][0] == cov["n"][0]
@@ -164,6 +165,45 @@ def test_realism_and_repair_end_to_end(tmp_path, tiny_gan, tiny_seg) -> None:
     pr = store.read("select k, precision, recall, n_flagged from realism_flag_pr_latest order by k", path=db)
     assert pr.height >= 1 and (pr["n_flagged"] == 2).all() and pr["recall"][-1] == 1.0
     assert store.run_audits(db) == []
+
+
+def _check_full_distribution_scores(db: str, tiny_gan, tiny_seg) -> None:
+    """fd_before / fd_before_full of the repair run equal a direct computation: the unedited sample's
+    segmenter features against the 20 watermark-free rendered scenes, and against the first 20 rendered
+    scenes with nothing left out (the full real distribution)."""
+    from compute.features import extractor, features_and_masks
+    from ingest.models.progan import load_progan
+    from ingest.models.village_seg import load_village_seg
+    from ingest.real import real_images, to_input
+    from ingest.samples import latents
+
+    gen, seg = load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
+    feat = extractor("segmenter", seg, torch.device("cpu"))
+    with torch.no_grad():
+        f_gen, _ = features_and_masks(feat, seg, gen(latents(3, 24, int(gen.z_dim))))
+
+    def fd_to(exclude: list[str]) -> float:
+        images, labels = real_images("village", 20, 0, size=int(gen.resolution), exclude=exclude)
+        with torch.no_grad():
+            f_real, _ = features_and_masks(feat, seg, to_input(images))
+        return frechet_distance(f_gen, f_real)
+
+    rep = store.read("select fd_before, fd_after, fd_before_full, fd_after_full from repair_effects", path=db)
+    assert rep["fd_before_full"].null_count() == 0 and rep["fd_after_full"].null_count() == 0
+    assert rep["fd_before"][0] == pytest.approx(fd_to(["watermark"]), rel=1e-6)
+    assert rep["fd_before_full"][0] == pytest.approx(fd_to([]), rel=1e-6)
+    _, labels = real_images("village", 20, 0, size=int(gen.resolution))
+    from ingest.village import INDEX
+    assert (labels[:, 0] == INDEX["watermark"]).any((1, 2)).sum() > 0, "the full set should hold a watermarked scene"
+    assert rep["fd_before_full"][0] != pytest.approx(rep["fd_before"][0], rel=1e-9)
+    assert (rep["fd_after_full"] != rep["fd_after"]).all()
+    # the README's repair table shows both
+    from compute.diagnosis_report import repair_table
+
+    md = repair_table(db, "tiny", "watermark")
+    assert "| Fréchet distance (without watermark) | change | Fréchet distance (all real scenes) | change |" in md
+    assert f"| none (original) | 0 | {rep['fd_before'][0]:.4f} | | {rep['fd_before_full'][0]:.4f} | |" in md
+    assert "and against the full real distribution (20 scenes, nothing left out)" in md
 
 
 def test_too_few_images_are_refused_before_any_work(tmp_path, tiny_gan, tiny_seg) -> None:

@@ -121,9 +121,11 @@ def add_tiny_diagnosis(path: Path, model: str = TINY) -> None:
         hits = len(flagged & set(worst[:k]))
         pr.append({"model": model, "layer": layer, "k": k, "frechet": TINY_FRECHET[worst[k - 1]],
                    "precision": hits / k, "recall": hits / len(flagged), "n_flagged": len(flagged)})
-    store.publish_many(run("repair", layer=layer, params={"n_random": 3, "flags": sorted(flagged)}), {
+    store.publish_many(run("repair", layer=layer, params={"n_random": 3, "flags": sorted(flagged),
+                                                          "real_exclude": ["watermark"]}), {
         "repair_effects": [{"model": model, "layer": layer, "unit_set": s, "draw": d, "n_units": len(us),
-                            "units": json.dumps(us), "fd_before": 140.0, "fd_after": a} for s, d, us, a in TINY_REPAIR],
+                            "units": json.dumps(us), "fd_before": 140.0, "fd_after": a,
+                            "fd_before_full": 150.0, "fd_after_full": a + 20} for s, d, us, a in TINY_REPAIR],
         "repair_concepts": [{"model": model, "layer": layer, "unit_set": s, "draw": d, "concept": c,
                              "fraction_before": b,
                              "fraction_after": TINY_DOOR_AFTER[s] if c == "door" else b + 0.001 * d}

@@ -67,6 +67,11 @@ def test_realism_page_shows_scores_repair_pr_and_coverage(dash_store):
     assert rows["realism"]["after"] == "118.2" and rows["realism"]["change"] == "-21.8 (-15.6%)"
     assert rows["union"]["Fréchet before"] == "140" and rows["union"]["after"] == "116.9"
     assert rows["random"]["after"] == "140.6 ± 0.73" and rows["random"]["units"] == "3 random units × 3 draws"
+    # the same sets scored against the full real distribution (the run left watermarked real images out)
+    assert rows["realism"]["before (all real)"] == "150" and rows["realism"]["after (all real)"] == "138.2"
+    assert rows["realism"]["change (all real)"] == "-11.8 (-7.9%)"
+    assert rows["random"]["after (all real)"] == "160.6 ± 0.73"
+    assert "real images without watermark (the run's real_exclude)" in shown and "full real distribution" in shown
 
     assert at.selectbox(key="realism_concept").value == "door"  # the concept ablation changes most
     door = frame_with(at, "relative change")
