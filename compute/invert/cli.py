@@ -78,7 +78,7 @@ def load_models(model: str, spec: str | None, segmenter: str | None, encoder: st
     return gen, enc, seg
 
 
-def invert_photos(gen: Any, enc: Any, seg: Any, images: "np.ndarray",  # noqa: F821 *, layer: str, z_steps: int, layer_steps: int,
+def invert_photos(gen: Any, enc: Any, seg: Any, images: Any, *, layer: str, z_steps: int, layer_steps: int,
                   batch: int, device: str, progress: Callable[[int, int], None] | None = None
                   ) -> list[dict[str, Any]]:
     """uint8 [N, R, R, 3] photos -> per photo a dict: reconstruction (uint8 [R, R, 3]), omission map,

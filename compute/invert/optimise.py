@@ -20,6 +20,7 @@ batch of 50 is 50 separate inversions at once. Learning rates decay by a cosine 
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | 
     """Invert images [N, 3, R, R] in [-1, 1] (on the generator's device) into `gen`; see the module
     docstring. `progress(done, total)` is called every 10 steps."""
     t0 = time.perf_counter()
+    gen = copy.deepcopy(gen).to(memory_format=torch.channels_last)  # 2x faster convolutions on CPU
+    images = images.contiguous(memory_format=torch.channels_last)
     dev = images.device
     n = images.shape[0]
     feat = perceptual_fn(segmenter) if perceptual > 0 else None
