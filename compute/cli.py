@@ -182,7 +182,7 @@ def _json_nested(df):  # type: ignore[no-untyped-def]
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "serve.py"  # app.py behind the Host check
     env = dict(os.environ, GANDISSECT_DB=os.path.abspath(store_path(a.db, a.spec)))
     if Path(a.spec).is_file():  # lets the image pages load models whose options live in the spec
         env["GANDISSECT_SPEC"] = os.path.abspath(a.spec)

@@ -6,9 +6,7 @@ Reads the store through `dashboard.queries` (and writes flags through `db.store.
 """
 from __future__ import annotations
 
-import ipaddress
 import math
-import os
 import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlencode
@@ -17,6 +15,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import queries
+from dashboard.hostcheck import allowed_hosts, host_allowed  # noqa: F401 (the app's Host check)
 from db import store
 
 EMPTY_MSG = "Nothing computed yet: run `gandissect run` (or `make demo`) to fill the store, then reload."
@@ -74,39 +73,6 @@ def not_found(what: str, value: str, options: Sequence[str], where: str = "") ->
     if best is not None:
         msg += f"; the nearest is **{md_escape(best)}**"
     return msg + "."
-
-
-# ---------------------------------------------------------------- host check (DNS rebinding)
-
-LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
-
-
-def host_name(host_header: str) -> str:
-    """The name of a Host header, without its port: "[::1]:8501" -> "::1", "a.b:80" -> "a.b"."""
-    h = host_header.strip().lower()
-    if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-
-
-def allowed_hosts() -> tuple[str, ...]:
-    """Extra Host names the dashboard answers: $GANDISSECT_ALLOWED_HOSTS (comma-separated; the CLI adds
-    the --host it binds to when that is a specific address)."""
-    return tuple(h.strip().lower() for h in os.environ.get("GANDISSECT_ALLOWED_HOSTS", "").split(",") if h.strip())
-
-
-def host_allowed(host_header: str | None, extra: Iterable[str] = ()) -> bool:
-    """Whether a request's Host is a loopback name or address, or a configured one. A page of another
-    site that rebinds its own name to 127.0.0.1 sends its own name as Host, so it is refused."""
-    if not host_header:
-        return False
-    name = host_name(host_header)
-    if name in LOOPBACK_NAMES or name.endswith(".localhost") or name in {h.lower() for h in extra}:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def flag_badges(flags: str | None, custom_label: str | None = None) -> str:

@@ -154,7 +154,7 @@ def test_md_escape_leaves_no_markdown(text: str) -> None:
                                       ("192.168.1.5:8501", False), ("", False), (None, False),
                                       ("localhost.evil.example", False), ("box.lan:8501", "extra")])
 def test_host_check(host, ok) -> None:
-    from dashboard.ui import host_allowed
+    from dashboard.hostcheck import host_allowed
 
     if ok == "extra":
         assert not host_allowed(host) and host_allowed(host, ["box.lan"])
