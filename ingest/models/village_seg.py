@@ -173,8 +173,8 @@ def masks_from_labels(labels: Tensor, k: int) -> Tensor:
 
 
 def quad_expand(masks: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """The paper's quadrant concepts: for every connected component (scipy.ndimage.label, 4-connected)
-    of every mask, its pixels in the top / bottom / left / right half of the component's bounding box.
+    """The paper's quadrant concepts: for every connected component (8-connected, as the reference's
+    skimage.morphology.label) of every mask, its pixels in the top / bottom / left / right half of the component's bounding box.
     The halves cover the component: an odd-sized box's middle row goes to the bottom half and its middle
     column to the right half, as in the reference.
 
@@ -184,7 +184,7 @@ def quad_expand(masks: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, li
     out = np.zeros((n, 4 * k, h, w), bool)
     for i in range(n):
         for j in range(k):
-            comps, count = ndimage.label(masks[i, j])
+            comps, count = ndimage.label(masks[i, j], structure=np.ones((3, 3), dtype=int))
             if count == 0:
                 continue
             for lab, sl in enumerate(ndimage.find_objects(comps), start=1):

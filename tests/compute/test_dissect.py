@@ -239,3 +239,25 @@ def test_non_finite_activations_name_the_layer_and_unit() -> None:
         a[2, 3, 1, 4] = bad
         with pytest.raises(FloatingPointError, match=r"model 'm' layer 'layer3' unit 3"):
             check_finite(a, "layer3", "m")
+
+
+def test_quad_expand_on_hand_made_components() -> None:
+    """Halves of each 8-connected component's bounding box, odd middle row / column to bottom / right
+    (the reference's vmid = (top + bottom + 1) // 2); two components split separately."""
+    from ingest.models.village_seg import quad_expand
+
+    m = np.zeros((1, 1, 9, 9), bool)
+    m[0, 0, 0:3, 0:5] = True          # a 3 x 5 block ...
+    m[0, 0, 3, 5] = True              # ... and a pixel touching it diagonally only: one 8-connected component
+    m[0, 0, 6:9, 7:9] = True          # a separate 3 x 2 component
+    out, names = quad_expand(m, ["tree"])
+    assert names == ["tree-t", "tree-b", "tree-l", "tree-r"]
+    t, b, l, r = out[0]
+    # first component: bounding box rows 0-3, cols 0-5 (4 x 6 with the diagonal pixel)
+    assert t[0:2, 0:5].all() and not t[2:4].any() and b[2, 0:5].all() and b[3, 5]
+    assert l[0:3, 0:3].all() and not l[:, 3:6][:4].any() and r[0:3, 3:5].all() and r[3, 5]
+    # second component: rows 6-8 -> top row 6, bottom rows 7-8; cols 7-8 -> left 7, right 8
+    assert t[6, 7:9].all() and b[7:9, 7:9].all() and l[6:9, 7].all() and r[6:9, 8].all()
+    for half in (t | b, l | r):
+        assert (half == m[0, 0]).all()                             # each pair of halves partitions the mask
+    assert not (t & b).any() and not (l & r).any()
