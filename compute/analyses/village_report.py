@@ -9,6 +9,11 @@ re-computation described next to it.
 
     python -m compute.analyses.village_report [--checkpoint PATH] [--store PATH] [--json OUT]
         [--set ANALYSIS.KEY=JSON ...]
+    python -m compute.analyses.village_report --door-contexts insert-door.duckdb   # after examples/insert-door.toml
+
+`--door-contexts STORE` measures nothing: it prints the door insertion-by-context table of every
+segmenter in a store (the latest done insert run per segmenter; `examples/insert-door.toml` runs
+the door insertion with village-seg and with village-seg-parts) and each one's wall / sky ratio.
 
 Bars (issue 4):
 - tree: ablating the 20 highest-alpha units leaves <= 50 % of the tree pixels;
@@ -240,6 +245,40 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+DOOR_CONTEXTS_SQL = """
+SELECT r.segmenter, c.context, c.locations, c.effect, c.effect_std, c.run_key
+FROM insertion_contexts c JOIN runs r USING (run_key)
+WHERE c.concept = ? AND r.status = 'done' AND c.run_key = (
+    SELECT r2.run_key FROM runs r2 JOIN (SELECT DISTINCT run_key FROM insertion_contexts WHERE concept = ?) x
+    USING (run_key) WHERE r2.status = 'done' AND r2.segmenter = r.segmenter
+    ORDER BY r2.finished_at DESC NULLS LAST, r2.run_key DESC LIMIT 1)
+ORDER BY r.segmenter, c.effect DESC NULLS LAST, c.context
+"""
+
+
+def door_contexts(store: str, concept: str = "door") -> dict[str, dict[str, Any]]:
+    """Per segmenter: the concept's insertion effect per context (px) and the wall / sky ratio."""
+    from db.store import read
+
+    df = read(DOOR_CONTEXTS_SQL, [concept, concept], path=store)
+    out: dict[str, dict[str, Any]] = {}
+    for seg in df["segmenter"].unique(maintain_order=True).to_list():
+        part = df.filter(df["segmenter"] == seg)
+        eff = dict(zip(part["context"].to_list(), part["effect"].to_list()))
+        wall, sky = eff.get("wall"), eff.get("sky")
+        out[seg] = {"contexts": part.drop("segmenter").to_dicts(), "wall": wall, "sky": sky,
+                    "ratio": (wall / sky if sky else float("inf")) if wall is not None and sky is not None else None}
+    return out
+
+
+def print_door_contexts(store: str) -> None:
+    for seg, r in door_contexts(store).items():
+        print(f"{seg}: " + ", ".join(f"{c['context']} {c['effect']:.2f}" for c in r["contexts"]
+                                     if c["effect"] is not None))
+        if r["ratio"] is not None:
+            print(f"{seg}: door inserted at wall {r['wall']:.2f} px vs sky {r['sky']:.2f} px ({r['ratio']:.1f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--spec", default=str(SPEC))
@@ -248,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     p.add_argument("--set", action="append", default=[], metavar="ANALYSIS.KEY=JSON",
                    help="override an analysis parameter, e.g. intervene-ace.epochs=2")
+    p.add_argument("--door-contexts", default=None, metavar="STORE",
+                   help="only print the door insertion contexts of every segmenter in STORE")
     a = p.parse_args(argv)
+    if a.door_contexts:
+        print_door_contexts(a.door_contexts)
+        return 0
     ckpt = Path(a.checkpoint).resolve() if a.checkpoint else newest_checkpoint()
     overrides = {}
     for item in a.set:

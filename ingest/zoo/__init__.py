@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 ZOO_DIR = Path(__file__).resolve().parent
 BUNDLED_GENERATORS = {"village-gan": ZOO_DIR / "village-gan.safetensors"}
-BUNDLED_SEGMENTERS = {"village-seg": ZOO_DIR / "village-seg.safetensors"}
+# village-seg-parts: the same net trained with doors / windows pasted anywhere; part labels not masked to buildings
+BUNDLED_SEGMENTERS = {"village-seg": ZOO_DIR / "village-seg.safetensors",
+                      "village-seg-parts": ZOO_DIR / "village-seg-parts.safetensors"}
 BUNDLED_CLASSIFIERS = {"village-cls": ZOO_DIR / "village-cls.safetensors"}
 
 
