@@ -95,3 +95,24 @@ def test_classes_page_empty_state(tmp_path, monkeypatch) -> None:
     at = open_page("classes")
     assert_ok(at)
     assert "No unit roles yet" in texts(at)
+
+
+def test_other_pages_show_a_classifier(cls_store, monkeypatch) -> None:
+    """The existing pages work on a classifier's dissection (its top images are rendered scenes)."""
+    monkeypatch.setenv("GANDISSECT_DB", cls_store)
+    at = open_page("units")
+    assert_ok(at)
+    assert at.selectbox(key="units_model").value == "village-cls"
+    assert len(at.image) >= 1
+    for page in ("overview", "compare", "unit"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+
+
+def test_class_report_prints_the_bar(cls_store, capsys) -> None:
+    from compute.class_report import main
+
+    assert main(["--db", cls_store, "--layer", "conv5", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| conv5 | village-truth | 64 |" in out
+    assert "- church_square: top-2 drop" in out and ("met" in out)
