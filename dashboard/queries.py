@@ -90,7 +90,8 @@ SELECT (SELECT count(*) FROM models) AS models,
 
 MODELS_SQL = """
 SELECT m.model, m.family, m.dataset, m.model_group, m.training_step, m.resolution, m.z_dim,
-       count(l.layer) AS layers, sum(l.units)::BIGINT AS units, m.checkpoint, m.checkpoint_sha256, m.registered_at
+       count(l.layer) AS layers, sum(l.units)::BIGINT AS units, m.checkpoint, m.checkpoint_sha256, m.registered_at,
+       coalesce(m.role, 'generator') AS role
 FROM models m LEFT JOIN layers l USING (model)
 GROUP BY ALL
 ORDER BY m.model_group NULLS LAST, m.training_step DESC NULLS LAST, m.model  -- newest checkpoint first

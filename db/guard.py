@@ -75,14 +75,14 @@ _COMMENTS = re.compile(r"(--[^\n]*|/\*.*?\*/)", re.DOTALL)
 _BY_KEYWORD = {
     "analyze": "ANALYZE changes the store's statistics",
     "checkpoint": "CHECKPOINT writes the store",
-    "force": "FORCE CHECKPOINT writes the store",
+    "force checkpoint": "FORCE CHECKPOINT writes the store",
 }
 
 
-def _keyword(sql: str) -> str:
-    """The first word of the text, lower case, comments and parentheses skipped."""
+def _keyword(sql: str, n: int = 1) -> str:
+    """The first `n` words of the text, lower case, comments and parentheses skipped."""
     words = _COMMENTS.sub(" ", sql).replace("(", " ").split()
-    return words[0].lower() if words else ""
+    return " ".join(words[:n]).lower()
 
 
 class GuardError(BadInput):
@@ -123,7 +123,7 @@ def check_sql(sql: str) -> str:
             if len(inner_st) != 1 or inner_st[0].type != ST.SELECT:
                 raise GuardError(f"refused: EXPLAIN of anything but a SELECT; {_ALLOWED}")
         elif st.type != ST.SELECT:
-            reason = _BY_KEYWORD.get(_keyword(st.query)) or _REASONS.get(st.type, f"{st.type.name} statements are not allowed")
+            reason = _BY_KEYWORD.get(_keyword(st.query)) or _BY_KEYWORD.get(_keyword(st.query, 2)) or _REASONS.get(st.type, f"{st.type.name} statements are not allowed")
             raise GuardError(f"refused: {reason}; {_ALLOWED}")
         return st.query
     except duckdb.ParserException as e:

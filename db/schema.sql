@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS models (
     z_dim INTEGER,  -- latent dimension
     training_step BIGINT,  -- training iteration of this checkpoint; NULL when unknown
     model_group VARCHAR,  -- the spec's model entry: every checkpoint of one glob shares it (compare across training)
-    registered_at TIMESTAMP  -- when this row was last written (UTC)
+    registered_at TIMESTAMP,  -- when this row was last written (UTC)
+    role VARCHAR  -- generator | classifier (the spec entry's role; a classifier's images come from a dataset)
 );
 
 -- grain: one row per dissectable layer of a model

@@ -60,7 +60,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     _t("models", "one row per model, that is per generator checkpoint (each file of a checkpoint glob "
        "is its own model)", "model",
        "model VARCHAR!, family VARCHAR!, dataset VARCHAR, checkpoint VARCHAR, checkpoint_sha256 VARCHAR, "
-       "resolution INTEGER, z_dim INTEGER, training_step BIGINT, model_group VARCHAR, registered_at TIMESTAMP"),
+       "resolution INTEGER, z_dim INTEGER, training_step BIGINT, model_group VARCHAR, registered_at TIMESTAMP, "
+       "role VARCHAR"),
     _t("layers", "one row per dissectable layer of a model", "model, layer",
        "model VARCHAR!, layer VARCHAR!, layer_index INTEGER!, units INTEGER!, height INTEGER, width INTEGER"),
     _t("segmenters", "one row per segmenter", "segmenter",

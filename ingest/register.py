@@ -25,6 +25,7 @@ def model_row(spec_model: Any, net: Any) -> dict[str, Any]:
         "checkpoint": spec_model.checkpoint, "checkpoint_sha256": file_sha256(spec_model.checkpoint),
         "resolution": int(net.resolution), "z_dim": int(net.z_dim),
         "training_step": _training_step(spec_model, net), "model_group": spec_model.group,
+        "role": spec_model.option("role", "generator"),
     }
 
 

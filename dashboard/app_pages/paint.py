@@ -32,6 +32,8 @@ st.caption("GANPaint: a brush is a set of units of one layer. **draw** forces th
            "where the concept fits (a door on a wall, not in the sky).")
 
 summary = queries.layer_summary(db)
+generators = queries.models(db).filter(pl.col("role") == "generator")["model"]
+summary = summary.filter(pl.col("model").is_in(generators))  # a classifier cannot be painted
 if summary.height == 0:
     st.info("Painting needs brushes, and brushes need a dissection: add a `dissect` analysis to the spec and "
             "run `gandissect run`.")

@@ -187,6 +187,8 @@ CASES: dict[str, tuple[dict[str, Any], list[str], str]] = {
     "sql checkpoint": sql("checkpoint") + ("CHECKPOINT",),
     "sql pivot without IN": sql("pivot runs on status using count(*)") + ("PIVOT",),
     "sql install": sql("install sqlite") + ("extensions",),
+    "sql force install": sql("force install sqlite") + ("extensions",),
+    "sql force checkpoint": sql("force checkpoint") + ("FORCE CHECKPOINT",),
     "sql read_csv": sql("select * from read_csv('/etc/passwd')") + ("external access",),
     "sql two statements": sql("select 1; select 2") + ("2 statements",),
     "sql syntax": sql("selec 1") + ("syntax error",),
