@@ -104,9 +104,11 @@ def test_other_pages_show_a_classifier(cls_store, monkeypatch) -> None:
     assert_ok(at)
     assert at.selectbox(key="units_model").value == "village-cls"
     assert len(at.image) >= 1
-    for page in ("overview", "compare", "unit"):
+    for page in ("overview", "compare", "unit", "paint"):
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
+    assert "Painting needs brushes" in texts(at)  # a classifier is no generator: nothing to paint
+    assert store.read("select role from models", path=cls_store)["role"].to_list() == ["classifier"]
 
 
 def test_class_report_prints_the_bar(cls_store, capsys) -> None:
