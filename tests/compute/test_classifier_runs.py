@@ -171,3 +171,47 @@ def test_unit_roles_match_a_direct_ablation_loop(tmp_path: Path) -> None:
         rand = curves.filter((curves["class"] == name) & (curves["ranking"] == "random"))
         assert rand["draws"].to_list() == [3] * 4 and rand["k"].to_list() == [0, 1, 2, 3]
         assert rand["accuracy"][0] == pytest.approx(base_acc[c], abs=1e-12)
+
+
+def test_unit_roles_on_a_labelled_folder(tmp_path: Path, tiny_cls: Path) -> None:
+    """labelled = "dir/" (one sub-folder per class): the k = 0 rows are the classifier's own accuracy there."""
+    from PIL import Image
+
+    from ingest.models.classifier import load_village_cls
+
+    split = balanced_split(5000, 2)
+    images = render_images(split.seeds)
+    for i, (im, k) in enumerate(zip(images, split.labels)):
+        (tmp_path / "lab" / CLASSES[k]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(tmp_path / "lab" / CLASSES[k] / f"{i}.png")
+    spec = write_spec(tmp_path, f"""
+        [store]
+        path = "{tmp_path / 'store.duckdb'}"
+
+        [[models]]
+        name = "tiny-cls"
+        role = "classifier"
+        family = "village-cls"
+        checkpoint = "{tiny_cls}"
+
+        [[analyses]]
+        name = "roles"
+        kind = "unit_roles"
+        models = ["tiny-cls"]
+        layers = ["conv3"]
+        labelled = "lab"
+        k_max = 2
+        draws = 2
+    """)
+    assert [o.state for o in _run(tmp_path, spec)] == ["done"]
+    db = str(tmp_path / "store.duckdb")
+    base = store.read("select class, accuracy from class_ablation_curves where ranking = 'top' and k = 0",
+                      path=db)
+    clf = load_village_cls(str(tiny_cls))
+    with torch.no_grad():
+        pred = clf(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).argmax(1).numpy()
+    for r in base.iter_rows(named=True):
+        k = CLASSES.index(r["class"])
+        assert r["accuracy"] == pytest.approx(float((pred[split.labels == k] == k).mean()))
+    n = store.read("select count(*) n, min(images) lo, max(images) hi from class_unit_effects", path=db).row(0)
+    assert n == (4 * len(CLASSES), 2, 2)  # conv3 of the tiny classifier has 4 units
