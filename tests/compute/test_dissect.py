@@ -261,3 +261,20 @@ def test_quad_expand_on_hand_made_components() -> None:
     for half in (t | b, l | r):
         assert (half == m[0, 0]).all()                             # each pair of halves partitions the mask
     assert not (t & b).any() and not (l & r).any()
+
+
+def test_unit_labels_carry_precision_recall_and_ceiling(computed) -> None:
+    """unit_labels: precision = inter / above, recall = inter / concept, ceiling = min / max of the sizes,
+    IoU never above its ceiling; beats_chance is the best concept's q < 0.05."""
+    s, db = computed
+    df = store.read("""select l.*, i.inter, i.above, i.concept_pixels, i.q_value as q
+        from unit_labels l join unit_iou i on i.run_key = l.run_key and i.layer = l.layer and i.unit = l.unit
+        and i.concept = l.concept where l.threshold_mode = 'quantile'""", path=db)
+    assert len(df) > 0
+    for r in df.iter_rows(named=True):
+        if r["above"] > 0:
+            assert abs(r["precision"] - r["inter"] / r["above"]) < 1e-12
+        assert abs(r["recall"] - r["inter"] / r["concept_pixels"]) < 1e-12
+        lo, hi = sorted((r["above"], r["concept_pixels"]))
+        assert abs(r["iou_ceiling"] - lo / hi) < 1e-12 and r["iou"] <= r["iou_ceiling"] + 1e-12
+        assert r["beats_chance"] == (r["q"] < 0.05)
