@@ -392,3 +392,20 @@ WHERE NOT (accuracy BETWEEN 0 AND 1) OR NOT (accuracy_drop BETWEEN -1 AND 1) OR 
 SELECT run_key, model, layer, class, ranking, k, accuracy, other_accuracy FROM class_ablation_curves
 WHERE ranking NOT IN ('top', 'random') OR k < 0 OR draws < 1
    OR NOT (accuracy BETWEEN 0 AND 1) OR NOT (other_accuracy BETWEEN 0 AND 1);
+
+-- audit: unique_inversions
+SELECT run_key, model, image, count(*) AS n
+FROM inversions GROUP BY run_key, model, image HAVING count(*) > 1;
+
+-- audit: unique_inversion_concepts
+SELECT run_key, model, image, concept, count(*) AS n
+FROM inversion_concepts GROUP BY run_key, model, image, concept HAVING count(*) > 1;
+
+-- audit: inversion_concepts_without_inversion
+SELECT c.run_key, c.model, c.image FROM inversion_concepts c
+ANTI JOIN inversions i USING (run_key, model, image);
+
+-- audit: inversion_ranges
+SELECT run_key, model, image, concept, photo_share, recon_share, recall FROM inversion_concepts
+WHERE NOT (photo_share BETWEEN 0 AND 1) OR NOT (recon_share BETWEEN 0 AND 1)
+   OR (recall IS NOT NULL AND NOT (recall BETWEEN 0 AND 1)) OR (omitted AND NOT present);

@@ -385,3 +385,38 @@ CREATE TABLE IF NOT EXISTS class_ablation_curves (
     other_accuracy_std DOUBLE,  -- standard deviation of other_accuracy over draws (0 for top)
     units VARCHAR  -- comma-separated ablated units, most important first (top only)
 );
+
+-- grain: one row per model and image of an invert run: how closely the generator reconstructs the image
+-- key: run_key, model, image
+CREATE TABLE IF NOT EXISTS inversions (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model the image was inverted into
+    layer VARCHAR NOT NULL,  -- layers.layer whose featuremap was optimised after z ('' when only z was)
+    image VARCHAR NOT NULL,  -- image id: 'village:<seed>' for a rendered scene, else the file's sha256
+    image_sha256 VARCHAR NOT NULL,  -- sha256 of the file's bytes (a rendered scene: of its uint8 pixels)
+    path VARCHAR,  -- the photo's path as given (NULL for a rendered scene)
+    village_seed BIGINT,  -- the rendered scene's seed (NULL for a photo)
+    width INTEGER NOT NULL,  -- original width in pixels (before the centre-square rule)
+    height INTEGER NOT NULL,  -- original height in pixels
+    psnr DOUBLE NOT NULL,  -- dB, final reconstruction vs the squared image (8-bit, [0, 1] range)
+    psnr_z DOUBLE NOT NULL,  -- dB after the z step only
+    psnr_encoder DOUBLE NOT NULL,  -- dB of G(E(x)), the encoder's guess
+    seconds DOUBLE NOT NULL,  -- wall time of the image's inversion (its share of its batch)
+    n_omitted INTEGER NOT NULL,  -- concepts present in the image and omitted by the reconstruction
+    omitted VARCHAR  -- JSON list of the omitted concepts, most dropped first
+);
+
+-- grain: one row per model, image and concept of an invert run (concepts labelled in the image or its reconstruction): pixel shares in both and recall
+-- key: run_key, model, image, concept
+CREATE TABLE IF NOT EXISTS inversion_concepts (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model
+    segmenter VARCHAR NOT NULL,  -- segmenters.segmenter that labelled the image and its reconstruction
+    image VARCHAR NOT NULL,  -- inversions.image
+    concept VARCHAR NOT NULL,  -- concepts.concept
+    photo_share DOUBLE NOT NULL,  -- share of the image's pixels labelled with the concept, in [0, 1]
+    recon_share DOUBLE NOT NULL,  -- share of the reconstruction's pixels labelled with it, in [0, 1]
+    recall DOUBLE,  -- |image ∩ reconstruction| / |image| pixels of the concept, in [0, 1]; NULL when absent from the image
+    present BOOLEAN NOT NULL,  -- photo_share >= the run's presence_share
+    omitted BOOLEAN NOT NULL  -- present and recall < the run's omit_recall
+);

@@ -147,6 +147,15 @@ TABLES: dict[str, Table] = {t.name: t for t in (
        "run: accuracies with k units ablated together", "run_key, model, layer, class, ranking, k",
        f"{_RUN}, class VARCHAR!, ranking VARCHAR!, k INTEGER!, draws INTEGER!, accuracy DOUBLE!, "
        "other_accuracy DOUBLE!, accuracy_std DOUBLE, other_accuracy_std DOUBLE, units VARCHAR"),
+    _t("inversions", "one row per model and image of an invert run: how closely the generator reconstructs the "
+       "image", "run_key, model, image",
+       f"{_RUN}, image VARCHAR!, image_sha256 VARCHAR!, path VARCHAR, village_seed BIGINT, width INTEGER!, "
+       "height INTEGER!, psnr DOUBLE!, psnr_z DOUBLE!, psnr_encoder DOUBLE!, seconds DOUBLE!, n_omitted INTEGER!, "
+       "omitted VARCHAR"),
+    _t("inversion_concepts", "one row per model, image and concept of an invert run (concepts labelled in the "
+       "image or its reconstruction): pixel shares in both and recall", "run_key, model, image, concept",
+       "run_key VARCHAR!, model VARCHAR!, segmenter VARCHAR!, image VARCHAR!, concept VARCHAR!, "
+       "photo_share DOUBLE!, recon_share DOUBLE!, recall DOUBLE, present BOOLEAN!, omitted BOOLEAN!"),
 )}
 
 RESULT_TABLES: tuple[str, ...] = tuple(n for n, t in TABLES.items() if t.per_run)

@@ -253,3 +253,18 @@ CREATE OR REPLACE VIEW realism_flag_pr_latest AS
 SELECT p.model, p.layer, p.k, p.frechet, p.precision, p.recall, p.n_flagged, p.run_key
 FROM realism_flag_pr p
 JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key, model, layer);
+
+-- view: inversion_dropped
+-- grain: one row per done invert run and concept present in at least one of its images: how much of it the reconstructions drop, rank 1 = most dropped
+CREATE OR REPLACE VIEW inversion_dropped AS
+SELECT c.run_key, r.analysis, c.model, c.segmenter, c.concept,
+       count(*) AS images,
+       count(*) FILTER (WHERE c.omitted) AS omitted_images,
+       sum(c.photo_share * c.recall) / sum(c.photo_share) AS pixel_recall,
+       1 - sum(c.photo_share * c.recall) / sum(c.photo_share) AS dropped,
+       avg(c.photo_share) AS mean_photo_share,
+       rank() OVER (PARTITION BY c.run_key ORDER BY 1 - sum(c.photo_share * c.recall) / sum(c.photo_share) DESC) AS rank
+FROM inversion_concepts c
+JOIN runs r USING (run_key)
+WHERE r.status = 'done' AND c.present
+GROUP BY c.run_key, r.analysis, c.model, c.segmenter, c.concept;
