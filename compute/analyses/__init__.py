@@ -19,6 +19,7 @@ _MODULES: dict[str, str] = {
     "realism": "compute.analyses.realism",
     "repair": "compute.analyses.repair",
     "unit_roles": "compute.analyses.unit_roles",
+    "invert": "compute.analyses.invert",
 }
 
 

@@ -212,6 +212,18 @@ KINDS: dict[str, dict[str, Param]] = {
         "manual": Param('"flags" or "concept:<name>"', _manual, "flags", "the hand-picked set"),
         "manual_min_iou": Float(0.04, 0, 1, help="IoU cut of manual = \"concept:<name>\""),
     },
+    "invert": {
+        "images": Str("village", "\"village\" (rendered scenes) or a folder of PNG / JPEG photos"),
+        "layer": Str("layer4", "layer whose featuremap is optimised after z"),
+        "z_steps": Int(150, 0, 100_000, "Adam steps on z"),
+        "layer_steps": Int(250, 0, 100_000, "Adam steps on the layer's featuremap"),
+        "perceptual": Float(0.1, 0, 1000, help="weight of the segmenter-feature term"),
+        "reg": Float(0.01, 0, 1000, help="weight keeping the layer's features near the z step's"),
+        "presence_share": Float(0.005, 0, 1, help="pixel share for a concept to count as present"),
+        "omit_recall": Float(0.5, 0, 1, help="a present concept is omitted below this recall"),
+        "batch_size": Int(16, 1, 4096, "images inverted together"),
+        "encoder": Str(None, "layer-wise encoder .safetensors (default: the model's bundled one)"),
+    },
     "unit_roles": {
         "k_max": Int(8, 1, 4096, "largest set of units ablated together in the curves"),
         "draws": Int(20, 1, 10_000, "random unit sets averaged per k"),
