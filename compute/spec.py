@@ -30,6 +30,7 @@ ANALYSIS_KINDS: dict[str, str] = {
     "trace": "effect of one insertion on every later layer",
     "realism": "per-unit realism (Frechet distance of top images) and concept coverage vs real images",
     "repair": "ablate artifact unit sets (manual, worst realism, union, random) and measure the Frechet distance",
+    "invert": "invert photos or rendered scenes into the generator; PSNR and omitted concepts per image",
     "unit_roles": "per-class accuracy of a classifier with each unit ablated; top-k vs random ablation curves",
 }
 NO_SEGMENTER_KINDS = ("quantiles", "unit_roles")  # kinds that read no segmentation
