@@ -218,5 +218,5 @@ def test_module_classifier_entry(tmp_path: Path) -> None:
         family = "progan"
         checkpoint = "{tmp_path / 'm.safetensors'}"
     """, "bad.toml")
-    with pytest.raises(SpecError, match="classifier families"):
+    with pytest.raises(SpecError, match="role"):
         load(bad)
