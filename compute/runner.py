@@ -228,6 +228,7 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
     ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
     _clean_done_caches(ctx, [j for j in jobs if j.run_key in done_keys])
     failed: set[str] = set()
+    busy: set[str] = set()  # runs another process holds the lease of
     outcomes: list[Outcome] = []
     schema_ready = False
     for job in jobs:
@@ -235,6 +236,12 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
         if job.run_key in done_keys and not force:
             echo(f"up to date: {label} (run {job.run_key[:12]})")
             outcomes.append(Outcome(job, "up to date"))
+            continue
+        if any(k in busy for _, k in job.deps):  # its dependency is being computed by another process
+            busy.add(job.run_key)
+            msg = "a dependency is being computed by another process; skipped: `gandissect run --wait` waits for it"
+            echo(f"busy: {label}: {msg}")
+            outcomes.append(Outcome(job, "running elsewhere", error=msg))
             continue
         blocked = [k for _, k in job.deps if k in failed]
         if blocked:
@@ -256,7 +263,7 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
                 msg = (f"run {job.run_key[:12]} is being computed by {holder} (running elsewhere); "
                        f"skipped: `gandissect run --wait` waits for it")
                 echo(f"busy: {label}: {msg}")
-                failed.add(job.run_key)  # its dependants cannot run in this process either
+                busy.add(job.run_key)  # its dependants cannot run in this process either
                 outcomes.append(Outcome(job, "running elsewhere", error=msg))
                 continue
             echo(f"waiting: {label}: run {job.run_key[:12]} is being computed by {holder}")
