@@ -58,6 +58,7 @@ pages = {
         page("causal", "Causal", ":material/target:"),
         page("realism", "Realism", ":material/healing:"),
         page("classes", "Classes", ":material/category:"),
+        page("photos", "Photos", ":material/photo_camera:"),
     ],
     "Tools": [
         page("paint", "Paint", ":material/brush:"),

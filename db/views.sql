@@ -257,7 +257,7 @@ JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key
 -- view: inversion_dropped
 -- grain: one row per done invert run and concept present in at least one of its images: how much of it the reconstructions drop, rank 1 = most dropped
 CREATE OR REPLACE VIEW inversion_dropped AS
-SELECT c.run_key, r.analysis, c.model, c.segmenter, c.concept,
+SELECT c.run_key, coalesce(r.name, c.run_key) AS analysis, c.model, c.segmenter, c.concept,
        count(*) AS images,
        count(*) FILTER (WHERE c.omitted) AS omitted_images,
        sum(c.photo_share * c.recall) / sum(c.photo_share) AS pixel_recall,
@@ -267,4 +267,4 @@ SELECT c.run_key, r.analysis, c.model, c.segmenter, c.concept,
 FROM inversion_concepts c
 JOIN runs r USING (run_key)
 WHERE r.status = 'done' AND c.present
-GROUP BY c.run_key, r.analysis, c.model, c.segmenter, c.concept;
+GROUP BY c.run_key, coalesce(r.name, c.run_key), c.model, c.segmenter, c.concept;
