@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from compute.tap import Tap
 from db import store
-from ingest.samples import latents
+from ingest.samples import latents_at
 
 OUTLINE_RGB = (255, 214, 0)  # the contour colour (yellow)
 DIM = 0.35  # brightness kept outside the unit's region
@@ -119,7 +119,7 @@ def _z(seed: int, samples: Sequence[int], z_dim: int) -> torch.Tensor:
     """Latents of the given sample indices of one seed: Tensor[N, z_dim]."""
     if not samples:
         return torch.zeros(0, z_dim)
-    return torch.cat([latents(int(seed), 1, z_dim, start=int(i)) for i in samples])
+    return latents_at(int(seed), [int(i) for i in samples], z_dim)  # one pass over the stream
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,8 @@ A far sample (`start` large, e.g. `gandissect edit --sample 2000000`) needs ever
 The skip is done in chunks of at most `SKIP_CHUNK` normals (bounded memory, the same values), and
 the generator's state at every `SKIP_CHUNK` boundary passed is remembered (a few hundred bytes each),
 so a second far request of the same seed resumes from the nearest remembered state: repeated
-requests cost O(1) per sample. Sample indices are bounded by `MAX_SAMPLE_INDEX`.
+requests cost O(1) per sample. `latents_at(seed, samples, z_dim)` reads many scattered samples (e.g. a
+unit's top images) in one pass. Sample indices are bounded by `MAX_SAMPLE_INDEX`.
 
     python -c "from ingest.samples import latents; print(latents(1, 4, 8))"
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,13 +39,18 @@ def _generator_at(seed: int, position: int) -> np.random.Generator:
     if state is not None:
         bitgen.state = state
     rng = np.random.Generator(bitgen)
+    _advance(rng, seed, at, position)
+    return rng
+
+
+def _advance(rng: np.random.Generator, seed: int, at: int, position: int) -> None:
+    """Draw (and drop) normals `at`..`position` - 1 in chunks, remembering the state at chunk boundaries."""
     while at < position:
         step = min(SKIP_CHUNK - at % SKIP_CHUNK, position - at)
         rng.standard_normal(step)
         at += step
         if at % SKIP_CHUNK == 0:
-            _remember(seed, at, bitgen.state)
-    return rng
+            _remember(seed, at, rng.bit_generator.state)
 
 
 def _remember(seed: int, position: int, state: dict) -> None:
@@ -65,3 +72,22 @@ def latents(seed: int, n: int, z_dim: int, start: int = 0) -> torch.Tensor:
     rng = _generator_at(seed, start * z_dim) if start else np.random.Generator(np.random.PCG64(seed))
     z = rng.standard_normal((n, z_dim), dtype=np.float64).astype(np.float32)
     return torch.from_numpy(z)
+
+
+def latents_at(seed: int, samples: Sequence[int], z_dim: int) -> torch.Tensor:
+    """Latents of the given sample indices (any order, repeats allowed), in one pass over the stream:
+    Tensor[len(samples), z_dim] float32, row j equal to `latents(seed, 1, z_dim, start=samples[j])`."""
+    want = sorted({int(i) for i in samples})
+    if not want:
+        return torch.zeros(0, z_dim)
+    if want[0] < 0 or want[-1] >= MAX_SAMPLE_INDEX or z_dim <= 0:
+        raise ValueError(f"latents_at: sample indices must be in [0, {MAX_SAMPLE_INDEX:,}) and z_dim > 0 "
+                         f"(got {want[0]}..{want[-1]}, z_dim={z_dim})")
+    rng = _generator_at(seed, want[0] * z_dim)
+    rows: dict[int, np.ndarray] = {}
+    at = want[0]
+    for i in want:
+        _advance(rng, seed, at * z_dim, i * z_dim)
+        rows[i] = rng.standard_normal(z_dim, dtype=np.float64).astype(np.float32)
+        at = i + 1
+    return torch.from_numpy(np.stack([rows[int(i)] for i in samples]))

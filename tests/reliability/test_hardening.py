@@ -160,3 +160,17 @@ def test_host_check(host, ok) -> None:
         assert not host_allowed(host) and host_allowed(host, ["box.lan"])
     else:
         assert host_allowed(host) is ok
+
+
+def test_latents_at_reads_scattered_samples_in_one_pass(monkeypatch) -> None:
+    from ingest import samples
+
+    monkeypatch.setattr(samples, "SKIP_CHUNK", 64)
+    monkeypatch.setattr(samples, "_STATES", {})
+    idx = [40, 3, 3, 17, 0, 95]
+    got = samples.latents_at(4, idx, 6)
+    assert got.shape == (6, 6) and got.dtype == torch.float32
+    for j, i in enumerate(idx):
+        assert torch.equal(got[j], _old_latents(4, 1, 6, i)[0])
+    with pytest.raises(ValueError):
+        samples.latents_at(4, [-1], 6)
