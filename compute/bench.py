@@ -151,6 +151,8 @@ def main(a: argparse.Namespace) -> int:
         rows += _optional("ace", "compute.intervene", "bench_ace")
     if only in (None, "insert"):
         rows += _optional("insert", "compute.intervene", "bench_insert")
+    if only in (None, "invert"):
+        rows += _optional("invert", "compute.invert.cli", "bench_invert")
     path = store_path(None, a.spec)
     with store.session(path) as con:
         store.ensure_schema(con)

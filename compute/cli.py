@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance benchmarks (also written to the benchmarks table)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--spec", default="gandissect.toml")
-    b.add_argument("--only", help="one bench: dissect | edit | ace | insert")
+    b.add_argument("--only", help="one bench: dissect | edit | ace | insert | invert")
 
     e = sub.add_parser("edit", help="paint one edit onto a generated sample (GANPaint)")
     e.add_argument("--model", required=True)

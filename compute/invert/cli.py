@@ -171,3 +171,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def bench_invert(device: Any) -> list[dict[str, Any]]:
+    """`gandissect bench` row invert/seconds: one rendered 64x64 scene inverted with the CLI's defaults
+    (encoder, 150 z + 250 layer4 steps, perceptual term), wall seconds with the machine's torch threads."""
+    import torch
+
+    from ingest.village.render import render
+
+    gen, enc, seg = load_models("village-gan", None, "village-seg", None, str(device), warn=lambda s: None)
+    image = render(30_000_000, size=int(gen.resolution)).image[None]
+    t0 = time.perf_counter()
+    r = invert_photos(gen, enc, seg, image, layer=DEFAULT_LAYER, z_steps=150, layer_steps=250, batch=1,
+                      device=str(device))[0]
+    seconds = time.perf_counter() - t0
+    params = json.dumps({"model": "village-gan", "z_steps": 150, "layer_steps": 250, "layer": DEFAULT_LAYER,
+                         "encoder": enc is not None, "threads": torch.get_num_threads(), "psnr": round(r["psnr"], 2)})
+    return [{"metric": "seconds", "value": seconds, "unit": "s", "params": params}]
