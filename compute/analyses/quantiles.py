@@ -15,7 +15,6 @@ import math
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from compute.context import Checkpoint, Job, RunContext, flat_state, unflat_state
 from compute.probe import _deepest
