@@ -158,11 +158,16 @@ def check_store_path(p: str | os.PathLike) -> None:
         return
     if path.is_dir():
         raise StorePathError(f"store {p} is a directory: give the path of a .duckdb file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise StorePathError(f"store {p}: cannot read it: {e.strerror or e}") from None
+    head = b""
+    for attempt in range(2):  # a store another process is creating right now may be empty for an instant
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise StorePathError(f"store {p}: cannot read it: {e.strerror or e}") from None
+        if len(head) >= 12 or attempt:
+            break
+        time.sleep(0.25)
     if not head:
         raise StorePathError(f"store {p} is an empty file, not a DuckDB database: delete it "
                              f"(`gandissect run` creates the store)")
