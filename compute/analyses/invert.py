@@ -47,6 +47,20 @@ def param(job: Job, key: str) -> Any:
     return job.analysis.param(key, DEFAULTS.get(key))
 
 
+def encoder_path(model: str, encoder: str | None) -> Path:
+    """The encoder a run uses: the `encoder` parameter, else the bundled one for the model."""
+    return Path(encoder) if encoder else Path(__file__).resolve().parents[2] / "ingest" / "zoo" / f"{model}-encoder.safetensors"
+
+
+def resolve(store: str, a: Any, model: str, layers: tuple[str, ...]) -> dict[str, Any]:
+    """Plan-time parameters: the encoder file's sha256 (None without one), so a retrained encoder
+    gives a new run key."""
+    from ingest.zoo import file_sha256
+
+    p = encoder_path(model, a.path_param("encoder"))
+    return {"encoder_sha256": file_sha256(p) if p.is_file() else None}
+
+
 def image_set(job: Job, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """uint8 [N, size, size, 3] images and per image its identity (image, image_sha256, path,
     village_seed, width, height)."""
@@ -86,8 +100,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         raise ValueError(f"analysis {job.analysis.name!r}: invert needs a progan-family generator")
     if layer not in names[:-1]:
         raise ValueError(f"analysis {job.analysis.name!r}: layer {layer!r} is not a layer of {job.model.name}")
-    enc_path = job.analysis.path_param("encoder") if param(job, "encoder") else \
-        Path(__file__).resolve().parents[2] / "ingest" / "zoo" / f"{job.model.name}-encoder.safetensors"
+    enc_path = encoder_path(job.model.name, job.analysis.path_param("encoder"))
     enc = load_encoder(enc_path, ctx.device) if Path(enc_path).is_file() else None
     if enc is not None and not matches(enc, gen):
         enc = None
