@@ -154,3 +154,9 @@ if images.enabled():
                              f"region above threshold {ui.fmt(requests[0][1], '.3g')} outlined", width="stretch")
         except Exception as e:
             strip_slot.caption(f"images unavailable: {images.error_text(e)}")
+
+from dashboard import class_queries  # noqa: E402  (issue 20: a classifier's unit roles)
+
+if class_queries.role_runs(db).filter((pl.col("model") == model) & (pl.col("layer") == layer)).height:
+    st.page_link("app_pages/classes.py", label=f"the classes unit {unit} matters for", icon=":material/category:",
+                 query_params={"model": model, "layer": layer, "unit": str(unit)})

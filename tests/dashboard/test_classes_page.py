@@ -104,6 +104,9 @@ def test_other_pages_show_a_classifier(cls_store, monkeypatch) -> None:
     assert_ok(at)
     assert at.selectbox(key="units_model").value == "village-cls"
     assert len(at.image) >= 1
+    at.switch_page("app_pages/unit.py").run()  # the unit page links to the classes the unit matters for
+    assert not at.exception
+    assert any("matters for" in p.proto.label for p in at.get("page_link"))
     for page in ("overview", "compare", "unit", "paint"):
         at.switch_page(f"app_pages/{page}.py").run()
         assert not at.exception, (page, [e.value for e in at.exception])
