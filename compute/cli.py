@@ -9,7 +9,7 @@ unless `--debug`.
     gandissect status [SPEC]
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
-    gandissect train segmenter|gan|encoder [ARGS...]
+    gandissect train segmenter|gan|classifier|encoder [ARGS...]
     gandissect invert PHOTO... --model M [--layer L] [--out DIR] [--json]
     gandissect edit --model M --seed S --sample I --brush B --action draw|remove --region x0,y0,x1,y1
     gandissect version
@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests addressed to this Host name (default: loopback names only)")
 
-    t = sub.add_parser("train", help="train a bundled model: segmenter | gan | classifier")
-    t.add_argument("what", choices=["segmenter", "gan", "classifier"])
+    t = sub.add_parser("train", help="train a bundled model: segmenter | gan | classifier | encoder")
+    t.add_argument("what", choices=["segmenter", "gan", "classifier", "encoder"])
     t.add_argument("args", nargs=argparse.REMAINDER)
 
     b = sub.add_parser("bench", help="performance benchmarks (also written to the benchmarks table)")
@@ -201,6 +201,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         from compute.train_seg import main as train
     elif a.what == "classifier":
         from compute.train_cls import main as train
+    elif a.what == "encoder":
+        from compute.invert.train import main as train
     else:
         from compute.train_gan import main as train
     return int(train(list(a.args)) or 0)
