@@ -116,3 +116,14 @@ def test_concept_stats_and_dropped_against_counts() -> None:
     assert d["a"]["images"] == 2 and d["a"]["omitted"] == 1
     assert abs(d["a"]["pixel_recall"] - 0.4 / 0.6) < 1e-9
     assert [r["concept"] for r in dropped(rows)] == ["b", "a"]  # b drops 75 %, a 33 %
+
+
+def test_train_encoder_command_for_any_progan(tiny_gan, tmp_path) -> None:
+    from compute.cli import main
+    from ingest.models.progan import load_progan
+
+    out = tmp_path / "tiny-encoder.safetensors"
+    rc = main(["train", "encoder", "--model", str(tiny_gan), "--steps", "2", "--finetune", "1", "--batch", "2",
+               "--hidden", "8", "--out", str(out)])
+    assert rc == 0
+    assert matches(load_encoder(out), load_progan(tiny_gan))
