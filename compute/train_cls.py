@@ -127,7 +127,7 @@ def train(a: argparse.Namespace, device: torch.device) -> tuple[VillageClassifie
             sched.step()
             total += len(idx)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
         print(f"epoch {epoch + 1}/{a.epochs}: loss {loss_sum / total:.3f}, train accuracy {correct / total:.3f} "
               f"({time.time() - t0:.0f}s)", flush=True)
     return net.eval(), time.time() - t0
