@@ -118,11 +118,30 @@ class LayerwiseEncoder(nn.Module):
         return self.encode(images, "z")
 
 
+QUANTISE_ABOVE = 65_536  # tensors with more elements are stored as int8 rows with a float16 scale each
+SCALE_SUFFIX = ".__scale"
+
+
+def _quantise(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [R, ...] -> int8 [R, ...] and float16 per-row scales [R] (symmetric, max-abs / 127)."""
+    flat = w.reshape(w.shape[0], -1).float()
+    scale = (flat.abs().amax(1) / 127).clamp_min(1e-12)
+    q = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale.to(torch.float16)
+
+
 def save_encoder(enc: LayerwiseEncoder, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write float16 safetensors with the shapes and hidden width in the metadata."""
+    """Write safetensors (float16; tensors over QUANTISE_ABOVE elements as int8 rows + float16 scales,
+    which keeps the bundled village-gan encoder under 2 MB) with the shapes and hidden width in the metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in enc.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in enc.state_dict().items():
+        v = v.detach().to("cpu")
+        if v.numel() > QUANTISE_ABOVE and v.dim() >= 2:
+            tensors[k], tensors[k + SCALE_SUFFIX] = _quantise(v)
+        else:
+            tensors[k] = v.to(torch.float16).contiguous()
     m = {"format": FORMAT, "shapes": json.dumps([[k, list(v)] for k, v in enc.shapes.items()]),
          "hidden": str(enc.hidden)}
     m.update({k: str(v) for k, v in (meta or {}).items()})
@@ -146,7 +165,9 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> Layerw
         meta = dict(f.metadata() or {})
         if meta.get("format") != FORMAT:
             raise ValueError(f"load_encoder: {path} is not a {FORMAT} file")
-        state = {k: f.get_tensor(k).float() for k in f.keys()}
+        raw = {k: f.get_tensor(k) for k in f.keys()}
+    state = {k: (v.float() * raw[k + SCALE_SUFFIX].float().view(-1, *([1] * (v.dim() - 1))))
+             if k + SCALE_SUFFIX in raw else v.float() for k, v in raw.items() if not k.endswith(SCALE_SUFFIX)}
     enc = LayerwiseEncoder(OrderedDict((k, tuple(v)) for k, v in json.loads(meta["shapes"])), int(meta["hidden"]))
     enc.load_state_dict(state)
     enc.metadata = meta  # type: ignore[attr-defined]

@@ -4,7 +4,8 @@ Reads nothing from disk (the CLI and the analysis load the models); writes nothi
 
 The two-step method of "Seeing What a GAN Cannot Generate" (Bau et al., ICCV 2019):
 
-1. z0 = E(x) from the layer-wise encoder (or z = 0 direction-free start without one);
+1. z0 = E(x) from the layer-wise encoder, or, when it reconstructs x better, one of `candidates`
+   fixed random latents (`start_z`);
 2. optimise z: minimise pixel MSE + `perceptual` x (segmenter feature MSE, normalised by the
    target's feature variance) of G(z) against x;
 3. optimise the featuremap h of `layer` ("optimise latents by layer"): start at h = G_<=layer(z*),
@@ -112,10 +113,27 @@ def _cosine(opt: torch.optim.Optimizer, lr: float, step: int, steps: int) -> Non
         g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
+def start_z(gen: nn.Module, images: torch.Tensor, encoder: LayerwiseEncoder | None, candidates: int) -> torch.Tensor:
+    """The z step's start [N, z_dim]: per image, whichever of E(x) and `candidates` fixed random latents
+    (a torch stream seeded 0, shared by all images) reconstructs it with the least pixel MSE."""
+    dev = images.device
+    pool = [encoder(images).unsqueeze(1)] if encoder is not None else []  # [N, 1, D]
+    if candidates > 0 or not pool:
+        c = normalise_z(torch.randn(max(candidates, 1), int(gen.z_dim), generator=torch.Generator().manual_seed(0))).to(dev)
+        pool.append(c.unsqueeze(0).expand(images.shape[0], -1, -1))
+    zs = torch.cat(pool, 1)  # [N, K, D]
+    n, k, d = zs.shape
+    err = torch.empty(n, k, device=dev)
+    for j in range(0, k, 32):
+        x = gen(zs[:, j:j + 32].reshape(-1, d)).view(n, -1, *images.shape[1:])
+        err[:, j:j + 32] = (x - images[:, None]).pow(2).flatten(2).mean(2)
+    return zs[torch.arange(n), err.argmin(1)]
+
+
 def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | None = None,
            segmenter: Any = None, layer: str = "layer4", z_steps: int = 150, layer_steps: int = 250,
            z_lr: float = 0.05, layer_lr: float = 0.03, perceptual: float = 0.1, reg: float = 0.01,
-           z_init: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None) -> Inversion:
+           z_init: torch.Tensor | None = None, candidates: int = 64, progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Invert images [N, 3, R, R] in [-1, 1] (on the generator's device) into `gen`; see the module
     docstring. `progress(done, total)` is called every 10 steps."""
     t0 = time.perf_counter()
@@ -129,10 +147,8 @@ def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | 
         f_scale = target_f.flatten(1).var(1).clamp_min(1e-6) if target_f is not None else None
         if z_init is not None:
             z0 = normalise_z(z_init.to(dev).float())
-        elif encoder is not None:
-            z0 = encoder(images)
         else:
-            z0 = normalise_z(torch.randn(n, int(gen.z_dim), device=dev, generator=torch.Generator(dev).manual_seed(0)))
+            z0 = start_z(gen, images, encoder, candidates)
         p_enc = psnr(gen(z0), images)
     total = z_steps + layer_steps
     history: list[float] = []
