@@ -400,7 +400,7 @@ CREATE TABLE IF NOT EXISTS inversions (
     height INTEGER NOT NULL,  -- original height in pixels
     psnr DOUBLE NOT NULL,  -- dB, final reconstruction vs the squared image (8-bit, [0, 1] range)
     psnr_z DOUBLE NOT NULL,  -- dB after the z step only
-    psnr_encoder DOUBLE NOT NULL,  -- dB of G(E(x)), the encoder's guess
+    psnr_encoder DOUBLE NOT NULL,  -- dB of G(z0), the z step's start: the encoder's E(x) or a fixed random latent that fits better
     seconds DOUBLE NOT NULL,  -- wall time of the image's inversion (its share of its batch)
     n_omitted INTEGER NOT NULL,  -- concepts present in the image and omitted by the reconstruction
     omitted VARCHAR  -- JSON list of the omitted concepts, most dropped first

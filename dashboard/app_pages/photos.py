@@ -127,7 +127,7 @@ if image is not None:
         cols = st.columns(4)
         cols[0].image(_big(r["seg_photo"]), caption="segmentation of the photo")
         cols[1].image(_big(r["seg_recon"]), caption="segmentation of the reconstruction")
-        cols[2].metric("PSNR", f"{r['psnr']:.1f} dB", help=f"after z: {r['psnr_z']:.1f} dB; encoder guess: "
+        cols[2].metric("PSNR", f"{r['psnr']:.1f} dB", help=f"after z: {r['psnr_z']:.1f} dB; start (encoder or best random latent): "
                                                           f"{r['psnr_encoder']:.1f} dB")
         cols[3].metric("seconds", f"{r['seconds']:.1f}")
         om = r["omitted"]
