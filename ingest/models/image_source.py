@@ -52,6 +52,14 @@ def image_index(z: Tensor) -> list[int]:
     return out
 
 
+def dataset_index(seed: int, sample: int) -> int:
+    """The dataset image index of sample `sample` of seed `seed` (a `unit_topk` row's (seed, sample));
+    for the village source the scene is `render(VILLAGE_DISSECT_SEED + dataset_index(seed, sample))`."""
+    from ingest.samples import latents
+
+    return image_index(latents(int(seed), 1, Z_DIM, start=int(sample)))[0]
+
+
 def _to_input(images: np.ndarray) -> Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

@@ -92,6 +92,9 @@ def test_image_index_is_fixed_and_spread() -> None:
     assert h == image_index(z.clone()) and all(0 <= v < 2 ** 31 for v in h)
     assert len(set(h)) == 200
     assert image_index(latents(1, 1, 2, start=7)) == [h[7]]  # sample 7 is sample 7 whatever n
+    from ingest.models.image_source import dataset_index
+
+    assert dataset_index(1, 7) == h[7]
 
 
 def test_classifier_dissection_renders_scenes_and_taps_classifier_layers() -> None:
