@@ -139,7 +139,7 @@ def card_text(name: str, path: Path, meta: dict[str, Any], ev: dict[str, Any]) -
              "## Evaluation", "",
              f"Optimiser: {ev.get('z_steps')} z steps then {ev.get('layer_steps')} steps on `{ev.get('layer')}`. "
              f"PSNR on 8-bit images in [0, 1]. Produced by `python -m compute.invert.card` in {ev.get('seconds', 0):.0f} s.", "",
-             "| images | n | PSNR encoder | PSNR after z | PSNR final (mean / median / min) | share >= 30 dB | seg mIoU | s / image |",
+             "| images | n | PSNR start (E(x) or best of 64 fixed z) | PSNR after z | PSNR final (mean / median / min) | share >= 30 dB | seg mIoU | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for label, d in (("generated, held-out z", g), ("rendered scenes", r)):
         if d:

@@ -46,7 +46,7 @@ class Inversion:
     reconstruction: torch.Tensor   # [N, 3, R, R] in [-1, 1]
     psnr: torch.Tensor             # [N] dB of the reconstruction vs the image (8-bit quantised, [0, 1] range)
     psnr_z: torch.Tensor           # [N] dB after the z step only
-    psnr_encoder: torch.Tensor     # [N] dB of G(E(x))
+    psnr_encoder: torch.Tensor     # [N] dB of G(z0), the z step's start (E(x) or a better fixed random latent)
     seconds: float
     history: list[float] = field(default_factory=list)
 
