@@ -87,7 +87,7 @@ def train_encoder(gen: nn.Module, *, steps: int = 1500, finetune: int = 300, bat
         opt.step()
         if log and (step % 100 == 0 or step == total - 1):
             phase = "layerwise" if step < steps else "composed"
-            log(f"step {step}/{total} ({phase}) loss {float(loss):.4f}  {time.perf_counter() - t0:.0f}s")
+            log(f"step {step}/{total} ({phase}) loss {float(loss.detach()):.4f}  {time.perf_counter() - t0:.0f}s")
     return enc.eval().requires_grad_(False).to(memory_format=torch.contiguous_format)
 
 
