@@ -49,6 +49,16 @@ def fmt(x: Any, spec: str = ".3f", none: str = "–") -> str:
     return format(x, spec)
 
 
+def fmt_q(q: Any, log10_p: Any = None) -> str:
+    """A q-value (BH-adjusted p) for display: scientific below 0.001; one that underflowed to 0 is shown as
+    the bound its p-value's log10 gives (q <= p * tests, so "q ≈ 0 (p = 1e-923)")."""
+    if q is None or (isinstance(q, float) and math.isnan(q)):
+        return "–"
+    if q == 0 and log10_p is not None and not (isinstance(log10_p, float) and math.isnan(log10_p)):
+        return f"≈ 0 (p = 1e{log10_p:.0f})"
+    return format(q, ".3f") if q >= 0.001 else format(q, ".1e")
+
+
 _MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:/@&=])")
 _WWW = re.compile(r"(?i)\b(www)\.")
 ZWSP = "\u200b"
@@ -178,7 +188,7 @@ def card_text(row: dict[str, Any], ranking: str) -> tuple[str, str]:
             title += " ·  not interpretable"
     else:
         title += " · unlabelled"
-    bits = [f"IoU {fmt(row.get('iou'))}", f"p {fmt(row.get('p_value'), '.2g')}"] if label else []
+    bits = [f"IoU {fmt(row.get('iou'))}", f"q {fmt_q(row.get('q_value'), row.get('log10_p'))}"] if label else []
     if row.get("z") is not None:
         bits.append(f"z {fmt(row.get('z'), '.1f')}")
     if ranking == "concept_iou" and row.get("concept_iou") is not None:

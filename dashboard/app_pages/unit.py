@@ -77,7 +77,9 @@ if badges:
     st.markdown(f"flags: {badges}")
 cols = st.columns(4)
 cols[0].metric("best IoU", ui.fmt(info.get("iou")))
-cols[1].metric("p-value", ui.fmt(info.get("p_value"), ".2g"))
+cols[1].metric("q-value (FDR)", ui.fmt_q(info.get("q_value"), info.get("log10_p")),
+               help="Benjamini-Hochberg q of the permutation-null test over the layer's unit x concept tests; "
+                    "the unit beats chance when q < 0.05")
 cols[2].metric("null z", ui.fmt(info.get("z"), ".1f"))
 cols[3].metric("threshold", ui.fmt(info.get("threshold"), ".3g"))
 

@@ -181,3 +181,14 @@ def test_causal_overlay_without_a_checkpoint_says_why(dash_store):
     at.toggle(key="causal_overlay").set_value(True).run()
     assert_ok(at)
     assert "images unavailable: checkpoint of 'toy-gan' not found" in texts(at)
+
+
+def test_q_values_are_shown_with_their_scale_and_underflow_as_a_bound():
+    from dashboard.ui import card_text, fmt_q
+
+    assert fmt_q(0.0123) == "0.012" and fmt_q(3.2e-7) == "3.2e-07"
+    assert fmt_q(0.0, -923.4) == "≈ 0 (p = 1e-923)"  # never a bare "0"
+    assert fmt_q(None) == fmt_q(float("nan")) == "–"
+    _, caption = card_text({"unit": 3, "label": "tree", "category": "object", "iou": 0.05, "q_value": 2e-5,
+                            "log10_p": -7.0, "interpretable": True}, "iou")
+    assert "q 2.0e-05" in caption
