@@ -176,19 +176,7 @@ class Lease:
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lease right now (probes without keeping it)."""
-        if fcntl is None or not self.path.exists():
-            return False
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return bool(store.flock_held(self.path))
 
 
 @dataclass

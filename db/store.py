@@ -238,21 +238,27 @@ def _writer_gate(p: str, timeout: float, deadline: float) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _gate_open(p: str) -> bool:
-    """False while a writer is waiting for the store (readers then hold back)."""
+def flock_held(path: str | Path) -> bool | None:
+    """Whether another process holds an exclusive flock on `path` right now (probed without keeping a lock);
+    None when the file cannot be opened or flock is unavailable."""
     if fcntl is None:
-        return True
+        return None
     try:
-        fd = os.open(gate_path(p), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return True
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
         return False
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)
+
+
+def _gate_open(p: str) -> bool:
+    """False while a writer is waiting for the store (readers then hold back)."""
+    return not flock_held(gate_path(p))
 
 
 @contextlib.contextmanager
