@@ -198,24 +198,24 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     if a.what == "segmenter":
-        from compute.train_seg import main as train
+        from compute.train.seg import main as train
     elif a.what == "classifier":
-        from compute.train_cls import main as train
+        from compute.train.cls import main as train
     elif a.what == "encoder":
         from compute.invert.train import main as train
     else:
-        from compute.train_gan import main as train
+        from compute.train.gan import main as train
     return int(train(list(a.args)) or 0)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from compute.bench import main as bench
+    from compute.bench.main import main as bench
 
     return int(bench(a) or 0)
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
-    from compute import paint
+    from compute.paint import engine as paint
 
     return paint.cmd_edit(a, store_path(a.db, a.spec))
 

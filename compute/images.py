@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from compute.tap import Tap
+from compute.core.tap import Tap
 from db import store
 from ingest.samples import latents_at
 

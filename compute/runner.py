@@ -35,7 +35,7 @@ except ImportError:  # not POSIX: no leases (one process at a time is then the u
     fcntl = None  # type: ignore[assignment]
 
 from compute import analyses
-from compute.context import Job, RunContext, cache_root_for
+from compute.jobs.context import Job, RunContext, cache_root_for
 from compute.spec import Spec, SpecError, canonical
 from db import store
 
@@ -190,8 +190,8 @@ class Outcome:
 
 def bad_input_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean the declaration or its files are wrong, not the code (CLI exit status 2)."""
-    from compute.features import FeatureError
-    from compute.intervene import InterventionError
+    from compute.core.features import FeatureError
+    from compute.core.intervene import InterventionError
     from ingest.real import RealImagesError
     from ingest.zoo import ZooError
 
@@ -346,7 +346,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
 
 def _register(job: Job, ctx: RunContext) -> None:
     """Dimension rows for the job's model, layers, segmenter and concepts (idempotent upserts)."""
-    from compute.probe import layer_shapes
+    from compute.core.probe import layer_shapes
     from ingest import register
     from ingest.zoo import describe_model, describe_segmenter
 

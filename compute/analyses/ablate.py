@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from compute.analyses.ace import require_concepts
-from compute.context import Checkpoint, Job, RunContext
-from compute.intervene import (InterventionError, block_mean, concept_index, coverage, edit_featuremap,
+from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.core.intervene import (InterventionError, block_mean, concept_index, coverage, edit_featuremap,
                                featuremap, finish, location_masks, unit_alpha)
-from compute.stats import ConditionalMean
+from compute.core.stats import ConditionalMean
 from ingest.samples import latents
 
 CODE_VERSION = "1"

@@ -8,7 +8,7 @@ state is checkpointed under `.cache/<run_key>/` after every epoch.
 Method, for each declared concept c and layer:
 
 1. Sample pool: `samples` latents of `seed`; the generator below the layer runs once per sample. The
-   insertion constants k (`compute.intervene.insertion_constants`) come from the same samples.
+   insertion constants k (`compute.core.intervene.insertion_constants`) come from the same samples.
 2. Locations P (single featuremap locations): removal candidates where c covers at least `presence` of
    the location's pixel block; insertion candidates where c is absent (coverage 0) but covers at least
    `presence` of it after setting ALL units to k_c there (`probe` random absent locations are tried per
@@ -45,10 +45,10 @@ from typing import Any
 
 import torch
 
-from compute.context import Checkpoint, Job, RunContext
-from compute.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap,
+from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.core.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap,
                                featuremap, finish, location_masks)
-from compute.stats import ConditionalMean
+from compute.core.stats import ConditionalMean
 from ingest.samples import latents
 
 CODE_VERSION = "1"

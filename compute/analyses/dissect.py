@@ -42,9 +42,9 @@ import torch.nn.functional as F
 from compute.analyses.quantiles import DEFAULTS as QUANTILE_DEFAULTS
 from compute.analyses.quantiles import (GRID, IQR_LEVELS, batches, check_finite, quantile_pass, quantile_rows,
                                         topk_rows, upsample, upsample_mode)
-from compute.context import Checkpoint, Job, RunContext, flat_state, unflat_state
-from compute.stats import IoUCounts, PermutationNull, bh_qvalues
-from compute.tap import Tap
+from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat_state
+from compute.core.stats import IoUCounts, PermutationNull, bh_qvalues
+from compute.core.tap import Tap
 from ingest.samples import latents
 
 CODE_VERSION = "2"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from compute.analyses.ace import require_concepts
-from compute.context import Checkpoint, Job, RunContext
-from compute.intervene import (InterventionError, cell_contexts, concept_index, constant_for, coverage,
+from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.core.intervene import (InterventionError, cell_contexts, concept_index, constant_for, coverage,
                                featuremap, finish, insertion_effects, map_context, unit_alpha)
-from compute.stats import ConditionalMean
+from compute.core.stats import ConditionalMean
 from ingest.samples import latents
 
 CODE_VERSION = "1"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compute.context import Checkpoint, Job, RunContext
+from compute.jobs.context import Checkpoint, Job, RunContext
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ()

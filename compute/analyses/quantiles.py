@@ -16,10 +16,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from compute.context import Checkpoint, Job, RunContext, flat_state, unflat_state
-from compute.probe import _deepest
-from compute.stats import Quantile, TopK
-from compute.tap import Tap
+from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat_state
+from compute.core.probe import _deepest
+from compute.core.stats import Quantile, TopK
+from compute.core.tap import Tap
 from ingest.samples import latents
 
 CODE_VERSION = "2"  # 2: upsample modes, default "pnas"

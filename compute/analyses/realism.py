@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from compute.analyses.quantiles import check_finite
-from compute.context import Checkpoint, Job, RunContext
-from compute.features import Extractor, check_count, extractor, features_and_masks
-from compute.frechet import feature_stats, frechet_from_stats
-from compute.tap import Tap
+from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.core.features import Extractor, check_count, extractor, features_and_masks
+from compute.core.frechet import feature_stats, frechet_from_stats
+from compute.core.tap import Tap
 from ingest.real import RealImagesError, real_images, to_input
 from ingest.samples import latents
 

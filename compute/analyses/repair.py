@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from compute.analyses.realism import Coverage, real_set
-from compute.context import Checkpoint, Job, RunContext
-from compute.features import check_count, extractor, features_and_masks
-from compute.frechet import feature_stats, frechet_from_stats
-from compute.intervene import edit_featuremap, featuremap, finish, unit_alpha
+from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.core.features import check_count, extractor, features_and_masks
+from compute.core.frechet import feature_stats, frechet_from_stats
+from compute.core.intervene import edit_featuremap, featuremap, finish, unit_alpha
 from ingest.samples import latents
 
 CODE_VERSION = "2"  # 2: fd_before_full / fd_after_full

@@ -20,10 +20,10 @@ import torch
 
 from compute.analyses.ace import require_concepts
 from compute.analyses.insert import top_units
-from compute.context import Job, RunContext
-from compute.intervene import (InterventionError, channel_scales, concept_index, constant_for, coverage,
+from compute.jobs.context import Job, RunContext
+from compute.core.intervene import (InterventionError, channel_scales, concept_index, constant_for, coverage,
                                featuremap, finish, later_layers, trace_insertion, unit_alpha)
-from compute.stats import ConditionalMean
+from compute.core.stats import ConditionalMean
 from ingest.samples import latents
 
 CODE_VERSION = "1"

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compute.context import Job, RunContext
-from compute.tap import Edit, Tap
+from compute.jobs.context import Job, RunContext
+from compute.core.tap import Edit, Tap
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ()
@@ -56,7 +56,7 @@ def held_out(job: Job, classifier: Any, source: Any) -> tuple[Tensor, Tensor]:
     if getattr(source, "name", None) != "village" or tuple(classifier.classes) != CLASSES:
         raise UnitRolesError(f"{a.name}: model {job.model.name!r} is not a village scene classifier: "
                              "give labelled = \"<folder with one sub-folder per class>\"")
-    from compute.train_cls import REPO, load_split, to_input
+    from compute.train.cls import REPO, load_split, to_input
 
     images, labels, _ = load_split(HELDOUT_SEED_START, a.samples, REPO / ".cache" / "village-cls")
     return to_input(images), torch.as_tensor(labels)

@@ -1,7 +1,7 @@
 """Paint (GANPaint): draw or remove concepts on a generated image with unit brushes, live.
 
 Reads the store (models, layers, layer_summary through `dashboard.queries`; brushes, i.e. unit sets from
-`ace_alpha` / `unit_iou` / `unit_flags`, and activation quantiles through `compute.paint`); writes nothing.
+`ace_alpha` / `unit_iou` / `unit_flags`, and activation quantiles through `compute.paint.engine`); writes nothing.
 The generator and segmenter are loaded once per process (`st.cache_resource`); `compute` (and torch) are
 imported only when the page runs, inside functions. Each stroke on the canvas (streamlit-drawable-canvas:
 freehand or rectangle) becomes one edit on the session's stack: the brush's units are forced to their
@@ -74,7 +74,7 @@ top[4].button("random", icon=":material/casino:", on_click=_random, key="paint_r
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _models(db: str, model: str, sha: str | None) -> tuple[Any, Any]:
-    from compute import paint
+    from compute.paint import engine as paint
 
     return paint.load_models(model, db, None, images.device())
 
@@ -82,7 +82,7 @@ def _models(db: str, model: str, sha: str | None) -> tuple[Any, Any]:
 @st.cache_resource(show_spinner=False, ttl=30, max_entries=16)
 def _painter(db: str, model: str, sha: str | None, layer: str) -> Any:
     """A Painter of one layer; its brushes are re-read from the store every 30 s (new flags, ACE runs)."""
-    from compute import paint
+    from compute.paint import engine as paint
 
     gen, seg = _models(db, model, sha)
     return paint.Painter(gen, seg, layer, paint.load_catalog(db, model, layer), images.device())

@@ -54,7 +54,7 @@ def _scene(seed: int) -> np.ndarray:
 
 def _invert(image: np.ndarray, model: str, steps: dict[str, int]) -> dict[str, Any]:
     from compute.invert.cli import invert_photos
-    from compute.paint import colorize, label_map
+    from compute.paint.engine import colorize, label_map
     from ingest.real import to_input
 
     gen, enc, seg = _models(model)

@@ -1,7 +1,7 @@
 """The village segmenter `village-seg`: a small UNet-like convolutional net with three heads.
 
 Reads a float16 safetensors checkpoint (`load_village_seg`); writes nothing (training lives in
-`compute/train_seg.py`). Implements DESIGN.md's segmenter interface:
+`compute/train/seg.py`). Implements DESIGN.md's segmenter interface:
 
 - `concepts` (= `ingest.village.CONCEPTS`; entry k has `.name`, `.category`), `resolution` (64);
 - `segment(images [N,3,H,W] in [-1,1]) -> LongTensor [N,3,H,W]`: label channels object / part /

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compute.analyses import ace
-from compute.context import Checkpoint
-from compute.intervene import ConceptAbsentError, block_mean, concept_index, edit_featuremap, finish, location_masks
+from compute.jobs.context import Checkpoint
+from compute.core.intervene import ConceptAbsentError, block_mean, concept_index, edit_featuremap, finish, location_masks
 from ingest.models.progan import load_progan
 from ingest.models.village_seg import load_village_seg
 

@@ -11,7 +11,7 @@ import torch
 
 from compute import runner, spec as specmod
 from compute.analyses.quantiles import upsample
-from compute.tap import Edit, Tap
+from compute.core.tap import Edit, Tap
 from db import store
 from ingest.models.classifier import VillageClassifier, save_village_cls
 from ingest.models.image_source import image_index

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from compute import runner, spec as specmod
-from compute.tap import Tap
+from compute.core.tap import Tap
 from db import store
 from ingest.samples import latents
 from ingest.zoo import load_model_spec, load_segmenter_spec
@@ -110,7 +110,7 @@ def test_q_values_are_bh_over_the_layer(computed) -> None:
 def test_iqr_choice_rules_out_anti_detectors_and_the_grid_edge() -> None:
     """The ICLR filters: an anti-correlated pair has MI > 0 but is never chosen; nor is level 0."""
     from compute.analyses.dissect import iqr_candidates, iqr_choice
-    from compute.stats import IoUCounts
+    from compute.core.stats import IoUCounts
 
     g = torch.Generator().manual_seed(3)
     m = torch.zeros(40, 2, 16, 16, dtype=torch.bool)

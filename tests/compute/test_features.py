@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from compute import features
-from compute.features import Extractor, FeatureError, check_count, extractor, min_images
-from compute.frechet import frechet_distance
+from compute.core import features
+from compute.core.features import Extractor, FeatureError, check_count, extractor, min_images
+from compute.core.frechet import frechet_distance
 from ingest.models.village_seg import load_village_seg
 
 
@@ -81,7 +81,7 @@ def test_inception_path_with_a_stand_in_network(tmp_path, monkeypatch) -> None:
 
 
 def test_one_pass_features_and_masks_equal_the_two_calls(tiny_seg) -> None:
-    from compute.features import features_and_masks
+    from compute.core.features import features_and_masks
 
     seg = load_village_seg(str(tiny_seg))
     x = torch.rand(6, 3, 64, 64) * 2 - 1

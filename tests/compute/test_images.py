@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from compute import images
-from compute.tap import Tap
+from compute.core.tap import Tap
 from db import store
 from ingest.models.progan import load_progan
 from ingest.samples import latents

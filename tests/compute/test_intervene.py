@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compute import intervene as iv
-from compute.stats import ConditionalMean
-from compute.tap import Tap
+from compute.core import intervene as iv
+from compute.core.stats import ConditionalMean
+from compute.core.tap import Tap
 from ingest.models.progan import load_progan
 from ingest.models.village_seg import load_village_seg
 from ingest.samples import latents
@@ -57,7 +57,7 @@ def test_apply_units_equals_tap_edit_of_the_full_forward(models) -> None:
     mask[2:4, 5] = 1
     k = torch.linspace(0.5, 2.0, 8)
     got = iv.apply_units(gen, LAYER, z, [1, 4, 6], k, mask, batch_size=2)
-    from compute.tap import Edit
+    from compute.core.tap import Edit
 
     a = iv.unit_alpha([1, 4, 6], 8).view(1, 8, 1, 1) * mask.view(1, 1, 8, 8)
     with torch.no_grad(), Tap(gen, [LAYER], edit={LAYER: Edit(a, k.view(1, 8, 1, 1))}):

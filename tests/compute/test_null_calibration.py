@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from compute.analyses.dissect import fraction_beating_chance, layer_tests
 from compute.analyses.quantiles import upsample
-from compute.stats import PermutationNull, Quantile
-from compute.tap import Edit, Tap
+from compute.core.stats import PermutationNull, Quantile
+from compute.core.tap import Edit, Tap
 from ingest.samples import latents
 
 ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"

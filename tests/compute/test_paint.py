@@ -1,4 +1,4 @@
-"""GANPaint engine (compute/paint.py) and `gandissect edit`: featuremap edits against hand computation on the
+"""GANPaint engine (compute/paint/engine.py) and `gandissect edit`: featuremap edits against hand computation on the
 tiny generator, the edit stack (undo / redo / reset, intact on bad strokes), brushes from the store (ACE
 over IoU over flags), canvas regions, the CLI's output and its exit status 2 on bad input, bench_edit rows.
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from compute import paint, paint_eval
-from compute.intervene import featuremap, finish
+from compute.paint import engine as paint
+from compute.paint import evaluate as paint_eval
+from compute.core.intervene import featuremap, finish
 from ingest.samples import latents
 
 PAINT_MODEL = "tiny"

@@ -11,7 +11,7 @@ import torch
 from compute import runner, spec as specmod
 from compute.analyses.realism import Coverage, unit_scores
 from compute.analyses.repair import flag_pr, unit_sets
-from compute.frechet import feature_stats, frechet_distance
+from compute.core.frechet import feature_stats, frechet_distance
 from db import store
 from tests.conftest import write_spec
 
@@ -172,7 +172,7 @@ def _check_full_distribution_scores(db: str, tiny_gan, tiny_seg) -> None:
     """fd_before / fd_before_full of the repair run equal a direct computation: the unedited sample's
     segmenter features against the 20 watermark-free rendered scenes, and against the first 20 rendered
     scenes with nothing left out (the full real distribution)."""
-    from compute.features import extractor, features_and_masks
+    from compute.core.features import extractor, features_and_masks
     from ingest.models.progan import load_progan
     from ingest.models.village_seg import load_village_seg
     from ingest.real import real_images, to_input
@@ -199,7 +199,7 @@ def _check_full_distribution_scores(db: str, tiny_gan, tiny_seg) -> None:
     assert rep["fd_before_full"][0] != pytest.approx(rep["fd_before"][0], rel=1e-9)
     assert (rep["fd_after_full"] != rep["fd_after"]).all()
     # the README's repair table shows both
-    from compute.diagnosis_report import repair_table
+    from compute.reports.diagnosis import repair_table
 
     md = repair_table(db, "tiny", "watermark")
     assert "| Fréchet distance (without watermark) | change | Fréchet distance (all real scenes) | change |" in md

@@ -115,7 +115,7 @@ def test_sigkill_and_resume_gives_identical_rows(tmp_path: Path, tiny_gan: Path)
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    from compute.context import Checkpoint
+    from compute.jobs.context import Checkpoint
 
     done, _, _ = Checkpoint(ckpt.parent, "quantiles").load()
     assert 0 < done < 150, done  # killed mid-way, with some batches checkpointed

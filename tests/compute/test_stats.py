@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from compute.stats import (ConditionalMean, Covariance, IoUCounts, Moments, PermutationNull, Quantile, TopK,
+from compute.core.stats import (ConditionalMean, Covariance, IoUCounts, Moments, PermutationNull, Quantile, TopK,
                            bh_qvalues, load_stat, save_stat)
 
 QS = torch.tensor([0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98, 0.99, 0.995, 0.999], dtype=torch.float64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from compute.tap import Edit, StopForward, Tap, run_from
+from compute.core.tap import Edit, StopForward, Tap, run_from
 
 
 class Counter(nn.Module):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from compute.cli import main as cli
-from compute.train_cls import confusion, load_split, predict
+from compute.train.cls import confusion, load_split, predict
 from ingest.models.classifier import load_village_cls
 from ingest.village.scenes import CLASSES, HELDOUT_SEED_START
 

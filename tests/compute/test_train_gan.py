@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from compute.frechet import feature_stats, frechet_distance, frechet_from_stats
-from compute.train_gan import Provenance, checkpoint_steps, door_presence, door_rule, main
+from compute.core.frechet import feature_stats, frechet_distance, frechet_from_stats
+from compute.train.gan import Provenance, checkpoint_steps, door_presence, door_rule, main
 from ingest.models.progan import load_progan, read_metadata
 from ingest.village import INDEX
 
@@ -54,7 +54,7 @@ def test_evaluate_only_writes_the_model_card(tmp_path):
     assert main(_args(tmp_path, 2) + ["--evaluate-only", "--eval-samples", "8", "--segmenter", str(seg_path)]) == 0
     card = (tmp_path / "zoo" / "village-gan.md").read_text()
     assert "Fréchet distance" in card and "rendered set B (the floor)" in card and "doors inside building" in card
-    assert "python -m compute.train_gan --evaluate-only --eval-samples 8" in card
+    assert "python -m compute.train.gan --evaluate-only --eval-samples 8" in card
     assert (tmp_path / "zoo" / "village-gan-samples.png").stat().st_size > 0
 
 

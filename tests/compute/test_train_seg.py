@@ -1,4 +1,4 @@
-"""compute.train_seg: a tiny training run writes weights and a model card; augmentations keep labels aligned."""
+"""compute.train.seg: a tiny training run writes weights and a model card; augmentations keep labels aligned."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compute.train_seg import EVAL_SEED_START, augment, head_targets, main, to_input
+from compute.train.seg import EVAL_SEED_START, augment, head_targets, main, to_input
 from ingest.models.village_seg import load_village_seg
 from ingest.village import render_batch
 
@@ -37,7 +37,7 @@ def test_augment_moves_labels_only_by_flips() -> None:
 
 
 def test_paste_parts_puts_doors_and_windows_anywhere() -> None:
-    from compute.train_seg import PASTE_PARTS, paste_parts
+    from compute.train.seg import PASTE_PARTS, paste_parts
     from ingest.village import INDEX
 
     images, labels = render_batch(range(8))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compute import report
+from compute.reports import dissection as report
 from tests.conftest import run_spec_in, write_spec
 
 ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"

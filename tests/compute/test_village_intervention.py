@@ -1,9 +1,9 @@
 """Issue 4's bars on the bundled village-gan: the ones the README reports as met hold on a fresh store.
 
 Runs `examples/intervene.toml` (layer4 dissection, ACE, ablation curves, insertion by context, one
-trace) through `compute.analyses.village_report` with the concepts cut to tree and door (the bars the
+trace) through `compute.reports.village` with the concepts cut to tree and door (the bars the
 README reports as met are tree's and door's; window, dome and watermark are measured by
-`python -m compute.analyses.village_report` and reported, not asserted, because they miss).
+`python -m compute.reports.village` and reported, not asserted, because they miss).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.analyses import village_report as vr
+from compute.reports import village as vr
 
 ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compute import spec as specmod
-from compute.analyses import village_report as vr
+from compute.reports import village as vr
 
 
 def test_example_spec_rewritten_with_checkpoint_store_and_overrides(tmp_path: Path, tiny_gan: Path) -> None:

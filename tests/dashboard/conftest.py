@@ -27,8 +27,8 @@ def add_tiny_model(path: Path, checkpoint: Path, model: str = TINY, step: int = 
     import numpy as np
     import torch
 
-    from compute.probe import layer_shapes
-    from compute.tap import Tap
+    from compute.core.probe import layer_shapes
+    from compute.core.tap import Tap
     from db import store
     from ingest.models.progan import load_progan
     from ingest.samples import latents

@@ -115,7 +115,7 @@ def test_other_pages_show_a_classifier(cls_store, monkeypatch) -> None:
 
 
 def test_class_report_prints_the_bar(cls_store, capsys) -> None:
-    from compute.class_report import main
+    from compute.reports.classes import main
 
     assert main(["--db", cls_store, "--layer", "conv5", "--k", "2"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compute.tap import Tap
+from compute.core.tap import Tap
 from ingest.models.classifier import VillageClassifier, load_village_cls, save_village_cls
 from ingest.models.image_source import ClassifierDissection, ImageFolder, VillageScenes, image_index
 from ingest.models.village_truth import VillageTruth, remember

@@ -94,7 +94,7 @@ def test_quad_expand_on_synthetic_masks() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not BUNDLED.exists(), reason="bundled village-seg weights not trained yet")
 def test_bundled_weights_load_fast_and_segment_held_out_scenes() -> None:
-    from compute.train_seg import EVAL_SEED_START, evaluate, quality
+    from compute.train.seg import EVAL_SEED_START, evaluate, quality
 
     t = time.perf_counter()
     seg = load_village_seg(str(BUNDLED), "cpu")
@@ -131,7 +131,7 @@ PARTS = BUNDLED.with_name("village-seg-parts.safetensors")
 def test_parts_segmenter_sees_doors_anywhere_and_keeps_its_quality() -> None:
     """village-seg-parts: mean IoU >= 0.95 on held-out scenes (issue 15's bar), and with doors / windows
     pasted anywhere it finds them better than village-seg, which masks parts to buildings."""
-    from compute.train_seg import EVAL_SEED_START, PASTE_EVAL_SEED, evaluate, quality
+    from compute.train.seg import EVAL_SEED_START, PASTE_EVAL_SEED, evaluate, quality
 
     parts, seg = load_village_seg(str(PARTS), "cpu"), load_village_seg(str(BUNDLED), "cpu")
     assert parts.parts_anywhere and not seg.parts_anywhere

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from compute import runner, spec as specmod
-from compute.context import cache_root_for
+from compute.jobs.context import cache_root_for
 from compute.runner import Lease
 from db import store
 from tests.conftest import write_spec

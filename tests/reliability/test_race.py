@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from compute import runner, spec as specmod
-from compute.context import cache_root_for
+from compute.jobs.context import cache_root_for
 from db import store
 from tests.conftest import write_spec
 

@@ -8,26 +8,26 @@ A **brush** is a unit set of one layer: the top-n units of a concept by the α o
 (`ace_alpha`), else — and the brush says so — by IoU in the layer's latest dissection (`unit_iou`), or a
 set of flagged units (`unit_flags`: brush `flag:artifact`, `flag:watermark`, `flag:interesting`,
 `label:<note>`). **draw** inserts the units (value: the units' 0.99 activation quantile from
-`unit_quantiles`, or with `value="k"` the per-concept insertion constant k_c of `compute.intervene`),
+`unit_quantiles`, or with `value="k"` the per-concept insertion constant k_c of `compute.core.intervene`),
 **remove** ablates them (value 0), only inside the painted region: an image-resolution mask pooled onto
 the edited layer's featuremap grid (a featuremap cell is edited when the region touches it). The
 **strength** low / medium / high sets how many of the brush's units are used.
 
 A `PaintSession` holds one sample: the generator runs once up to the edited layer; every stroke edits
-the current featuremap (`compute.intervene.edit_featuremap`), runs the rest of the generator
+the current featuremap (`compute.core.intervene.edit_featuremap`), runs the rest of the generator
 (`run_from`) and the segmenter; strokes form a stack with undo / redo / reset. A bad stroke raises
 `EditError` (one line; the CLI exits 2) and leaves the stack as it was.
 
-    from compute.paint import open_painter
+    from compute.paint.engine import open_painter
     painter = open_painter("village-gan", db="gandissect.duckdb")          # layer: most interpretable units
     s = painter.session(seed=1, sample=3)
     res = s.apply(painter.stroke("tree", "remove", (10, 20, 40, 60), "high"))   # box x0, y0, x1, y1
     res.after.fractions["tree"], s.undo()
 
     gandissect edit --model village-gan --seed 1 --sample 3 --brush door --action draw --region 20,30,30,40
-    python -m compute.paint --evaluate --store-dir runs/paint-eval   # the issue's bars (builds its store: ~8 min)
-    python -m compute.paint --evaluate --db gandissect.duckdb        # ... on an existing store
-    python -m compute.paint --bench                                  # bench_edit (also in `gandissect bench`)
+    python -m compute.paint.engine --evaluate --store-dir runs/paint-eval   # the issue's bars (builds its store: ~8 min)
+    python -m compute.paint.engine --evaluate --db gandissect.duckdb        # ... on an existing store
+    python -m compute.paint.engine --bench                                  # bench_edit (also in `gandissect bench`)
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.intervene import edit_featuremap, featuremap, finish, insertion_constants, unit_alpha
+from compute.core.intervene import edit_featuremap, featuremap, finish, insertion_constants, unit_alpha
 from db import store
 from ingest.samples import latents
 
@@ -835,7 +835,7 @@ def bench_edit(device: torch.device | str = "cpu", layer: str | None = None, rep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compute.paint", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m compute.paint.engine", description=__doc__.splitlines()[0])
     p.add_argument("--evaluate", action="store_true", help="measure the remove-tree and draw-door bars")
     p.add_argument("--bench", action="store_true", help="bench_edit: median / p95 ms of one edit")
     p.add_argument("--model", default="village-gan")
@@ -859,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.bench:
         report["bench_edit"] = bench_edit("cpu", a.layer)
     if a.evaluate:
-        from compute.paint_eval import build_eval_store, evaluate
+        from compute.paint.evaluate import build_eval_store, evaluate
 
         if a.store_dir:
             a.db = str(build_eval_store(a.store_dir, ace=not a.no_ace))

@@ -4,7 +4,7 @@ sparsity bar (top-k vs k random units per class) and the units a class depends o
 Reads the store (`layer_summary`, `unit_labels`, `class_ablation_curves`, `class_unit_effects`); writes
 nothing. After `gandissect run examples/classifier.toml`:
 
-    python -m compute.class_report --db gandissect.duckdb [--model village-cls] [--layer conv5] [--k 4]
+    python -m compute.reports.classes --db gandissect.duckdb [--model village-cls] [--layer conv5] [--k 4]
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from compute.tap import Tap
+from compute.core.tap import Tap
 from ingest.samples import latents
 
 

@@ -4,7 +4,7 @@ Reads `repair_latest`, `repair_concepts_latest`, `realism_flag_pr_latest`, `unit
 `concept_coverage_latest` and `realism_label_counts(...)` of a store (after `gandissect run` of a spec
 with realism and repair analyses, e.g. the demo spec); writes markdown to stdout.
 
-    python -m compute.diagnosis_report --db gandissect.duckdb [--model village-gan] [--concept watermark]
+    python -m compute.reports.diagnosis --db gandissect.duckdb [--model village-gan] [--concept watermark]
 """
 from __future__ import annotations
 

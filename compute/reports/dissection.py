@@ -7,7 +7,7 @@ is printed beside it, labelled as selected). Writes `docs/figures/<model>-interp
 (stacked bars per layer and category, Altair rendered with vl-convert), `docs/figures/<model>-emergence.png`
 when checkpoints exist, and the README section between `<!-- report:dissect -->` markers.
 
-    python -m compute.report [--db gandissect.duckdb] [--model village-gan] [--readme README.md]
+    python -m compute.reports.dissection [--db gandissect.duckdb] [--model village-gan] [--readme README.md]
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def markdown(t: pl.DataFrame, c: dict[str, object], model: str, figures: list[st
     first = t.sort("layer_index").row(0, named=True)
     lines = [
         f"Dissection of `{model}` (fixed quantile q0.99, the PNAS code's upsampling grid; `gandissect run`, "
-        "then `python -m compute.report`):",
+        "then `python -m compute.reports.dissection`):",
         "", head + body,
         "- `beats_chance_units`: units whose best concept has Benjamini-Hochberg q < 0.05 over the layer's "
         "unit x concept tests, against a permutation null (each unit's maps paired with the masks of other "

@@ -6,7 +6,7 @@ Every Stat has `add(batch)`, `state_dict() -> dict[str, Tensor]` (plain tensors,
 metadata as small tensors), `load_state_dict(d)`, `merge(other)` and `rows(...)` yielding table rows.
 All are vectorised over units (channel dim 1 of a batch [N, C, ...]), keep their state on the data's
 device and use memory independent of the number of samples. Time one batch with
-`python -m compute.stats [--device cuda] [--threads 1]`.
+`python -m compute.core.stats [--device cuda] [--threads 1]`.
 
     q = Quantile(); q.add(acts)                     # acts [N, C, H, W]
     t = q.quantiles(torch.tensor([0.99]))[:, 0]     # [C]
@@ -1018,7 +1018,7 @@ class Covariance:
 
 
 # ------------------------------------------------------------------------------------------------
-# Speed check: python -m compute.stats [--device cpu|cuda] [--repeat 7] [--threads T] [--stages]
+# Speed check: python -m compute.core.stats [--device cpu|cuda] [--repeat 7] [--threads T] [--stages]
 # ------------------------------------------------------------------------------------------------
 def _bench(device: str, repeat: int, shape: tuple[int, ...] = (32, 128, 64, 64), concepts: int = 14) -> None:
     import time

@@ -4,7 +4,7 @@ Reads nothing from disk (fresh `default`-width weights, random images); prints s
 bf16 autocast, and bf16 autocast with channels-last tensors (what `--precision bf16` uses), interleaved
 over `--reps` rounds on the same threads, and the best of each.
 
-    python -m compute.bench_precision --threads 1 --reps 3
+    python -m compute.bench.precision --threads 1 --reps 3
 """
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import time
 
 import torch
 
-from compute.train_gan import build, d_step, g_step, parse_args
+from compute.train.gan import build, d_step, g_step, parse_args
 
 VARIANTS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16 channels-last", "bf16", True))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compute.bench_precision")
+    p = argparse.ArgumentParser(prog="python -m compute.bench.precision")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)

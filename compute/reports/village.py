@@ -7,9 +7,9 @@ segmenter; writes the runs and result rows of the spec's analyses to the store (
 also writes the numbers. Nothing is tuned here: every number comes from the store or from the
 re-computation described next to it.
 
-    python -m compute.analyses.village_report [--checkpoint PATH] [--store PATH] [--json OUT]
+    python -m compute.reports.village [--checkpoint PATH] [--store PATH] [--json OUT]
         [--set ANALYSIS.KEY=JSON ...]
-    python -m compute.analyses.village_report --door-contexts insert-door.duckdb   # after examples/insert-door.toml
+    python -m compute.reports.village --door-contexts insert-door.duckdb   # after examples/insert-door.toml
 
 `--door-contexts STORE` measures nothing: it prints the door insertion-by-context table of every
 segmenter in a store (the latest done insert run per segmenter; `examples/insert-door.toml` runs
@@ -97,7 +97,7 @@ def _top_units(read, ace_key: str, layer: str, concept: str) -> list[int]:
 
 def heldout_counts(gen, seg, layer: str, seed: int, n: int, units: list[int] | None) -> torch.Tensor:
     """Pixels per concept [K] over held-out samples 0..n-1 of `seed`, with `units` ablated (None: none)."""
-    from compute.intervene import apply_units
+    from compute.core.intervene import apply_units
     from ingest.samples import latents
 
     total = torch.zeros(len(seg.concepts), dtype=torch.float64)
@@ -111,7 +111,7 @@ def heldout_counts(gen, seg, layer: str, seed: int, n: int, units: list[int] | N
 
 def tree_reveal(gen, seg, layer: str, seed: int, n: int, units: list[int]) -> dict[str, float]:
     """Share of the former tree pixels labelled building (and others) after ablating `units`."""
-    from compute.intervene import apply_units
+    from compute.core.intervene import apply_units
     from ingest.samples import latents
 
     names = [c.name for c in seg.concepts]

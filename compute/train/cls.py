@@ -7,8 +7,8 @@ Writes: float32 safetensors weights at --out (default `ingest/zoo/village-cls.sa
 and the model card beside them (`village-cls.md`: architecture, command, seeds, epochs, training time,
 per-class accuracy on held-out scenes, confusion matrix).
 
-    python -m compute.train_cls --threads 1                 # or: gandissect train classifier --threads 1
-    python -m compute.train_cls --evaluate-only             # re-measure the model card's numbers
+    python -m compute.train.cls --threads 1                 # or: gandissect train classifier --threads 1
+    python -m compute.train.cls --evaluate-only             # re-measure the model card's numbers
 
 Training scenes: the first --train scenes of each class among seeds 0, 1, ...; held-out scenes: the
 first --eval of each class among seeds HELDOUT_SEED_START, ... (never used in training). Augmentation:
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ingest.models.classifier import VillageClassifier, load_village_cls, read_meta, save_village_cls
 from ingest.village.scenes import CLASSES, HELDOUT_SEED_START, TRAIN_SEED_START, balanced_split, render_images
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-cls.safetensors"
 
 
@@ -185,7 +185,7 @@ road, trees; `hamlet` — none of these.
 ## Evaluation
 
 {per_class} held-out scenes per class, the first of each class among seeds {eval_seeds[0]}..{eval_seeds[1]}
-(never used in training). Re-run: `python -m compute.train_cls --evaluate-only`.
+(never used in training). Re-run: `python -m compute.train.cls --evaluate-only`.
 
 **Held-out accuracy: {acc:.3f}**
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.evaluate_only:
         net, seconds = train(a, device)
         _, _, train_seeds = load_split(TRAIN_SEED_START, a.train, a.pool_dir)
-        cmd = "python -m compute.train_cls " + shlex.join(sys.argv[1:] if argv is None else argv)
+        cmd = "python -m compute.train.cls " + shlex.join(sys.argv[1:] if argv is None else argv)
         meta = {"epochs": str(a.epochs), "batch": str(a.batch), "seed": str(a.seed), "lr": str(a.lr),
                 "train": str(a.train), "train_seeds": f"{int(train_seeds.min())}..{int(train_seeds.max())}",
                 "seconds": f"{seconds:.1f}", "device": str(device), "threads": str(torch.get_num_threads()),

@@ -13,7 +13,7 @@ An extractor maps images float [N, 3, H, W] in [-1, 1] to features float64 numpy
 A Fréchet distance needs well over D images per set: `check_count` refuses fewer than
 `min_images(D) = 2 * D` (below that the D x D covariance is singular or dominated by estimation noise).
 
-    python -c "from compute.features import min_images; print(min_images(128))"
+    python -c "from compute.core.features import min_images; print(min_images(128))"
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ Writes: float16 safetensors weights at --out (default `ingest/zoo/village-seg.sa
 model card beside them (`village-seg.md`: architecture, command, seeds, steps, time, per-concept IoU
 on held-out scenes).
 
-    python -m compute.train_seg --steps 3000 --threads 1        # or: gandissect train segmenter ...
-    python -m compute.train_seg --evaluate-only                  # re-measure the model card numbers
-    python -m compute.train_seg --steps 1800 --pool 8000 --threads 1 --paste 0.5 \
+    python -m compute.train.seg --steps 3000 --threads 1        # or: gandissect train segmenter ...
+    python -m compute.train.seg --evaluate-only                  # re-measure the model card numbers
+    python -m compute.train.seg --steps 1800 --pool 8000 --threads 1 --paste 0.5 \
         --out ingest/zoo/village-seg-parts.safetensors              # the part head sees parts anywhere
 
 Training scenes have seeds 0 .. pool-1 (all < EVAL_SEED_START); held-out evaluation scenes have
@@ -42,7 +42,7 @@ from ingest.models.village_seg import (HEAD_CONCEPTS, HEAD_SIZES, VillageSegment
                                        load_village_seg, save_village_seg)
 from ingest.village.concepts import CONCEPTS, INDEX
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-seg.safetensors"
 EVAL_SEED_START = 20_000_000  # disjoint from training seeds (< pool size) and from the GAN's pool
 PASTE_EVAL_SEED = 777  # where held-out scenes get their pasted doors / windows (model card column)
@@ -372,7 +372,7 @@ generator output. It implements the segmenter interface of DESIGN.md
 
 {eval_seeds[1] - eval_seeds[0]} held-out scenes, seeds {eval_seeds[0]}..{eval_seeds[1] - 1} (never used in
 training). IoU = total intersection / total union over the set. "aug" = the same scenes through the
-training augmentations (generator-like degradations). {paste_eval}Re-run: `python -m compute.train_seg --evaluate-only --out {meta.get('out', 'ingest/zoo/village-seg.safetensors')}`.
+training augmentations (generator-like degradations). {paste_eval}Re-run: `python -m compute.train.seg --evaluate-only --out {meta.get('out', 'ingest/zoo/village-seg.safetensors')}`.
 
 | concept | category | pixels | >= 1 % | IoU (clean) | IoU (aug) |{paste_col[0]}
 |---|---|---|---|---|---|{paste_col[1]}
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     if not a.evaluate_only:
         model, seconds = train(a, device)
-        cmd = "python -m compute.train_seg " + shlex.join(sys.argv[1:] if argv is None else argv)
+        cmd = "python -m compute.train.seg " + shlex.join(sys.argv[1:] if argv is None else argv)
         meta = {"steps": a.steps, "batch": a.batch, "seed": a.seed, "lr": a.lr, "pool": a.pool, "paste": a.paste,
                 "seconds": f"{seconds:.1f}", "device": str(device), "threads": torch.get_num_threads(),
                 "command": cmd,

@@ -17,7 +17,7 @@ Everything is batched so that the generator below the edited layer runs ONCE per
 featuremap `r` is computed with `Tap(stop_after=layer)` (`featuremap`), edited copies are stacked
 (many locations and samples per forward pass) and only the layers above run on them (`run_from`).
 
-    from compute.intervene import apply_units, insertion_constants
+    from compute.core.intervene import apply_units, insertion_constants
     k = insertion_constants(gen, seg, "layer4", z)                    # [K, C]
     images = apply_units(gen, "layer4", z, [3, 17, 40], k[INDEX["door"]], pixel_mask)
 
@@ -33,8 +33,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from compute.stats import ConditionalMean
-from compute.tap import Edit, Tap, apply_edit, run_from
+from compute.core.stats import ConditionalMean
+from compute.core.tap import Edit, Tap, apply_edit, run_from
 
 __all__ = [
     "InterventionError", "UnitRangeError", "EmptyUnitSetError", "MaskShapeError", "ConceptAbsentError",

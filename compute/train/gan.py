@@ -10,12 +10,12 @@ the final one `ingest/zoo/village-gan.safetensors` (float16), and at every state
 resume point `<zoo-dir>/train/village-gan-v2-resume.safetensors` (float16 G, D, EMA, step); --evaluate-only writes the model card
 `ingest/zoo/village-gan.md` and `ingest/zoo/village-gan-samples.png`.
 
-    python -m compute.train_gan --steps 4000 --widths small --threads 2      # or: gandissect train gan ...
-    python -m compute.train_gan --steps 4000 --widths small --resume          # continue a killed run
-    python -m compute.train_gan --steps 30000 --widths default --export-resume --zoo-dir ingest/zoo   # state.pt -> in-repo resume point
-    python -m compute.train_gan --evaluate-only                               # model card numbers
-    python -m compute.train_gan --steps 30000 --widths default --snapshot --zoo-dir /tmp/v2   # EMA now -> scratch zoo
-    python -m compute.train_gan --evaluate-only --zoo-dir /tmp/v2              # ... measured between checkpoints
+    python -m compute.train.gan --steps 4000 --widths small --threads 2      # or: gandissect train gan ...
+    python -m compute.train.gan --steps 4000 --widths small --resume          # continue a killed run
+    python -m compute.train.gan --steps 30000 --widths default --export-resume --zoo-dir ingest/zoo   # state.pt -> in-repo resume point
+    python -m compute.train.gan --evaluate-only                               # model card numbers
+    python -m compute.train.gan --steps 30000 --widths default --snapshot --zoo-dir /tmp/v2   # EMA now -> scratch zoo
+    python -m compute.train.gan --evaluate-only --zoo-dir /tmp/v2              # ... measured between checkpoints
 
 Recipe: non-saturating logistic loss, lazy R1 penalty on real images, Adam (0.0, 0.99), EMA of the
 generator's weights (the EMA generator is what gets saved), pixel norm + equalised learning rate.
@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ingest.models.progan import WIDTH_PRESETS, Discriminator, Generator, save_progan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ZOO = REPO / "ingest" / "zoo"
 POOL_SEED_START = 10_000_000  # training scenes: seeds POOL_SEED_START .. + pool_size - 1
 SAMPLE_SEED = 7  # fixed latents for the monitoring sample grids
@@ -547,7 +547,7 @@ def _step_of(path: Path) -> int:
 
 def evaluate(a: argparse.Namespace) -> int:
     """Measure the bundled checkpoints against rendered scenes; write the model card and sample grid."""
-    from compute.frechet import frechet_distance
+    from compute.core.frechet import frechet_distance
     from ingest.models.village_seg import load_village_seg
     from ingest.village import CONCEPTS
 
@@ -612,12 +612,12 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
     prov = Provenance.from_meta(meta)
     fd_ok = fd_final < early[2]
     all_fracs = all(rows_ok)
-    cmd = "python -m compute.train_gan --evaluate-only" + (f" --eval-samples {n}" if n != 2000 else "")
+    cmd = "python -m compute.train.gan --evaluate-only" + (f" --eval-samples {n}" if n != 2000 else "")
     if Path(a.segmenter).resolve() != (ZOO / "village-seg.safetensors").resolve():
         cmd += f" --segmenter {a.segmenter}"
     if Path(a.zoo_dir).resolve() != ZOO.resolve():
         cmd += f" --zoo-dir {a.zoo_dir}"
-    train_cmd = (f"python -m compute.train_gan --steps {meta.get('total_steps')} --batch {meta.get('batch')} "
+    train_cmd = (f"python -m compute.train.gan --steps {meta.get('total_steps')} --batch {meta.get('batch')} "
                  f"--seed {meta.get('seed')} --widths {meta.get('widths_preset')} --threads {meta.get('threads', 1)}")
     secs = meta.get("train_seconds")
     lines = [
@@ -625,7 +625,7 @@ def model_card(a, meta, n, fd_final, early, floor, fd_rows, frac_gen, frac_real,
         "",
         "A ProGAN-style generator (pixel norm, equalised learning rate, nearest 2x upsampling, 3x3 convs, "
         "LeakyReLU 0.2; children `layer1 ... layer10`, `output`) for 64x64 village scenes, trained by "
-        "`compute/train_gan.py` and stored as float16 safetensors (loaded as float32 by "
+        "`compute/train/gan.py` and stored as float16 safetensors (loaded as float32 by "
         "`ingest.models.progan.load_progan`).",
         "",
         "## Training",

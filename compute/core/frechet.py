@@ -3,7 +3,7 @@
 Reads nothing, writes nothing. d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), with the matrix
 square root from `scipy.linalg.sqrtm` (float64). This is the squared distance, as FID reports it.
 
-    python -c "import numpy as np; from compute.frechet import frechet_distance as f; print(f(np.random.randn(500, 4), np.random.randn(500, 4)))"
+    python -c "import numpy as np; from compute.core.frechet import frechet_distance as f; print(f(np.random.randn(500, 4), np.random.randn(500, 4)))"
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 Reads a store with a dissection (and ACE, for alpha-ranked brushes) of the bundled village-gan, or
 builds one (`build_eval_store`: dissection + ACE for tree and door at layer6, minutes of CPU); writes
-nothing but that store. `evaluate` opens two painters (`compute.paint.open_painter`) and reports, per
+nothing but that store. `evaluate` opens two painters (`compute.paint.engine.open_painter`) and reports, per
 bar, the share of samples where removing a tree's box removes at least half of it, and where drawing
 a door on a wall (vs the sky) adds a door.
 
-    python -m compute.paint --evaluate --store-dir runs/paint-eval   # builds the store, then measures
-    python -m compute.paint --evaluate --db gandissect.duckdb        # on an existing store
+    python -m compute.paint.engine --evaluate --store-dir runs/paint-eval   # builds the store, then measures
+    python -m compute.paint.engine --evaluate --db gandissect.duckdb        # on an existing store
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compute.paint import Painter, _bundled_paths, open_painter
+from compute.paint.engine import Painter, _bundled_paths, open_painter
 
 MIN_TREE_PX = 30      # a tree: a connected tree component of at least this many pixels
 DOOR_BOX = 8          # side of the square painted with the door brush (px)
@@ -140,7 +140,7 @@ def eval_spec_text(store_path: Path, ace: bool = True) -> str:
     """The spec of the evaluation store: a q0.99 dissection of every layer of the bundled village-gan
     (300 samples of seed 1) and, with `ace`, an ACE run for tree and door at EVAL_LAYER (200 samples)."""
     gen, seg, _ = _bundled_paths()
-    text = f"""# written by `python -m compute.paint --evaluate --store-dir ...`
+    text = f"""# written by `python -m compute.paint.engine --evaluate --store-dir ...`
 [store]
 path = "{store_path}"
 

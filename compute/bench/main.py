@@ -5,7 +5,7 @@ unit, params, created_at) to the store named by the spec / $GANDISSECT_DB. Each 
 measurement runs in a fresh subprocess so its peak RSS is its own.
 
     gandissect bench [--json] [--only dissect|edit|ace|insert]
-    python -m compute.bench --child N      # one dissection of N samples, prints JSON (internal)
+    python -m compute.bench.main --child N      # one dissection of N samples, prints JSON (internal)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GEN = REPO / "ingest" / "zoo" / "village-gan.safetensors"
 SEG = REPO / "ingest" / "zoo" / "village-seg.safetensors"
 SMALL_N = int(os.environ.get("GANDISSECT_BENCH_N", "256"))
@@ -91,7 +91,7 @@ def forward_seconds(n: int, gen: Path, seg: Path) -> float:
 
 def _run_child(n: int, gen: Path, seg: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "compute.bench", "--child", str(n), "--gen", str(gen.resolve()),
+    r = subprocess.run([sys.executable, "-m", "compute.bench.main", "--child", str(n), "--gen", str(gen.resolve()),
                         "--seg", str(seg.resolve())], capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"bench child failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
@@ -146,11 +146,11 @@ def main(a: argparse.Namespace) -> int:
     if only in (None, "dissect"):
         rows += bench_dissect(gen, seg)
     if only in (None, "edit"):
-        rows += _optional("edit", "compute.paint", "bench_edit")
+        rows += _optional("edit", "compute.paint.engine", "bench_edit")
     if only in (None, "ace"):
-        rows += _optional("ace", "compute.intervene", "bench_ace")
+        rows += _optional("ace", "compute.core.intervene", "bench_ace")
     if only in (None, "insert"):
-        rows += _optional("insert", "compute.intervene", "bench_insert")
+        rows += _optional("insert", "compute.core.intervene", "bench_insert")
     if only in (None, "invert"):
         rows += _optional("invert", "compute.invert.cli", "bench_invert")
     path = store_path(None, a.spec)
