@@ -27,7 +27,9 @@ from db import store  # noqa: E402
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 REFUSAL = "Refused: this dashboard answers only requests addressed to localhost (Host header {host})."
 
-st.set_page_config(page_title="gandissect", page_icon=":material/biotech:", layout="wide")
+# An emoji favicon is drawn as an inline SVG; a ":material/..:" page_icon would be fetched from
+# fonts.gstatic.com, which fails offline (issue 18). The nav icons use the bundled symbol font.
+st.set_page_config(page_title="gandissect", page_icon="🔬", layout="wide")
 
 
 def _request_host() -> str | None:

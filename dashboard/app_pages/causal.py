@@ -15,7 +15,8 @@ ui.require_store(db)
 index = queries.causal_index(db)
 if index.height == 0:
     st.info("No causal analysis yet: add `ace`, `ablate`, `insert` or `trace` analyses to the spec and run "
-            "`gandissect run`.")
+            "`gandissect run` — `examples/intervene.toml` declares all four for the bundled village GAN "
+            "(`gandissect run examples/intervene.toml`; the demo spec has a smaller set).")
     st.stop()
 
 top = st.columns(3)

@@ -43,7 +43,10 @@ top = st.columns([2, 2, 1, 1, 1])
 model = ui.pick_model(db, "paint", top[0], summary["model"].unique(maintain_order=True).to_list())
 msum = summary.filter(pl.col("model") == model).sort(pl.col("threshold_mode") != "quantile",
                                                       pl.col("interpretable_units"), descending=[False, True])
-layer = ui.pick_layer(db, model, "paint", top[1], default=msum["layer"][0] if msum.height else None)
+# default layer: one with ACE brushes (the causal units) when a run has them, else the most interpretable one
+causal = queries.causal_index(db).filter((pl.col("model") == model) & (pl.col("tbl") == "ace_alpha"))
+default_layer = causal["layer"][0] if causal.height else (msum["layer"][0] if msum.height else None)
+layer = ui.pick_layer(db, model, "paint", top[1], default=default_layer)
 mrows = queries.models(db).filter(pl.col("model") == model)
 if layer is None or mrows.height == 0:
     st.info(f"{model} has no registered layers yet: run `gandissect run`.")
@@ -132,7 +135,7 @@ strength = row[2].segmented_control("strength", ["low", "medium", "high"], defau
                                     key="paint_strength") or "high"
 tool = row[3].segmented_control("tool", ["freehand", "rectangle"], default="freehand", key="paint_tool") or "freehand"
 width = int(row[4].slider("brush size", 4, 60, 24, step=2, key="paint_width", disabled=tool != "freehand"))
-from compute import paint  # noqa: E402  (the painter is loaded: torch is already imported)
+from compute.paint import engine as paint  # noqa: E402  (the painter is loaded: torch is already imported)
 
 n_units = len(brush.top(paint.resolve_strength(strength)))
 st.caption(f"brush **{ui.md_escape(brush.name)}** at {layer}: {n_units} units "
