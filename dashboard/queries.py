@@ -197,6 +197,9 @@ WITH units AS (
 ), q AS (
     SELECT unit, value FROM unit_quantiles
     WHERE model = $model AND layer = $layer AND abs(q - 0.99) < 1e-9 AND run_key = ({_LATEST_QUANTILE_RUN})
+), cut AS (
+    SELECT max(interpretable_iou) AS interpretable_iou FROM dissections
+    WHERE is_latest AND model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
 ), fl AS (
     SELECT unit, string_agg(flag, ', ' ORDER BY flag) AS flags,
            max(note) FILTER (WHERE flag = 'label') AS custom_label
@@ -207,10 +210,10 @@ SELECT u.unit, lab.concept AS label, lab.category, lab.iou, lab.p_value, lab.z, 
        lab.precision, lab.recall, lab.iou_ceiling, lab.iou_of_ceiling,
        ci.concept_iou, ci.concept_p_value, al.alpha,
        coalesce(lab.threshold, q.value) AS threshold, ci.concept_threshold,
-       fl.flags, fl.custom_label
+       fl.flags, fl.custom_label, cut.interpretable_iou
 FROM units u
 LEFT JOIN lab USING (unit) LEFT JOIN ci USING (unit) LEFT JOIN al USING (unit)
-LEFT JOIN q USING (unit) LEFT JOIN fl USING (unit)
+LEFT JOIN q USING (unit) LEFT JOIN fl USING (unit) CROSS JOIN cut
 """
 
 # ranking -> (label shown in the UI, ORDER BY); the ranking key selects a constant, never user text

@@ -49,14 +49,67 @@ def fmt(x: Any, spec: str = ".3f", none: str = "–") -> str:
     return format(x, spec)
 
 
-def fmt_q(q: Any, log10_p: Any = None) -> str:
-    """A q-value (BH-adjusted p) for display: scientific below 0.001; one that underflowed to 0 is shown as
-    the bound its p-value's log10 gives (q <= p * tests, so "q ≈ 0 (p = 1e-923)")."""
-    if q is None or (isinstance(q, float) and math.isnan(q)):
-        return "–"
-    if q == 0 and log10_p is not None and not (isinstance(log10_p, float) and math.isnan(log10_p)):
-        return f"≈ 0 (p = 1e{log10_p:.0f})"
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+NOT_TESTED = "not tested"  # no null test ran for this value (e.g. a dissection without the permutation null)
+
+
+def fmt_q(q: Any, log10_p: Any = None, none: str = NOT_TESTED) -> str:
+    """A q-value (BH-adjusted p) or p-value for display: three decimals from 0.001 up, scientific below
+    (never a bare "0" or "0.000"); one that underflowed to 0 is shown as the bound its p-value's log10
+    gives (q <= p * tests, so "≈ 0 (p = 1e-923)"); a missing one as `none` ("not tested")."""
+    if _missing(q):
+        return none
+    if q == 0:
+        if not _missing(log10_p):
+            return f"≈ 0 (p = 1e{log10_p:.0f})"
+        return "< 1e-308"  # underflowed, bound unknown
     return format(q, ".3f") if q >= 0.001 else format(q, ".1e")
+
+
+def fmt_vs(x: Any, cut: Any, digits: int = 3, most: int = 6) -> tuple[str, str]:
+    """(x, cut) with the fewest decimals (at least `digits`) at which they do not round to the same text,
+    so a value just under a cut-off never reads as equal to it (0.0395 vs 0.040 -> "0.0395", "0.0400")."""
+    if _missing(x) or _missing(cut):
+        return fmt(x, f".{digits}f"), fmt(cut, f".{digits}f")
+    for d in range(digits, most + 1):
+        a, b = format(x, f".{d}f"), format(cut, f".{d}f")
+        if a != b or x == cut:
+            return a, b
+    return format(x, f".{most}f"), format(cut, f".{most}f")
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """One clear phrase for a labelled unit: whether it passes the interpretability cut-off, and whether
+    its association beats the permutation null (two different tests: a unit can beat chance with
+    q = 1e-200 and still have an IoU below the cut-off)."""
+    cut = row.get("interpretable_iou")
+    if row.get("interpretable"):
+        first = "interpretable"
+    elif not _missing(cut) and not _missing(row.get("iou")):
+        shown, cut_s = fmt_vs(row.get("iou"), cut)
+        first = f"not interpretable (IoU {shown} below the cut-off {cut_s})"
+    else:
+        first = "not interpretable (below the cut-off)"
+    beats = row.get("beats_chance")
+    if beats is None:
+        return f"{first}; association {NOT_TESTED} against the permutation null"
+    return first + ("; beats chance (q < 0.05)" if beats else "; does not beat chance (q ≥ 0.05)")
+
+
+def number_columns(frame: Any) -> dict[str, Any]:
+    """column_config for a dataframe: p- and q-value columns in scientific notation (a tiny p is never
+    shown as 0), IoU columns with four decimals. The one place st.dataframe numbers are formatted."""
+    config: dict[str, Any] = {}
+    for c in getattr(frame, "columns", []):
+        name = c.lower()
+        if name in ("p", "q") or name.endswith(("p_value", "q_value", "_p", "_q")):
+            config[c] = st.column_config.NumberColumn(c, format="%.2e")
+        elif name == "iou" or name.endswith("_iou"):
+            config[c] = st.column_config.NumberColumn(c, format="%.4f")
+    return config
 
 
 _MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:/@&=])")
@@ -185,10 +238,11 @@ def card_text(row: dict[str, Any], ranking: str) -> tuple[str, str]:
     if label:
         title += f" · {md_escape(label)} *({md_escape(row.get('category') or '?')})*"
         if not row.get("interpretable"):
-            title += " ·  not interpretable"
+            title += " · not interpretable"
     else:
         title += " · unlabelled"
-    bits = [f"IoU {fmt(row.get('iou'))}", f"q {fmt_q(row.get('q_value'), row.get('log10_p'))}"] if label else []
+    iou, _ = fmt_vs(row.get("iou"), row.get("interpretable_iou"))
+    bits = [f"IoU {iou}", f"q {fmt_q(row.get('q_value'), row.get('log10_p'))}"] if label else []
     if row.get("z") is not None:
         bits.append(f"z {fmt(row.get('z'), '.1f')}")
     if ranking == "concept_iou" and row.get("concept_iou") is not None:

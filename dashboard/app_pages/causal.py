@@ -67,7 +67,7 @@ else:
 effects = queries.causal_effects(db, model, layer, concept) if "causal_effects" in have else pl.DataFrame()
 if effects.height:
     st.subheader("Causal effects of unit sets")
-    st.dataframe(effects, hide_index=True)
+    st.dataframe(effects, hide_index=True, column_config=ui.number_columns(effects))
 
 st.subheader("Ablation curves")
 if "ablation_curves" in have:

@@ -52,7 +52,7 @@ if result is not None:
     frame = result.frame
     st.caption(f"{frame.height} rows × {frame.width} columns in {result.seconds:.3f} s"
                + (f" — truncated at the row limit ({int(row_limit)})" if result.truncated else ""))
-    st.dataframe(frame, hide_index=True)
+    st.dataframe(frame, hide_index=True, column_config=ui.number_columns(frame))
     parquet = io.BytesIO()
     frame.write_parquet(parquet)
     dl = st.columns([1, 1, 6])

@@ -69,14 +69,15 @@ info = row.row(0, named=True) if row.height else {"unit": unit}
 st.title(f"{model} · {layer} · unit {unit}")
 if info.get("label"):
     st.markdown(f"label **{ui.md_escape(info['label'])}** *({ui.md_escape(info.get('category') or '?')})* — "
-                + ("interpretable" if info.get("interpretable") else "below the interpretability cut-off"))
+                + ui.verdict(info))
 else:
     st.markdown("no label yet (no dissection of this layer)")
 badges = ui.flag_badges(info.get("flags"), info.get("custom_label"))
 if badges:
     st.markdown(f"flags: {badges}")
 cols = st.columns(4)
-cols[0].metric("best IoU", ui.fmt(info.get("iou")))
+cols[0].metric("best IoU", ui.fmt_vs(info.get("iou"), info.get("interpretable_iou"))[0],
+               help="digits enough to tell it from the interpretability cut-off")
 cols[1].metric("q-value (FDR)", ui.fmt_q(info.get("q_value"), info.get("log10_p")),
                help="Benjamini-Hochberg q of the permutation-null test over the layer's unit x concept tests; "
                     "the unit beats chance when q < 0.05")
@@ -104,7 +105,7 @@ with left:
         if iou.filter(pl.col("iou").is_not_null()).height:
             cut = iou["interpretable_iou"][0] if iou.height else None
             st.altair_chart(charts.unit_iou_bars(iou, cut), width="stretch")
-            st.caption(f"dashed line: the interpretability cut-off IoU {ui.fmt(cut)}; "
+            st.caption(f"dashed line: the interpretability cut-off IoU {ui.fmt_vs(info.get('iou'), cut)[1]}; "
                        f"{ui.dissection_label((seg, mode))}")
         else:
             st.caption("No IoU rows for this unit.")

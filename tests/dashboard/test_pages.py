@@ -188,7 +188,24 @@ def test_q_values_are_shown_with_their_scale_and_underflow_as_a_bound():
 
     assert fmt_q(0.0123) == "0.012" and fmt_q(3.2e-7) == "3.2e-07"
     assert fmt_q(0.0, -923.4) == "≈ 0 (p = 1e-923)"  # never a bare "0"
-    assert fmt_q(None) == fmt_q(float("nan")) == "–"
+    assert fmt_q(None) == fmt_q(float("nan")) == "not tested"  # a word, not a dash, where no test ran
+    assert fmt_q(0.0) == "< 1e-308" and fmt_q(0.001) == "0.001" and fmt_q(0.000999) == "1.0e-03"
     _, caption = card_text({"unit": 3, "label": "tree", "category": "object", "iou": 0.05, "q_value": 2e-5,
                             "log10_p": -7.0, "interpretable": True}, "iou")
     assert "q 2.0e-05" in caption
+
+
+def test_values_near_a_cut_off_are_never_rounded_onto_it():
+    from dashboard.ui import card_text, fmt_vs, verdict
+
+    assert fmt_vs(0.0395, 0.04) == ("0.0395", "0.0400")  # was "0.040" beside the 0.040 cut-off
+    assert fmt_vs(0.1234, 0.04) == ("0.123", "0.040")      # far apart: three decimals are enough
+    assert fmt_vs(0.04, 0.04) == ("0.040", "0.040")
+    assert fmt_vs(None, 0.04) == ("–", "0.040")
+    row = {"unit": 1, "label": "door", "category": "part", "iou": 0.0395, "interpretable": False,
+           "interpretable_iou": 0.04, "q_value": 0.0, "log10_p": -215.2, "beats_chance": True}
+    assert verdict(row) == "not interpretable (IoU 0.0395 below the cut-off 0.0400); beats chance (q < 0.05)"
+    assert "IoU 0.0395" in card_text(row, "iou")[1]
+    assert verdict({**row, "beats_chance": None}).endswith("not tested against the permutation null")
+    assert verdict({**row, "interpretable": True, "beats_chance": False}) == \
+        "interpretable; does not beat chance (q ≥ 0.05)"
