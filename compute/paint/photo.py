@@ -1,0 +1,264 @@
+"""Paint on a real photo (GANPaint Studio): invert it, adapt a copy of the generator to it, paint with unit brushes.
+
+Reads nothing from disk itself (the CLI loads the photo with `ingest.photos`, the models with
+`compute.invert.cli.load_models` / `compute.paint.engine.open_painter`, brushes from the store); writes
+only the edited PNG (`gandissect edit --photo`) and, for `--evaluate`, a JSON report.
+
+The method of "Semantic Photo Manipulation with a Generative Image Prior" (Bau et al., SIGGRAPH 2019):
+
+1. invert the photo x (`compute.invert.optimise.invert`: encoder, z, then the features h of layer L_inv);
+2. **image-specific adaptation** (`adapt`): a copy G' of the generator whose layer L_inv adds the fixed
+   per-image residual d = h - G_<=L_inv(z) (so G'(z) is the layer-optimised reconstruction, and every
+   layer, above or below L_inv, can be painted), and whose children after L_inv are fine-tuned for this
+   one image: minimise MSE(G'(z), x) + `perceptual` x (segmenter feature MSE) + `reg` x the mean squared
+   weight change (the weights stay near the generator's, so the units keep their meaning);
+3. paint (`PhotoPainter`, a `compute.paint.engine.Painter` on G'): a stroke edits the featuremap of the
+   brush's layer and runs the rest of G' — the same work as a stroke on a generated image. The shown
+   image is **composed**: photo + w x (G'(edited) - G'(unedited)), w = 1 on the edited featuremap cells
+   and falling linearly to 0 over `feather` px beyond them, so pixels away from the stroke stay the
+   photo's own (compose=False shows G'(edited) itself).
+
+    from compute.paint.photo import adapt, PhotoPainter
+    ad = adapt(gen, x, inversion)                       # x [1, 3, R, R] in [-1, 1]; inversion of x
+    painter = PhotoPainter.on(base_painter, ad, photo)  # photo uint8 [R, R, 3]; base: open_painter(...)
+    res = painter.session().apply(painter.stroke("tree", "remove", (10, 20, 40, 60)))
+
+    gandissect edit --photo scene.png --model village-gan --brush tree --action remove --region 10,20,40,60
+    python -m compute.paint.photo --evaluate --db STORE --n 20     # remove-tree on rendered scenes (issue 19)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compute.core.intervene import featuremap, finish
+from compute.paint.engine import EditError, Frame, Painter, PaintSession, _masks, label_map, to_uint8
+
+__all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "compose_weight", "open_photo", "cmd_edit_photo",
+           "evaluate_remove_tree", "main"]
+
+ADAPT_STEPS = 150     # fine-tuning steps of the image-specific adaptation
+ADAPT_LR = 0.002      # Adam learning rate of the adapted weights (equalised-lr weights are ~N(0, 1))
+ADAPT_REG = 1.0       # weight of the mean squared weight change
+FEATHER = 4           # px over which a stroke's edit fades into the photo beyond the edited cells
+
+
+class Residual(nn.Module):
+    """A generator child whose output gets a fixed per-image residual: child(x) + delta [1, C, h, w]."""
+
+    def __init__(self, child: nn.Module, delta: torch.Tensor) -> None:
+        super().__init__()
+        self.child = child
+        self.register_buffer("delta", delta.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.child(x) + self.delta
+
+
+@dataclass
+class Adapted:
+    """A generator adapted to one photo: G'(z) reproduces it. `gen` keeps the generator's interface."""
+
+    gen: nn.Module           # the adapted copy (eval, no grad)
+    z: torch.Tensor          # [1, z_dim] the inverted latent
+    layer: str               # the inversion layer carrying the residual ('' when z-only)
+    psnr_inverted: float     # dB of the inversion's reconstruction
+    psnr_adapted: float      # dB of G'(z)
+    seconds: float           # adaptation only (the inversion not included)
+    steps: int
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    from compute.invert.optimise import psnr
+
+    return float(psnr(a, b)[0])
+
+
+def adapt(gen: nn.Module, image: torch.Tensor, z: torch.Tensor, features: torch.Tensor | None = None,
+          layer: str = "", *, segmenter: Any = None, steps: int = ADAPT_STEPS, lr: float = ADAPT_LR,
+          reg: float = ADAPT_REG, perceptual: float = 0.1, tune_after: str | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Adapted:
+    """Adapt a copy of `gen` to one image [1, 3, R, R] in [-1, 1] from its inversion: latent z [1, z_dim]
+    and (optionally) the optimised features [1, C, h, w] of `layer`. The children after `tune_after`
+    (default: `layer`, else the middle layer) are fine-tuned; see the module docstring."""
+    from compute.invert.optimise import perceptual_fn, split_generator
+
+    t0 = time.perf_counter()
+    g = copy.deepcopy(gen).eval()
+    dev = image.device
+    z = z.to(dev).float()
+    names = [n for n, _ in g.named_children()]
+    with torch.no_grad():
+        if features is not None and layer:
+            head, _ = split_generator(g, layer)
+            setattr(g, layer, Residual(getattr(g, layer), features.to(dev) - head(z)))
+        p_inv = _psnr(g(z), image)
+    after = tune_after or layer or names[len(names) // 2 - 1]
+    if after not in names[:-1]:
+        raise EditError(f"adapt: {after!r} is not an inner layer of the generator ({', '.join(names[:-1])})")
+    g.requires_grad_(False)
+    tuned = [p for n, c in list(g.named_children())[names.index(after) + 1:] for p in c.parameters()]
+    for p in tuned:
+        p.requires_grad_(True)
+    start = [p.detach().clone() for p in tuned]
+    count = sum(p.numel() for p in tuned)
+    feat = perceptual_fn(segmenter) if perceptual > 0 else None
+    with torch.no_grad():
+        target_f = feat(image) if feat is not None else None
+        f_scale = target_f.var().clamp_min(1e-6) if target_f is not None else None
+    opt = torch.optim.Adam(tuned, lr=lr)
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        x = g(z)
+        loss = (x - image).pow(2).mean()
+        if feat is not None:
+            loss = loss + perceptual * (feat(x) - target_f).pow(2).mean() / f_scale
+        loss = loss + reg * sum((p - p0).pow(2).sum() for p, p0 in zip(tuned, start)) / count
+        loss.backward()
+        opt.step()
+        if progress and i % 10 == 0:
+            progress(i, steps)
+    g.requires_grad_(False)
+    with torch.no_grad():
+        p_ad = _psnr(g(z), image)
+    if progress:
+        progress(steps, steps)
+    return Adapted(g, z.detach(), layer if features is not None else "", p_inv, p_ad,
+                   time.perf_counter() - t0, steps)
+
+
+def compose_weight(changed: np.ndarray, feather: int) -> np.ndarray:
+    """Blend weight [R, R] in [0, 1] of the edit: 1 on `changed` (bool [R, R]), falling linearly to 0 at
+    `feather` px (Euclidean) beyond it."""
+    from scipy import ndimage
+
+    if not changed.any():
+        return np.zeros(changed.shape, np.float32)
+    if feather <= 0:
+        return changed.astype(np.float32)
+    d = ndimage.distance_transform_edt(~changed)
+    return np.clip(1.0 - d / (feather + 1), 0.0, 1.0).astype(np.float32)
+
+
+class PhotoPainter(Painter):
+    """A Painter on a generator adapted to one photo: its sessions start from the photo (seed and
+    sample are ignored) and, with `compose`, its frames are the photo plus the edit near the stroke."""
+
+    def __init__(self, adapted: Adapted, photo: np.ndarray, seg: Any, layer: str, catalog: Any = None,
+                 device: torch.device | str = "cpu", value: str = "q99", threads: int | None = 1,
+                 compose: bool = True, feather: int = FEATHER) -> None:
+        super().__init__(adapted.gen, seg, layer, catalog, device, value, threads)
+        from ingest.real import to_input
+
+        self.adapted, self.compose, self.feather = adapted, compose, feather
+        self.photo = np.ascontiguousarray(photo)
+        self._photo_t = to_input(self.photo[None]).to(self.device)
+        with torch.no_grad():
+            self.r0 = featuremap(self.gen, layer, adapted.z.to(self.device))
+            self._base = finish(self.gen, layer, self.r0, adapted.z.to(self.device))
+
+    @classmethod
+    def on(cls, base: Painter, adapted: Adapted, photo: np.ndarray, compose: bool = True,
+           feather: int = FEATHER) -> "PhotoPainter":
+        """The PhotoPainter with `base`'s segmenter, layer, brushes, draw values and threads."""
+        return cls(adapted, photo, base.seg, base.layer, base.catalog, base.device, base.value_mode, base.threads,
+                   compose, feather)
+
+    def session(self, seed: int | None = None, sample: int | None = None, z: torch.Tensor | None = None
+                ) -> PaintSession:
+        """A paint session on the photo (seed, sample and z are ignored)."""
+        return PaintSession(self, self.adapted.z.to(self.device))
+
+    def frame(self, r: torch.Tensor, z: torch.Tensor) -> Frame:
+        """The composed (or raw) image of a featuremap [1, C, h, w] of the edited layer, and its segmentation."""
+        with torch.no_grad():
+            images = finish(self.gen, self.layer, r, z)
+            if self.compose:
+                changed = (r != self.r0).any(1, keepdim=True).float()  # [1, 1, h, w]
+                cells = F.interpolate(changed, size=images.shape[-2:], mode="nearest")[0, 0].cpu().numpy() > 0
+                w = torch.from_numpy(compose_weight(cells, self.feather)).to(images.device)
+                images = self._photo_t + w * (images - self._base)
+            labels = self.seg.segment(images)
+            masks = _masks(labels, len(self.names))
+        return Frame(to_uint8(images)[0], label_map(labels)[0].cpu().numpy(), masks[0].cpu().numpy(), self.names)
+
+
+# ------------------------------------------------------------------------------------------ photo in
+
+def open_photo(base: Painter, photo: np.ndarray, *, encoder: Any = None, z_steps: int = 150, layer_steps: int = 250,
+               inversion_layer: str = "layer4", adapt_steps: int = ADAPT_STEPS, compose: bool = True,
+               progress: Callable[[str, int, int], None] | None = None) -> PhotoPainter:
+    """Invert a photo uint8 [R, R, 3] into base's generator, adapt a copy to it, and return its painter.
+    `progress(stage, done, total)` with stage 'invert' or 'adapt'."""
+    from compute.invert.optimise import invert
+    from ingest.real import to_input
+
+    if photo.shape != (base.resolution, base.resolution, 3):
+        raise EditError(f"photo of shape {photo.shape} does not fit the {base.resolution}x{base.resolution} generator")
+    x = to_input(photo[None]).to(base.device)
+    inv = invert(base.gen, x, encoder=encoder, segmenter=base.seg, layer=inversion_layer, z_steps=z_steps,
+                 layer_steps=layer_steps, progress=(lambda d, t: progress("invert", d, t)) if progress else None)
+    ad = adapt(base.gen, x, inv.z, inv.features, inv.layer, segmenter=base.seg, steps=adapt_steps,
+               progress=(lambda d, t: progress("adapt", d, t)) if progress else None)
+    ad.psnr_inverted = float(inv.psnr[0])
+    return PhotoPainter.on(base, ad, photo, compose)
+
+
+def _encoder(model: str, device: str) -> Any:
+    from compute.invert.cli import default_encoder
+    from compute.invert.encoder import load_encoder, matches
+
+    path = default_encoder(model)
+    return None if path is None else load_encoder(path, device)
+
+
+def cmd_edit_photo(a: argparse.Namespace, db: str) -> int:
+    """`gandissect edit --photo PHOTO`: invert, adapt, one stroke; the composed PNG to --out."""
+    from compute.invert.encoder import matches
+    from compute.paint.engine import _check_out, open_painter, parse_region, resolve_strength, save_png
+    from ingest.photos import load_photo
+
+    parse_region(a.region)
+    resolve_strength(a.strength)
+    _check_out(a.out)
+    if a.adapt_steps < 0:
+        raise EditError(f"--adapt-steps must be >= 0 (got {a.adapt_steps})")
+    base = open_painter(a.model, db, a.layer, a.brush, a.spec, a.device)
+    photo = load_photo(a.photo, base.resolution)  # checked before anything is computed or written
+    stroke = base.stroke(a.brush, a.action, a.region, a.strength)
+    if stroke.brush.note:
+        print(f"note: {stroke.brush.note}", file=sys.stderr)
+    for n in photo.notes:
+        print(f"note: {n}", file=sys.stderr)
+    enc = _encoder(a.model, a.device)
+    if enc is not None and not matches(enc, base.gen):
+        enc = None
+    t0 = time.perf_counter()
+    painter = open_photo(base, photo.image, encoder=enc, adapt_steps=a.adapt_steps)
+    prep = time.perf_counter() - t0
+    res = painter.session().apply(stroke)
+    save_png(res.after.image, a.out)
+    ad = painter.adapted
+    summary = {**res.summary(), "photo": photo.path, "psnr_inverted": round(ad.psnr_inverted, 2),
+               "psnr_adapted": round(ad.psnr_adapted, 2), "adapt_seconds": round(ad.seconds, 2),
+               "prepare_seconds": round(prep, 2)}
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        changes = ", ".join(f"{c} {res.before.fractions[c]:.1%} -> {res.after.fractions[c]:.1%}"
+                            for c in res.change()) or "no concept changed"
+        print(f"{photo.path}: inverted {ad.psnr_inverted:.1f} dB, adapted {ad.psnr_adapted:.1f} dB in "
+              f"{ad.seconds:.1f}s; {stroke.describe()} at {stroke.brush.layer}: {changes} ({res.ms:.1f} ms); "
+              f"wrote {a.out}")
+    return 0
