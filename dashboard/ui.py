@@ -156,9 +156,22 @@ def unit_link_params(model: str, layer: str, unit: int, segmenter: str | None = 
     return params
 
 
-def permalink(params: dict[str, str]) -> str:
-    """A relative URL of the unit page that reopens exactly this unit."""
-    return "unit?" + urlencode(params)
+def app_url() -> str | None:
+    """The app's base URL as the browser sees it (scheme, host, port, path; no page, no query), or None
+    where there is no browser (AppTest)."""
+    try:
+        url = st.context.url
+    except Exception:  # no script run context
+        return None
+    return url.rstrip("/") if url else None
+
+
+def permalink(params: dict[str, str], page: str = "unit", absolute: bool = False) -> str:
+    """A URL of `page` that reopens exactly this view: relative ("unit?model=..."), or absolute
+    ("http://host:port/unit?model=...") when asked for and the browser's address is known."""
+    rel = f"{page}?" + urlencode(params)
+    base = app_url() if absolute else None
+    return f"{base}/{rel}" if base else rel
 
 
 # ---------------------------------------------------------------- pickers (remember choices across pages)

@@ -84,14 +84,18 @@ cols[1].metric("q-value (FDR)", ui.fmt_q(info.get("q_value"), info.get("log10_p"
 cols[2].metric("null z", ui.fmt(info.get("z"), ".1f"))
 cols[3].metric("threshold", ui.fmt(info.get("threshold"), ".3g"))
 
+def _step(to: int) -> None:  # ← / →: the sidebar's unit changes, this run writes the URL to match
+    st.session_state["unit_num"] = to
+
+
 nav = st.columns([1, 1, 4])
-if unit > 0:
-    nav[0].page_link(ui.UNIT_PAGE, label=f"unit {unit - 1}", icon=":material/arrow_back:",
-                     query_params=ui.unit_link_params(model, layer, unit - 1, seg, mode))
-if unit + 1 < n_units:
-    nav[1].page_link(ui.UNIT_PAGE, label=f"unit {unit + 1}", icon=":material/arrow_forward:",
-                     query_params=ui.unit_link_params(model, layer, unit + 1, seg, mode))
-nav[2].markdown(f":material/link: [permalink]({ui.permalink(params)}) `?{ui.permalink(params).split('?', 1)[1]}`")
+nav[0].button(f"unit {unit - 1}", icon=":material/arrow_back:", key="unit_prev", on_click=_step, args=(unit - 1,),
+              disabled=unit <= 0, help="the previous unit of this layer (the address bar follows)")
+nav[1].button(f"unit {unit + 1}", icon=":material/arrow_forward:", key="unit_next", on_click=_step,
+              args=(unit + 1,), disabled=unit + 1 >= n_units, help="the next unit of this layer (the address bar follows)")
+with nav[2]:
+    st.code(ui.permalink(params, absolute=True), language=None)  # st.code has a copy button
+    st.caption(":material/link: permalink of this unit (copy button on the right)")
 
 strip_slot = st.empty()
 

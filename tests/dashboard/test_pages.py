@@ -96,13 +96,37 @@ def test_unit_permalink_reopens_the_unit(dash_store):
     assert_ok(at)
     assert at.title[0].value == f"{TINY} · {TINY_LAYERS[1]} · unit 5"
     assert at.query_params == params
-    assert "?model=tiny-gan&layer=layer5&unit=5&segmenter=toy-seg&mode=quantile" in texts(at)
+    assert at.code[0].value == "unit?model=tiny-gan&layer=layer5&unit=5&segmenter=toy-seg&mode=quantile"
     assert len(at.image) == 1  # the unit's strip
     # the sidebar picks another unit: the URL follows
     at.number_input(key="unit_num").set_value(6).run()
     assert_ok(at)
     assert at.title[0].value == f"{TINY} · {TINY_LAYERS[1]} · unit 6"
     assert at.query_params["unit"] == "6"
+
+
+def test_unit_arrows_move_the_unit_and_the_url(dash_store):
+    at = open_page("unit", {"model": TINY, "layer": TINY_LAYERS[1], "unit": "5"})
+    at.button(key="unit_next").click().run()
+    assert_ok(at)
+    assert at.title[0].value.endswith("unit 6") and at.query_params["unit"] == "6"
+    assert "unit=6" in at.code[0].value
+    at.button(key="unit_prev").click().run()
+    at.button(key="unit_prev").click().run()
+    assert at.title[0].value.endswith("unit 4") and at.query_params["unit"] == "4"
+    at = open_page("unit", {"model": TINY, "layer": TINY_LAYERS[1], "unit": "0"})
+    assert at.button(key="unit_prev").disabled
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"model": "nope", "layer": "layer99"}, "There is no model **nope**"),
+    ({"model": TINY, "layer": "layer99"}, "There is no layer **layer99**"),
+])
+def test_unit_page_warns_about_unknown_names(dash_store, params, says):
+    at = open_page("unit", params)
+    assert_ok(at)
+    assert any(says in w.value for w in at.warning), [w.value for w in at.warning]
+    assert not at.title  # nothing else in its place
 
 
 def test_unit_page_rejects_unknown_unit(dash_store):
