@@ -1,0 +1,326 @@
+"""JointHist: one-pass dissection statistic. Per unit, a histogram of activations jointly with every
+concept's presence at the pixel, plus the permutation null at candidate thresholds near a rank.
+
+Reads nothing from disk, writes nothing (callers save `state_dict()`). A Stat like those of
+`compute.core.stats`: `add(a, m)`, `state_dict`, `load_state_dict`, `merge`; tested against exact batch
+computations in `tests/compute/test_onepass.py` (`python -m pytest -q tests/compute/test_onepass.py`).
+
+    jh = JointHist(level=0.99, block=8)
+    jh.add(acts, masks)                # acts [N, C, h, w] (lifted to the masks' grid by `lift`), masks bool [N, K, H, W]
+    t, j = jh.threshold()              # [C] threshold (a candidate edge) nearest rank 0.99, its index
+    null = jh.null_at(j)               # a filled stats.PermutationNull at those thresholds (iou, p, z, ...)
+    jh.quantiles([0.5, 0.99])          # [C, Q] (linear inside a bin)
+    jh.counts_at(pos)                  # above [C, T], inter [C, T, K] at any edge position
+
+Binning (no threshold needed in advance). The first batch (warm-up) fixes, per unit, E sorted edges:
+`bins - 1` equal-mass edges (the warm-up's i / bins quantiles) and `candidates` edges at ranks
+level - window .. level + window (the thresholds the null is counted at). Values below the first or
+above the last edge fall in two overflow bins, bounded by the exact running min / max. Bin b of a
+value = #{edges < value}, so |a > e_j| is a suffix sum and every count at an edge is an exact integer.
+
+Accuracy (stated bound, tested against exact order statistics). The threshold is the candidate edge
+whose exact rank 1 - |a > e| / n is nearest `level`: its rank error is at most half the largest mass
+between neighbouring candidates, nominally window / (candidates - 1) (2.5e-4 by default -> 1.25e-4)
+and `rank_error()` reports the measured value; it exceeds the window only where the warm-up batch
+misjudged the unit's level by more than `window` in rank (reported, never hidden). Quantiles at other
+levels interpolate inside equal-mass bins of nominal mass 1 / bins (1024: 0.001, the bound the quantile
+tests use). IoU, above, inter and the null are exact at the chosen edge (no interpolation).
+
+The null. PermutationNull's moments are quadratic in the thresholded maps within a block (sum_ij c_ij^2),
+so they cannot follow from a histogram summed over blocks at a threshold chosen after the pass; they are
+counted exactly at every candidate edge instead: per block one matmul at the top candidate
+(|a > e_top| x masks, the same matmul as PermutationNull) plus the pixels inside the window
+(about 2 * window of them) scattered into per-candidate counts, then per candidate the same mean and
+variance formula. At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
+
+Work per pixel and unit: one searchsorted over E edges, one bincount (unit x bin x concept pattern:
+the set of concepts present at a pixel is packed into one id, so overlapping masks cost one bincount),
+the matmul at the top candidate, and the scatter of the window pixels. Units are processed in chunks of
+`chunk` elements, so memory does not grow with the layer width beyond the [C, E+1, K] counts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from compute.core.stats import PermutationNull, _check_finite
+
+__all__ = ["JointHist"]
+
+Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
+
+
+class JointHist:
+    """Per (unit, bin, concept) pixel counts, per unit histogram, and the permutation null at candidate
+    thresholds around rank `level`; see the module docstring."""
+
+    def __init__(self, level: float = 0.99, bins: int = 1024, candidates: int = 33, window: float = 0.004,
+                 block: int = 8, device: torch.device | str | None = None, chunk: int = 1 << 22) -> None:
+        if not 0.0 < level < 1.0 or bins < 2 or candidates < 2 or not 0.0 < window < 0.5 or block < 2:
+            raise ValueError(f"JointHist: need 0 < level < 1, bins >= 2, candidates >= 2, 0 < window < 0.5, "
+                             f"block >= 2 (got {level}, {bins}, {candidates}, {window}, {block})")
+        self.level, self.bins, self.candidates, self.window = float(level), int(bins), int(candidates), float(window)
+        self.block, self.chunk = int(block), int(chunk)
+        self.device = torch.device(device) if device is not None else None
+        self.edges: torch.Tensor | None = None      # [C, E] float32 sorted
+        self.cand: torch.Tensor | None = None       # [C, L] int64: positions of the candidate edges in `edges`
+        self.hist = self.joint = self.concept = None  # [C, E+1], [C, E+1, K], [K] int64
+        self.null_mean = self.null_var = None       # [C, L, K] float64
+        self.lo = self.hi = None                    # [C] float64 exact min / max
+        self.samples = self.pixels = 0
+
+    # -- binning ----------------------------------------------------------------------------------
+    def _ranks(self) -> torch.Tensor:
+        """Warm-up ranks of the edges: equal-mass ones, then the candidates (ascending), float64 [E]."""
+        eq = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
+        cand = self.level + self.window * torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
+        return torch.cat([eq, cand.clamp(0.0, 1.0)])
+
+    def warm_up(self, a: torch.Tensor, lift: Lift | None = None) -> None:
+        """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it."""
+        a = a.detach()
+        self.device = self.device or a.device
+        ranks = self._ranks()
+        out = []
+        for units, v in self._chunks(a, lift):                                    # v [c, N HW]
+            srt = v.sort(dim=1).values
+            idx = (ranks * (srt.shape[1] - 1)).round().long().to(srt.device)
+            out.append(srt[:, idx])
+        edges = torch.cat(out).to(self.device, torch.float32)                      # [C, E]
+        order = edges.argsort(dim=1, stable=True)
+        self.edges = edges.gather(1, order).contiguous()
+        where = order.argsort(dim=1)                                               # old column -> position
+        self.cand = where[:, self.bins - 1:].contiguous()                          # [C, L] ascending
+
+    def _chunks(self, a: torch.Tensor, lift: Lift | None):
+        """Yield (units slice, values [c, N HW] float32) per chunk of units (lifted per chunk)."""
+        n, c = a.shape[:2]
+        hw = (a[:1, :1] if lift is None else lift(a[:1, :1]))[0, 0].numel()
+        c0 = 0
+        while c0 < c:
+            step = max(1, min(c, self.chunk // max(1, n * hw)))
+            part = a[:, c0:c0 + step]
+            part = part if lift is None else lift(part)
+            yield slice(c0, c0 + part.shape[1]), part.to(self.device, torch.float32).transpose(0, 1).reshape(
+                part.shape[1], -1)
+            c0 += part.shape[1]
+
+    def _init(self, c: int, k: int) -> None:
+        e, L, d = self.edges.shape[1], self.candidates, self.device
+        self.hist = torch.zeros(c, e + 1, dtype=torch.int64, device=d)
+        self.joint = torch.zeros(c, e + 1, k, dtype=torch.int64, device=d)
+        self.concept = torch.zeros(k, dtype=torch.int64, device=d)
+        self.null_mean = torch.zeros(c, L, k, dtype=torch.float64, device=d)
+        self.null_var = torch.zeros(c, L, k, dtype=torch.float64, device=d)
+        self.lo = torch.full((c,), math.inf, dtype=torch.float64, device=d)
+        self.hi = torch.full((c,), -math.inf, dtype=torch.float64, device=d)
+
+    # -- add --------------------------------------------------------------------------------------
+    def add(self, a: torch.Tensor, m: torch.Tensor, lift: Lift | None = None) -> None:
+        """a [N, C, h, w] activations, lifted per unit chunk by `lift` to the masks' grid (None: a is
+        already [N, C, H, W]); m bool [N, K, H, W] concept masks. The first call fixes the edges."""
+        if a.dim() != 4 or m.dim() != 4 or m.shape[0] != a.shape[0] or m.dtype != torch.bool:
+            raise ValueError(f"JointHist.add: need a [N, C, h, w] and bool m [N, K, H, W], got "
+                             f"{tuple(a.shape)} and {tuple(m.shape)} {m.dtype}")
+        if lift is None and a.shape[2:] != m.shape[2:]:
+            raise ValueError(f"JointHist.add: activations {tuple(a.shape)} not on the masks' grid {tuple(m.shape)}")
+        if not bool(torch.isfinite(a.sum())):
+            _check_finite(a, "JointHist.add")
+        if self.edges is None:
+            self.warm_up(a, lift)
+        n, c, k = a.shape[0], a.shape[1], m.shape[1]
+        hw = m.shape[2] * m.shape[3]
+        if hw >= 2 ** 24:
+            raise ValueError("JointHist.add: 2**24 or more pixels per image would break exact counts")
+        if c != self.edges.shape[0]:
+            raise ValueError(f"JointHist.add: {c} units, this stat has {self.edges.shape[0]}")
+        if self.hist is None:
+            self._init(c, k)
+        if k != self.concept.numel():
+            raise ValueError(f"JointHist.add: {k} concepts, this stat has {self.concept.numel()}")
+        mf = m.to(self.device).reshape(n, k, hw)
+        self.concept += mf.sum((0, 2))
+        pattern, table = _patterns(mf)                                             # [N HW], [P, K] int64
+        mblocks = [mf[s:s + self.block].float() for s in range(0, n, self.block)]
+        for units, v in self._chunks(a, lift):
+            self._add_chunk(units, v, n, hw, pattern, table, mblocks)
+        self.samples += n
+        self.pixels += n * hw
+
+    def _add_chunk(self, units: slice, v: torch.Tensor, n: int, hw: int, pattern: torch.Tensor,
+                   table: torch.Tensor, mblocks: list[torch.Tensor]) -> None:
+        """Count one chunk of units: v [c, N HW] float32 (image-major along dim 1)."""
+        c, e = v.shape[0], self.edges.shape[1]
+        self.lo[units] = torch.minimum(self.lo[units], v.amin(1).double())
+        self.hi[units] = torch.maximum(self.hi[units], v.amax(1).double())
+        keys = torch.searchsorted(self.edges[units], v, side="left")              # [c, N HW]: #{e < a}
+        p = table.shape[0]
+        flat = (keys + torch.arange(c, device=v.device)[:, None] * (e + 1)) * p + pattern[None, :]
+        counts = torch.bincount(flat.view(-1), minlength=c * (e + 1) * p).view(c, e + 1, p)
+        self.hist[units] += counts.sum(2)
+        self.joint[units] += (counts.view(-1, p).double() @ table.double()).round().long().view(c, e + 1, -1)
+        # the null at every candidate edge, block by block
+        cand = self.cand[units]                                                    # [c, L]
+        L = cand.shape[1]
+        # a > e_cand[l]  <=>  key > cand[l]  <=>  l < wbin = #{l: cand[l] < key}
+        wbin = torch.searchsorted(cand.contiguous(), keys, side="left")            # [c, N HW] in [0, L]
+        s = 0
+        for mb in mblocks:
+            b = mb.shape[0]
+            self._null_block(units, wbin[:, s * hw:(s + b) * hw].reshape(c, b, hw), mb, L)
+            s += b
+
+    def _null_block(self, units: slice, wbin: torch.Tensor, mb: torch.Tensor, L: int) -> None:
+        """wbin [c, b, HW] = number of candidate edges below each value (L: above all), mb [b, K, HW]
+        float masks: c_ij(l) = |(a_i > e_l) & M_j| for every candidate l, then PermutationNull's moments."""
+        c, b, hw = wbin.shape
+        k = mb.shape[1]
+        mrow = mb.permute(2, 0, 1).reshape(hw, b * k)                              # [HW, b K]
+        top = (wbin == L).float()                                                  # a > every candidate
+        dense = (top.transpose(0, 1).reshape(b * c, hw) @ mrow).view(b, c, b * k)  # [b, c, bK]
+        inside = (wbin > 0) & (wbin < L)                                           # above some candidates
+        win = torch.zeros(b, c, L, b * k, dtype=torch.float32, device=wbin.device)
+        if bool(inside.any()):
+            u, i, px = inside.nonzero(as_tuple=True)
+            idx = (i * c + u) * L + wbin[u, i, px]
+            win.view(-1, b * k).index_add_(0, idx, mrow[px])
+        # c(l) = dense + sum over bins w > l of win[w]  (a value in bin w is above candidates 0..w-1)
+        suffix = win.flip(2).cumsum(2).flip(2)                                     # suffix[w] = sum_{w' >= w}
+        above_l = torch.cat([suffix[:, :, 1:], torch.zeros_like(suffix[:, :, :1])], 2)   # sum_{w' > l}
+        cross = (dense[:, :, None, :] + above_l).double().round().view(b, c, L, b, k)    # [b_i, c, L, b_j, K]
+        if b == 1:
+            self.null_mean[units] += cross[0, :, :, 0]
+            return
+        g = cross.sum((0, 3))                                                      # [c, L, K]
+        r = cross.sum(3)                                                           # [b, c, L, K]
+        s = cross.sum(0)                                                           # [c, L, b, K]
+        d = cross - r[:, :, :, None] / b - s[None] / b + g[None, :, :, None] / b ** 2
+        self.null_mean[units] += g / b
+        self.null_var[units] += (d * d).sum((0, 3)) / (b - 1)
+
+    # -- answers ----------------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self.hist is None:
+            raise ValueError("JointHist: empty (nothing added)")
+
+    def counts_at(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact counts at edges: pos [C, T] positions into `edges` -> (above [C, T] = |a > e|,
+        inter [C, T, K] = |(a > e) & M_k|), int64."""
+        self._check()
+        tail_h = self.hist.flip(1).cumsum(1).flip(1)                               # [C, E+1]: bins >= b
+        tail_j = self.joint.flip(1).cumsum(1).flip(1)
+        nxt = pos.to(self.device) + 1                                              # a > e_j <=> bin >= j + 1
+        above = tail_h.gather(1, nxt)
+        inter = tail_j.gather(1, nxt[:, :, None].expand(-1, -1, tail_j.shape[2]))
+        return above, inter
+
+    def threshold(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(thresholds [C] float32, candidate index [C] int64): per unit the candidate edge whose exact
+        rank 1 - |a > e| / n is nearest `level` (ties: the higher edge)."""
+        above, _ = self.counts_at(self.cand)
+        rank = 1.0 - above.double() / max(self.pixels, 1)                         # [C, L]
+        err = (rank - self.level).abs()
+        j = (err.flip(1).argmin(1))
+        j = self.cand.shape[1] - 1 - j
+        return self.edges.gather(1, self.cand.gather(1, j[:, None]))[:, 0], j
+
+    def rank_error(self) -> torch.Tensor:
+        """[C] float64 |exact rank of the chosen threshold - level| (the bound is checked on this)."""
+        _, j = self.threshold()
+        above, _ = self.counts_at(self.cand.gather(1, j[:, None]))
+        return ((1.0 - above[:, 0].double() / max(self.pixels, 1)) - self.level).abs()
+
+    def null_at(self, j: torch.Tensor) -> PermutationNull:
+        """A PermutationNull filled with the exact counts and null moments at candidate j [C] of each
+        unit: equal to PermutationNull(thresholds=edge).add(...) over the same batches."""
+        self._check()
+        t = self.edges.gather(1, self.cand.gather(1, j[:, None].to(self.device)))[:, 0]
+        out = PermutationNull(t, block=self.block, device=self.device)
+        above, inter = self.counts_at(self.cand.gather(1, j[:, None].to(self.device)))
+        k = self.concept.numel()
+        out.inter = inter[:, 0].clone()
+        out.above = above[:, :1].expand(-1, k).clone()
+        out.concept = self.concept.clone()
+        pick = j.to(self.device)[:, None, None].expand(-1, 1, k)
+        out.null_mean = self.null_mean.gather(1, pick)[:, 0].clone()
+        out.null_var = self.null_var.gather(1, pick)[:, 0].clone()
+        out.samples, out.pixels = self.samples, self.pixels
+        return out
+
+    def quantiles(self, qs: torch.Tensor | Sequence[float]) -> torch.Tensor:
+        """qs [Q] -> [C, Q] float64: linear inside the bin that holds rank q (overflow bins bounded by
+        the exact min / max); 0 -> min, 1 -> max."""
+        self._check()
+        qs = torch.as_tensor(qs, dtype=torch.float64, device=self.device).flatten()
+        counts = self.hist.double()                                                # [C, E+1]
+        cum = torch.nn.functional.pad(counts.cumsum(1), (1, 0))                    # [C, E+2]
+        target = (qs[None, :] * self.pixels).expand(counts.shape[0], -1).contiguous()
+        b = (torch.searchsorted(cum, target, right=True) - 1).clamp(0, counts.shape[1] - 1)
+        bounds = torch.cat([self.lo[:, None], self.edges.double(), self.hi[:, None]], 1)   # [C, E+2]
+        lower = torch.maximum(bounds.gather(1, b), self.lo[:, None])
+        upper = torch.minimum(bounds.gather(1, b + 1), self.hi[:, None])
+        frac = ((target - cum.gather(1, b)) / counts.gather(1, b).clamp(min=1)).clamp(0, 1)
+        value = lower + frac * (upper - lower).clamp(min=0)
+        return torch.minimum(torch.maximum(value, self.lo[:, None]), self.hi[:, None])
+
+    # -- state ------------------------------------------------------------------------------------
+    def _config(self) -> torch.Tensor:
+        return torch.tensor([self.level, self.bins, self.candidates, self.window, self.block], dtype=torch.float64)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._check()
+        return {"config": self._config(), "edges": self.edges, "cand": self.cand, "hist": self.hist,
+                "joint": self.joint, "concept": self.concept, "null_mean": self.null_mean,
+                "null_var": self.null_var, "lo": self.lo, "hi": self.hi,
+                "samples": torch.tensor(self.samples), "pixels": torch.tensor(self.pixels)}
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(d["config"].double().cpu(), self._config()):
+            raise ValueError("JointHist: state has another level, bins, candidates, window or block")
+        dev = self.device or d["hist"].device
+        self.device = torch.device(dev)
+        self.edges = d["edges"].to(dev, torch.float32)
+        for name in ("cand", "hist", "joint", "concept"):
+            setattr(self, name, d[name].to(dev, torch.int64))
+        for name in ("null_mean", "null_var", "lo", "hi"):
+            setattr(self, name, d[name].to(dev, torch.float64))
+        self.samples, self.pixels = int(d["samples"]), int(d["pixels"])
+
+    def merge(self, other: "JointHist") -> None:
+        """Add other's counts (same config and edges, e.g. both from `load_state_dict` of one warm-up);
+        equal to adding everything to one stat when blocks never span two add() calls."""
+        if other.hist is None:
+            return
+        if not torch.equal(other._config(), self._config()) or self.edges is None \
+                or not torch.equal(other.edges.to(self.device), self.edges):
+            raise ValueError("JointHist.merge: different config or edges")
+        if self.hist is None:
+            self._init(*other.joint.shape[::2])
+        for name in ("hist", "joint", "concept", "null_mean", "null_var"):
+            setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
+        self.lo = torch.minimum(self.lo, other.lo.to(self.device))
+        self.hi = torch.maximum(self.hi, other.hi.to(self.device))
+        self.samples += other.samples
+        self.pixels += other.pixels
+
+    def with_edges(self) -> "JointHist":
+        """An empty stat with this one's config and edges (for merge)."""
+        out = JointHist(self.level, self.bins, self.candidates, self.window, self.block, self.device, self.chunk)
+        out.edges, out.cand = self.edges.clone(), self.cand.clone()
+        return out
+
+
+def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The set of concepts present at each pixel as one id: mf bool [N, K, HW] -> (id [N HW] int64,
+    table [P, K] int64 with table[id] = the concepts' presence)."""
+    n, k, hw = mf.shape
+    flat = mf.transpose(0, 1).reshape(k, n * hw)
+    if k <= 62:
+        bits = (flat.long() << torch.arange(k, device=mf.device)[:, None]).sum(0)
+        uniq, inv = torch.unique(bits, return_inverse=True)
+        table = (uniq[:, None] >> torch.arange(k, device=mf.device)[None, :]) & 1
+        return inv, table
+    uniq, inv = torch.unique(flat.t(), dim=0, return_inverse=True)              # many concepts: by rows
+    return inv, uniq.long()

@@ -1,0 +1,130 @@
+"""JointHist (one-pass dissection statistic) against exact batch computations: counts at every edge,
+the null at every candidate equal to PermutationNull at that threshold, the threshold's rank error
+against exact order statistics, quantiles, state round trip and merge."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compute.core.joint_hist import JointHist
+from compute.core.stats import PermutationNull
+
+
+def _data(n: int = 24, c: int = 6, k: int = 5, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations [N, C, size, size] with ReLU zeros, a spatial trend and a concept link; overlapping
+    bool masks [N, K, size, size]."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, k, size, size, generator=g)
+    masks = base > 0.7                                                       # overlapping concepts
+    a = torch.randn(n, c, size, size, generator=g) * torch.linspace(0.5, 3.0, c)[None, :, None, None]
+    a[:, 0] = a[:, 0] + 2.0 * masks[:, 0].float()                            # unit 0 follows concept 0
+    a[:, 1] = torch.relu(a[:, 1])                                            # many exact zeros
+    return a, masks
+
+
+def _exact_above_inter(a: torch.Tensor, m: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    above = (a > t[None, :, None, None]).double()
+    return above.sum((0, 2, 3)), torch.einsum("nchw,nkhw->ck", above, m.double())
+
+
+def test_counts_at_every_edge_are_exact() -> None:
+    a, m = _data()
+    jh = JointHist(bins=32, candidates=9, window=0.05, block=4)
+    for s in range(0, 24, 8):
+        jh.add(a[s:s + 8], m[s:s + 8])
+    e = jh.edges.shape[1]
+    pos = torch.arange(e)[None, :].expand(a.shape[1], -1).contiguous()
+    above, inter = jh.counts_at(pos)
+    for j in range(0, e, 5):
+        t = jh.edges[:, j]
+        ea, ei = _exact_above_inter(a, m, t)
+        assert torch.equal(above[:, j].double(), ea)
+        assert torch.equal(inter[:, j].double(), ei)
+    assert torch.equal(jh.concept, m.sum((0, 2, 3)))
+    assert jh.pixels == a.shape[0] * 16 * 16
+
+
+@pytest.mark.parametrize("block", [4, 5])
+def test_null_at_every_candidate_equals_permutation_null(block: int) -> None:
+    a, m = _data(n=22)
+    jh = JointHist(level=0.9, bins=16, candidates=7, window=0.05, block=block)
+    batches = [(0, 10), (10, 22)]
+    for s, e in batches:
+        jh.add(a[s:e], m[s:e])
+    for j in range(jh.candidates):
+        idx = torch.full((a.shape[1],), j)
+        got = jh.null_at(idx)
+        ref = PermutationNull(got.thresholds, block=block)
+        for s, e in batches:
+            ref.add(a[s:e], m[s:e])
+        for name in ("inter", "above", "concept"):
+            assert torch.equal(getattr(got, name), getattr(ref, name)), (j, name)
+        assert torch.allclose(got.null_mean, ref.null_mean, rtol=1e-12, atol=1e-9)
+        assert torch.allclose(got.null_var, ref.null_var, rtol=1e-9, atol=1e-6)
+        assert torch.allclose(got.p_value(), ref.p_value(), equal_nan=True)
+
+
+def test_threshold_rank_error_within_the_bound_against_exact_order_statistics() -> None:
+    a, m = _data(n=64, size=32, seed=3)
+    jh = JointHist(level=0.99)                                               # defaults: the dissection's
+    for s in range(0, 64, 16):
+        jh.add(a[s:s + 16], m[s:s + 16])
+    t, _ = jh.threshold()
+    flat = a.transpose(0, 1).reshape(a.shape[1], -1)
+    exact_rank = 1.0 - (flat > t[:, None]).double().mean(1)                  # exact order statistics
+    err = (exact_rank - 0.99).abs()
+    bound = 0.5 * 2 * jh.window / (jh.candidates - 1)                        # nominal half candidate spacing
+    assert torch.allclose(err, jh.rank_error(), atol=1e-12)
+    assert float(err.max()) <= 4 * bound + 1.0 / flat.shape[1], err          # <= 5e-4 + one value
+    assert float(err.max()) <= 1e-3
+
+
+def test_quantiles_within_rank_0001_of_exact_order_statistics() -> None:
+    a, m = _data(n=64, size=32, seed=5)
+    jh = JointHist()
+    for s in range(0, 64, 16):
+        jh.add(a[s:s + 16], m[s:s + 16])
+    qs = torch.tensor([0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 0.995, 0.999, 1.0], dtype=torch.float64)
+    got = jh.quantiles(qs)
+    flat = a.transpose(0, 1).reshape(a.shape[1], -1).double()
+    n = flat.shape[1]
+    for u in range(a.shape[1]):
+        srt = flat[u].sort().values
+        lo_rank = torch.searchsorted(srt, got[u], right=False).double() / n     # values strictly below
+        hi_rank = torch.searchsorted(srt, got[u], right=True).double() / n      # values at or below
+        dist = torch.maximum(lo_rank - qs, qs - hi_rank).clamp(min=0)
+        assert float(dist.max()) <= 1e-3, (u, dist)
+    assert torch.equal(got[:, 0], flat.amin(1)) and torch.equal(got[:, -1], flat.amax(1))
+
+
+def test_state_round_trip_and_merge_equal_one_stat() -> None:
+    a, m = _data(n=24)
+    whole = JointHist(bins=32, candidates=5, window=0.05, block=4)
+    whole.warm_up(a[:8])
+    first, second = whole.with_edges(), whole.with_edges()
+    for s in range(0, 24, 8):
+        whole.add(a[s:s + 8], m[s:s + 8])
+    first.add(a[:8], m[:8])
+    second.add(a[8:16], m[8:16])
+    second.add(a[16:], m[16:])
+    restored = JointHist(bins=32, candidates=5, window=0.05, block=4)
+    restored.load_state_dict(first.state_dict())
+    restored.merge(second)
+    for name, v in whole.state_dict().items():
+        assert torch.allclose(restored.state_dict()[name].double(), v.double(), rtol=1e-12), name
+    with pytest.raises(ValueError):
+        JointHist(bins=16).load_state_dict(whole.state_dict())
+
+
+def test_lift_per_unit_chunk_equals_lifting_everything() -> None:
+    from compute.analyses.quantiles import upsample
+
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(8, 10, 4, 4, generator=g)
+    m = torch.rand(8, 3, 16, 16, generator=g) > 0.6
+    one = JointHist(bins=16, candidates=5, window=0.05, block=4, chunk=16 * 16 * 8 * 3)   # 3 units a chunk
+    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    one.add(a, m, lift=lambda x: upsample(x, 16))
+    ref.add(upsample(a, 16), m)
+    for name, v in ref.state_dict().items():
+        assert torch.allclose(one.state_dict()[name].double(), v.double()), name
