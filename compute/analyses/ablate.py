@@ -71,15 +71,16 @@ class Samples:
 
     def __init__(self, gen: torch.nn.Module, seg: Any, layer: str, seed: int, n: int, batch_size: int,
                  device: torch.device) -> None:
-        self.r, masks = [], []
+        self.r, self.z, masks = [], [], []  # per batch: featuremaps [B, C, h, w], latents [B, z_dim]
         stat = ConditionalMean()
         for s in range(0, n, batch_size):
             z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
             r = featuremap(gen, layer, z)
             with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r))
+                m = seg.concept_masks(finish(gen, layer, r, z))
             stat.add(r, coverage(m, r.shape[2], r.shape[3]))
             self.r.append(r)
+            self.z.append(z)
             masks.append(m)
         self.masks = torch.cat(masks)  # bool [N, K, H, W]
         self.counts = self.masks.sum((0, 2, 3)).double().cpu()  # [K] baseline pixels
@@ -100,12 +101,13 @@ def ablated_counts(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, se
     alphas = {us: unit_alpha(list(us), units, layer=layer, device=data.r[0].device) for us in todo}
     totals = {us: torch.zeros_like(data.counts) for us in todo}
     with torch.no_grad():
-        for r in data.r:
+        for r, z in zip(data.r, data.z):
             group = max(1, chunk // r.shape[0])
             for g in range(0, len(todo), group):
                 keys = todo[g:g + group]
                 edited = torch.cat([edit_featuremap(r, alphas[us], 0.0, None, layer) for us in keys])
-                counts = seg.concept_masks(finish(gen, layer, edited)).sum((2, 3)).double().cpu()  # [G*B, K]
+                counts = seg.concept_masks(finish(gen, layer, edited, z.repeat(len(keys), 1))
+                                           ).sum((2, 3)).double().cpu()  # [G*B, K]
                 for i, us in enumerate(keys):
                     totals[us] += counts[i * r.shape[0]:(i + 1) * r.shape[0]].sum(0)
     out.update(totals)
@@ -116,7 +118,7 @@ def insertion_share(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, u
                     locations: torch.Tensor, chunk: int) -> tuple[float, float]:
     """Mean share of c in the pixel block of each (sample, location) before and after inserting `units`
     there (value k_c). locations [N, m, 2] -> (before, after)."""
-    r_all = torch.cat(data.r)
+    r_all, z_all = torch.cat(data.r), torch.cat(data.z)
     n, ch, h, w = r_all.shape
     alpha = unit_alpha(list(units), ch, layer=layer, device=r_all.device)
     kc = data.k[c].to(r_all.device)
@@ -129,7 +131,8 @@ def insertion_share(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, u
         for s in range(0, flat.shape[0], chunk):
             idx = slice(s, s + chunk)
             masks = location_masks(h, w, flat[idx], device=r_all.device)
-            images = finish(gen, layer, edit_featuremap(r_all[sample[idx]], alpha, kc, masks, layer))
+            images = finish(gen, layer, edit_featuremap(r_all[sample[idx]], alpha, kc, masks, layer),
+                            z_all[sample[idx]])
             share = block_mean(seg.concept_masks(images)[:, c].float(), h, w)
             after[idx] = share[torch.arange(share.shape[0]), flat[idx, 0], flat[idx, 1]]
     return float(before.mean()), float(after.mean())

@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Any] = {f: getattr(AceConfig, f) for f in AceConfig.__datacl
 class Pool:
     """A sample set's featuremaps and segmentation at one layer (the generator below it ran once)."""
     r: torch.Tensor        # [N, C, h, w] featuremaps
+    z: torch.Tensor        # [N, z_dim] the latents they came from (the rest of the generator may read them)
     cover: torch.Tensor    # [N, K, h, w] share of each location's pixel block per concept (hard masks)
     prob: torch.Tensor     # [N, K, h, w] mean soft probability per concept over each block
     k: torch.Tensor        # [K, C] insertion constants (NaN rows: concept never present)
@@ -101,7 +102,7 @@ class Pool:
 def build_pool(gen: torch.nn.Module, seg: Any, layer: str, seed: int, n: int, cfg: AceConfig,
                device: torch.device, progress: Any = None) -> Pool:
     """Featuremaps, coverage, block probabilities and insertion constants of samples 0..n-1 of `seed`."""
-    rs, covers, probs = [], [], []
+    rs, zs, covers, probs = [], [], [], []
     stat = ConditionalMean()
     starts = range(0, n, cfg.batch_size)
     for s in (progress(starts, desc=f"ace pool {layer}") if progress else starts):
@@ -109,14 +110,15 @@ def build_pool(gen: torch.nn.Module, seg: Any, layer: str, seed: int, n: int, cf
         r = featuremap(gen, layer, z)
         h, w = r.shape[2:]
         with torch.no_grad():
-            images = finish(gen, layer, r)
+            images = finish(gen, layer, r, z)
             cov = coverage(seg.concept_masks(images), h, w)
             p = torch.nn.functional.adaptive_avg_pool2d(seg.probs(images), (h, w))
         stat.add(r, cov)
         rs.append(r)
+        zs.append(z)
         covers.append(cov)
         probs.append(p)
-    return Pool(torch.cat(rs), torch.cat(covers), torch.cat(probs), stat.result().T.float(), seed, n)
+    return Pool(torch.cat(rs), torch.cat(zs), torch.cat(covers), torch.cat(probs), stat.result().T.float(), seed, n)
 
 
 def candidates(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, cfg: AceConfig,
@@ -141,7 +143,7 @@ def candidates(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, c
         for s in range(0, probe.shape[0], chunk):
             p = probe[s:s + chunk]
             masks = location_masks(h, w, p[:, 1:], device=pool.r.device)
-            images = finish(gen, layer, edit_featuremap(pool.r[p[:, 0]], ones, kc, masks, layer))
+            images = finish(gen, layer, edit_featuremap(pool.r[p[:, 0]], ones, kc, masks, layer), pool.z[p[:, 0]])
             cov = coverage(seg.concept_masks(images)[:, c:c + 1], h, w)[:, 0]  # [B, h, w]
             keep.append(cov[torch.arange(p.shape[0]), p[:, 1], p[:, 2]] >= cfg.presence)
     return removal, probe[torch.cat(keep)]
@@ -180,7 +182,7 @@ def _scores(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, alph
         return alpha.new_zeros(0)
     h, w = pool.r.shape[2:]
     masks = location_masks(h, w, items[:, 1:], device=pool.r.device)
-    images = finish(gen, layer, edit_featuremap(pool.r[items[:, 0]], alpha, value, masks, layer))
+    images = finish(gen, layer, edit_featuremap(pool.r[items[:, 0]], alpha, value, masks, layer), pool.z[items[:, 0]])
     p = block_mean(seg.probs(images)[:, c], h, w)  # [M, h, w]
     return p[torch.arange(items.shape[0]), items[:, 1], items[:, 2]]
 

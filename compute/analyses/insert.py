@@ -72,14 +72,15 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for layer in job.layers:
-        rs, masks, stat = [], [], ConditionalMean()
+        rs, zs, masks, stat = [], [], [], ConditionalMean()
         for s in range(0, a.samples, bs):
             z = latents(a.seed, min(bs, a.samples - s), int(gen.z_dim), start=s).to(ctx.device)
             r = featuremap(gen, layer, z)
             with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r))
+                m = seg.concept_masks(finish(gen, layer, r, z))
             stat.add(r, coverage(m, r.shape[2], r.shape[3]))
             rs.append(r)
+            zs.append(z)
             masks.append(m)
         r_all, m_all = torch.cat(rs), torch.cat(masks)
         n, units, h, w = r_all.shape
@@ -96,7 +97,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             parts = [saved[f"b{i}"] for i in range(done)]
             for i in ctx.progress(range(done, len(rs)), desc=f"insert {name}", total=len(rs), initial=done):
                 sl = slice(i * bs, i * bs + rs[i].shape[0])
-                parts.append(insertion_effects(gen, seg, layer, rs[i], m_all[sl, c], alpha, kc, c, radius=radius,
+                parts.append(insertion_effects(gen, seg, layer, rs[i], zs[i], m_all[sl, c], alpha, kc, c, radius=radius,
                                                neighbourhood=hood, chunk=chunk).view(-1, h, w).cpu())
                 ckpt.save(i + 1, {f"b{j}": p for j, p in enumerate(parts)})
             effects = torch.cat(parts)  # [N, h, w]

@@ -17,7 +17,6 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat_state
-from compute.core.probe import _deepest
 from compute.core.stats import Quantile, TopK
 from compute.core.tap import Tap
 from ingest.samples import latents
@@ -114,11 +113,10 @@ def activation_batches(job: Job, ctx: RunContext, seed: int, n: int, start_batch
     gen = ctx.generator(job)
     bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
     todo = batches(n, bs)
-    stop = _deepest(gen, job.layers)
     for b in ctx.progress(range(start_batch, len(todo)), desc=desc, total=len(todo), initial=start_batch):
         s, k = todo[b]
         z = latents(seed, k, int(gen.z_dim), start=s).to(ctx.device)
-        with torch.no_grad(), Tap(gen, job.layers, stop_after=stop) as tap:
+        with torch.no_grad(), Tap(gen, job.layers, stop_after=job.layers) as tap:
             tap.run(z)
             acts = {name: tap[name] for name in job.layers}
         for name, a in acts.items():

@@ -142,12 +142,12 @@ def ablated_features(gen: torch.nn.Module, seg: Any, feat: Any, layer: str, seed
         z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
         r = featuremap(gen, layer, z)
         with torch.no_grad():
-            f, m = features_and_masks(feat, seg, finish(gen, layer, r))
+            f, m = features_and_masks(feat, seg, finish(gen, layer, r, z))
             base_f.append(f)
             base_c.add(m)
             for i, us in enumerate(sets):
                 alpha = unit_alpha(us, r.shape[1], layer=layer, device=r.device)
-                f, m = features_and_masks(feat, seg, finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer)))
+                f, m = features_and_masks(feat, seg, finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer), z))
                 set_f[i].append(f)
                 set_c[i].add(m)
     return np.concatenate(base_f), base_c, [np.concatenate(f) for f in set_f], set_c

@@ -47,14 +47,15 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     for layer in job.layers:
         targets = later_layers(gen, layer)
-        rs, stat = [], ConditionalMean()
+        rs, zs, stat = [], [], ConditionalMean()
         for s in range(0, a.samples, bs):
             z = latents(a.seed, min(bs, a.samples - s), int(gen.z_dim), start=s).to(ctx.device)
             r = featuremap(gen, layer, z)
             with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r))
+                m = seg.concept_masks(finish(gen, layer, r, z))
             stat.add(r, coverage(m, r.shape[2], r.shape[3]))
             rs.append(r)
+            zs.append(z)
         n = sum(r.shape[0] for r in rs)
         units, h, w = rs[0].shape[1:]
         loc = a.param("location", None)
@@ -62,8 +63,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         if not (0 <= y < h and 0 <= x < w):
             raise InterventionError(f"trace location ({y}, {x}) is outside the {h}x{w} featuremap of {layer!r}")
         scales: dict[str, torch.Tensor] = {}
-        for r in rs:  # mean |activation| over all samples (equal spatial sizes: weight by sample count)
-            for t, v in channel_scales(gen, layer, r, targets).items():
+        for r, z in zip(rs, zs):  # mean |activation| over all samples (equal spatial sizes: weight by sample count)
+            for t, v in channel_scales(gen, layer, r, z, targets).items():
                 scales[t] = scales.get(t, 0) + v * (r.shape[0] / n)
         k = stat.result().T.float()
         for name in concepts:
@@ -72,8 +73,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer,
                                device=rs[0].device)
             sums: dict[str, torch.Tensor] = {}
-            for r in rs:
-                for t, ch in trace_insertion(gen, layer, r, alpha, kc, (y, x), targets, scales, radius).items():
+            for r, z in zip(rs, zs):
+                for t, ch in trace_insertion(gen, layer, r, z, alpha, kc, (y, x), targets, scales, radius).items():
                     sums[t] = sums.get(t, 0) + ch.sum(0).cpu()
             for t, total in sums.items():
                 mean = (total / n).double()

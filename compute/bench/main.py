@@ -148,9 +148,9 @@ def main(a: argparse.Namespace) -> int:
     if only in (None, "edit"):
         rows += _optional("edit", "compute.paint.engine", "bench_edit")
     if only in (None, "ace"):
-        rows += _optional("ace", "compute.core.intervene", "bench_ace")
+        rows += _optional("ace", "compute.bench.ace", "bench_ace")
     if only in (None, "insert"):
-        rows += _optional("insert", "compute.core.intervene", "bench_insert")
+        rows += _optional("insert", "compute.bench.ace", "bench_insert")
     if only in (None, "invert"):
         rows += _optional("invert", "compute.invert.cli", "bench_invert")
     path = store_path(None, a.spec)

@@ -1,7 +1,7 @@
 """Interventions on a generator's featuremap: ablation, insertion, batched insertion maps, tracing.
 
 Reads nothing from disk and writes nothing; the analyses `ace`, `ablate`, `insert` and `trace`
-(`compute/analyses/`), the painting tools and `gandissect bench` build on these helpers.
+(`compute/analyses/`), the painting tools and `gandissect bench` (`compute/bench/ace.py`) build on these helpers.
 
 An edit forces units U at featuremap locations P towards a value v (paper eq. 3 and 5):
 
@@ -15,26 +15,30 @@ covers in the segmented output (`insertion_constants`).
 
 Everything is batched so that the generator below the edited layer runs ONCE per sample: the layer's
 featuremap `r` is computed with `Tap(stop_after=layer)` (`featuremap`), edited copies are stacked
-(many locations and samples per forward pass) and only the layers above run on them (`run_from`).
+(many locations and samples per forward pass) and the rest of the generator runs on them (`finish`,
+i.e. `compute.core.tap.forward_from`): on an nn.Sequential generator only the layers above run; on any
+other generator (StyleGAN2, `family = "module"`) the whole forward runs on each copy's latent z with the
+layer's output replaced, so every function that finishes a featuremap takes the latents z [N, z_dim]
+of its samples alongside r [N, C, h, w] (row i of r came from row i of z).
 
     from compute.core.intervene import apply_units, insertion_constants
     k = insertion_constants(gen, seg, "layer4", z)                    # [K, C]
     images = apply_units(gen, "layer4", z, [3, 17, 40], k[INDEX["door"]], pixel_mask)
+    r = featuremap(gen, "layer4", z)
+    images = finish(gen, "layer4", edit_featuremap(r, alpha, 0.0, cells), z)
 
 Bad input raises `InterventionError` subclasses (ValueError) with one clear line: unit indices out of
 range, empty unit sets, masks of the wrong shape, a concept absent from every sample.
 """
 from __future__ import annotations
 
-import json
-import time
 from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from compute.core.stats import ConditionalMean
-from compute.core.tap import Edit, Tap, apply_edit, run_from
+from compute.core.tap import Edit, Tap, apply_edit, forward_from
 
 __all__ = [
     "InterventionError", "UnitRangeError", "EmptyUnitSetError", "MaskShapeError", "ConceptAbsentError",
@@ -42,7 +46,6 @@ __all__ = [
     "coverage", "concept_index", "insertion_constants", "constant_for", "location_masks", "block_mean",
     "window_sum", "insertion_effects", "cell_contexts", "map_context", "later_layers", "channel_scales",
     "trace_insertion",
-    "bench_ace", "bench_insert",
 ]
 
 # Which category names a location's single context in `insertion_maps` (the most specific first).
@@ -157,9 +160,10 @@ def featuremap(gen: torch.nn.Module, layer: str, z: torch.Tensor) -> torch.Tenso
         return tap[layer]
 
 
-def finish(gen: torch.nn.Module, layer: str, r: torch.Tensor) -> torch.Tensor:
-    """Images [N, 3, H, W] from a (possibly edited) featuremap r of `layer` (keeps autograd)."""
-    return run_from(gen, layer, r)
+def finish(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Images [N, 3, H, W] from a (possibly edited) featuremap r [N, C, h, w] of `layer` and the latents
+    z [N, z_dim] its samples came from (keeps autograd; see `compute.core.tap.forward_from`)."""
+    return forward_from(gen, layer, r, z.to(r.device))
 
 
 def apply_units(gen: torch.nn.Module, layer: str, z: torch.Tensor, units: Sequence[int] | torch.Tensor,
@@ -174,14 +178,15 @@ def apply_units(gen: torch.nn.Module, layer: str, z: torch.Tensor, units: Sequen
     z = z.to(device)
     out = []
     for s in range(0, z.shape[0], batch_size):
-        r = featuremap(gen, layer, z[s:s + batch_size])
+        zb = z[s:s + batch_size]
+        r = featuremap(gen, layer, zb)
         n, c, h, w = r.shape
         alpha = _as_alpha(units, c, layer, r.device)
         p = _pixels(pixel_mask, z.shape[0], h, w, layer)
         if p is not None and p.shape[0] > 1:
             p = p[s:s + batch_size]
         with torch.no_grad():
-            out.append(finish(gen, layer, edit_featuremap(r, alpha, value, p, layer)))
+            out.append(finish(gen, layer, edit_featuremap(r, alpha, value, p, layer), zb))
     return torch.cat(out)
 
 
@@ -223,9 +228,10 @@ def insertion_constants(gen: torch.nn.Module, seg: Any, layer: str, z: torch.Ten
     stat = stat if stat is not None else ConditionalMean()
     device = next(gen.parameters()).device
     for s in range(0, z.shape[0], batch_size):
-        r = featuremap(gen, layer, z[s:s + batch_size].to(device))
+        zb = z[s:s + batch_size].to(device)
+        r = featuremap(gen, layer, zb)
         with torch.no_grad():
-            masks = seg.concept_masks(finish(gen, layer, r))
+            masks = seg.concept_masks(finish(gen, layer, r, zb))
         stat.add(r, coverage(masks, r.shape[2], r.shape[3]))
     return stat.result().T.float().contiguous()
 
@@ -274,19 +280,22 @@ def _edited_chunks(r: torch.Tensor, alpha: torch.Tensor, value: torch.Tensor | f
         yield s, idx.numel(), edit_featuremap(r[idx // l], alpha, value, masks[idx % l])
 
 
-def insertion_effects(gen: torch.nn.Module, seg: Any, layer: str, r: torch.Tensor, before: torch.Tensor,
+def insertion_effects(gen: torch.nn.Module, seg: Any, layer: str, r: torch.Tensor, z: torch.Tensor,
+                      before: torch.Tensor,
                       alpha: torch.Tensor, value: torch.Tensor | float, concept: int, *,
                       locations: torch.Tensor | None = None, radius: int = 0, neighbourhood: int = 1,
                       chunk: int = 256) -> torch.Tensor:
     """Added concept pixels near each insertion: [N, L] (L = h*w in row-major order when locations is None).
 
-    r [N, C, h, w] unedited featuremaps (the generator below `layer` already ran); before bool [N, H, W] the
+    r [N, C, h, w] unedited featuremaps (the generator below `layer` already ran) of the latents z [N, z_dim];
+    before bool [N, H, W] the
     concept's mask in the unedited images. For each sample and location the units `alpha` are set to
     `value` at that location (a (2*radius+1)^2 square), the rest of the generator and the segmenter run
     (`chunk` edited copies per pass), and the effect is the number of pixels that show `concept` after
     the edit and did not before, inside the pixel block of the location's (2*neighbourhood+1)^2 cells.
     """
     n, c, h, w = r.shape
+    z = z.to(r.device)
     if before.shape[0] != n or before.dim() != 3:
         raise MaskShapeError(f"`before` mask of shape {tuple(before.shape)} does not fit {n} samples")
     locs = None if locations is None else torch.as_tensor(locations).long().reshape(-1, 2)
@@ -297,7 +306,7 @@ def insertion_effects(gen: torch.nn.Module, seg: Any, layer: str, r: torch.Tenso
     with torch.no_grad():
         for s, cnt, edited in _edited_chunks(r, alpha, value, masks, chunk):
             idx = torch.arange(s, s + cnt, device=r.device)
-            after = seg.concept_masks(finish(gen, layer, edited))[:, concept]  # [cnt, H, W]
+            after = seg.concept_masks(finish(gen, layer, edited, z[idx // l]))[:, concept]  # [cnt, H, W]
             added = after & ~before[idx // l]
             hh, ww = added.shape[-2:]
             cells = block_mean(added, h, w) * (hh * ww / (h * w))  # added pixels per cell [cnt, h, w]
@@ -354,20 +363,20 @@ def later_layers(gen: torch.nn.Module, layer: str) -> list[str]:
     return layers[layers.index(layer) + 1:]
 
 
-def channel_scales(gen: torch.nn.Module, layer: str, r: torch.Tensor, targets: Sequence[str]
+def channel_scales(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor, targets: Sequence[str]
                    ) -> dict[str, torch.Tensor]:
-    """Each later layer's per-channel mean |activation| [C_t] over the samples of r [N, C, h, w]."""
+    """Each later layer's per-channel mean |activation| [C_t] over the samples of r [N, C, h, w] (latents z)."""
     with torch.no_grad(), Tap(gen, list(targets)) as tap:
-        finish(gen, layer, r)
+        finish(gen, layer, r, z)
         return {t: tap[t].abs().mean((0, 2, 3)) for t in targets}
 
 
-def trace_insertion(gen: torch.nn.Module, layer: str, r: torch.Tensor, alpha: torch.Tensor,
+def trace_insertion(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
                     value: torch.Tensor | float, location: tuple[int, int], targets: Sequence[str],
                     scales: dict[str, torch.Tensor] | None = None, radius: int = 0) -> dict[str, torch.Tensor]:
     """The change one insertion causes at every later layer (S-6.5): {target: [N, h_t, w_t]}.
 
-    r [N, C, h, w]: unedited featuremaps of `layer`; the units `alpha` are set to `value` at `location`
+    r [N, C, h, w]: unedited featuremaps of `layer` (of the latents z [N, z_dim]); the units `alpha` are set to `value` at `location`
     (y, x). change = mean over channels of |edited - unedited| / the channel's mean |activation|
     (`scales`, by default measured on these samples); channels whose mean |activation| is 0 are left out.
     """
@@ -378,10 +387,10 @@ def trace_insertion(gen: torch.nn.Module, layer: str, r: torch.Tensor, alpha: to
     mask = location_masks(h, w, torch.tensor([[y, x]]), radius, r.device)  # [1, 1, h, w]
     with torch.no_grad():
         with Tap(gen, list(targets)) as tap:
-            finish(gen, layer, r)
+            finish(gen, layer, r, z)
             base = {t: tap[t] for t in targets}
         with Tap(gen, list(targets)) as tap:
-            finish(gen, layer, edit_featuremap(r, alpha, value, mask, layer))
+            finish(gen, layer, edit_featuremap(r, alpha, value, mask, layer), z)
             edited = {t: tap[t] for t in targets}
     out = {}
     for t in targets:
@@ -392,77 +401,3 @@ def trace_insertion(gen: torch.nn.Module, layer: str, r: torch.Tensor, alpha: to
         diff = (edited[t] - base[t]).abs()[:, keep] / scale[keep].view(1, -1, 1, 1)
         out[t] = diff.mean(1)
     return out
-
-
-# ------------------------------------------------------------------------------------ benchmarks
-
-def _bundled(gen: torch.nn.Module | None, seg: Any | None, device: torch.device) -> tuple[Any, Any, str, str]:
-    from ingest.zoo import load_generator, load_segmenter
-
-    g = gen if gen is not None else load_generator("village-gan", device=device)
-    s = seg if seg is not None else load_segmenter("village-seg", device=device)
-    return g.to(device).eval(), s.to(device).eval(), "village-gan" if gen is None else "given", \
-        "village-seg" if seg is None else "given"
-
-
-def bench_ace(device: torch.device | str = "cpu", gen: torch.nn.Module | None = None, seg: Any | None = None,
-              layer: str = "layer4", concept: str = "tree", samples: int = 64, epochs: int = 4,
-              steps_per_epoch: int = 5, batch: int = 24, eval_items: int = 24) -> list[dict[str, Any]]:
-    """Seconds for one alpha optimisation of one concept (sample pool and constants, candidate locations,
-    `epochs * steps_per_epoch` Adam steps of `batch` locations, per-epoch evaluation) on the bundled
-    village-gan / village-seg (or the given models); also the seconds of one step, to scale to longer
-    runs. Rows for the `benchmarks` table."""
-    from compute.analyses.ace import AceConfig, build_pool, candidates, optimise_alpha
-
-    device = torch.device(device)
-    g, s, gname, sname = _bundled(gen, seg, device)
-    cfg = AceConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, eval_items=eval_items, seed=1)
-    c = concept_index(s, concept)
-    t0 = time.perf_counter()
-    pool = build_pool(g, s, layer, seed=1, n=samples, cfg=cfg, device=device)
-    cands = candidates(g, s, layer, pool, c, cfg)
-    t1 = time.perf_counter()
-    optimise_alpha(g, s, layer, pool, c, torch.full((pool.r.shape[1],), 0.5), cfg, cands=cands)
-    t2 = time.perf_counter()
-    steps = epochs * steps_per_epoch
-    params = json.dumps({"device": str(device), "threads": torch.get_num_threads(), "generator": gname,
-                         "segmenter": sname, "layer": layer, "concept": concept, "samples": samples,
-                         "epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch": batch,
-                         "eval_items": eval_items})
-    return [{"bench": "ace", "metric": "seconds", "value": t2 - t0, "unit": "s", "params": params},
-            {"bench": "ace", "metric": "pool_seconds", "value": t1 - t0, "unit": "s", "params": params},
-            {"bench": "ace", "metric": "seconds_per_step", "value": (t2 - t1) / max(steps, 1), "unit": "s",
-             "params": params}]
-
-
-def bench_insert(device: torch.device | str = "cpu", gen: torch.nn.Module | None = None, seg: Any | None = None,
-                 layer: str = "layer4", concept: str = "door", samples: int = 16, n_units: int = 20,
-                 chunk: int = 256) -> list[dict[str, Any]]:
-    """Seconds for one full insertion-context map: `n_units` units inserted at every featuremap location
-    of every one of `samples` samples, effects and contexts (the constants k_c come from the same samples).
-    Rows for the `benchmarks` table."""
-    from ingest.samples import latents
-
-    device = torch.device(device)
-    g, s, gname, sname = _bundled(gen, seg, device)
-    c = concept_index(s, concept)
-    t0 = time.perf_counter()
-    z = latents(2, samples, int(g.z_dim)).to(device)
-    r = featuremap(g, layer, z)
-    with torch.no_grad():
-        masks = s.concept_masks(finish(g, layer, r))
-    stat = ConditionalMean()
-    stat.add(r, coverage(masks, r.shape[2], r.shape[3]))
-    k = stat.result().T.float()
-    kc = constant_for(k, s, concept, f"the {samples} bench samples")
-    units = torch.argsort(kc, descending=True)[:n_units]  # a fixed unit set: the units with the largest k_c
-    alpha = unit_alpha(units, r.shape[1], layer=layer, device=device)
-    effects = insertion_effects(g, s, layer, r, masks[:, c], alpha, kc, c, chunk=chunk)
-    cell_contexts(s, masks, r.shape[2], r.shape[3])
-    seconds = time.perf_counter() - t0
-    params = json.dumps({"device": str(device), "threads": torch.get_num_threads(), "generator": gname,
-                         "segmenter": sname, "layer": layer, "concept": concept, "samples": samples,
-                         "locations": int(effects.numel()), "n_units": n_units, "chunk": chunk})
-    return [{"bench": "insert", "metric": "seconds", "value": seconds, "unit": "s", "params": params},
-            {"bench": "insert", "metric": "ms_per_location", "value": seconds / effects.numel() * 1000,
-             "unit": "ms", "params": params}]

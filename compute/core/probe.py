@@ -17,12 +17,6 @@ from ingest.samples import latents
 def layer_shapes(model: nn.Module, layers: Sequence[str], device: torch.device) -> dict[str, tuple[int, ...]]:
     """layer -> (C, H, W) of its output for one latent (z #0 of seed 0)."""
     z = latents(0, 1, int(model.z_dim)).to(device)
-    with Tap(model, layers, stop_after=_deepest(model, layers)) as tap:
+    with Tap(model, layers, stop_after=layers) as tap:  # cut once every layer ran, in whatever order
         tap.run(z)
         return {name: tuple(tap[name].shape[1:]) for name in layers}
-
-
-def _deepest(model: nn.Module, layers: Sequence[str]) -> str:
-    """The tapped layer reached last in a forward pass (module registration order)."""
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    return max(layers, key=lambda n: order.get(n, -1))

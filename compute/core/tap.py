@@ -3,8 +3,14 @@
 Reads nothing from disk, writes nothing. A `Tap` is a context manager that registers forward hooks on
 modules named by their dotted paths (`model.named_modules()`), keeps each layer's output in `tap[layer]`
 and applies edits `x <- x * (1 - alpha) + value * alpha` (`Edit(alpha, value)`, broadcastable per unit
-`[C]` / `[1, C, 1, 1]`, per pixel `[N or 1, 1, H, W]`, or full `[N, C, H, W]`). `stop_after` truncates
-the forward pass after a layer. `run_from` runs the rest of a sequential generator from a featuremap.
+`[C]` / `[1, C, 1, 1]`, per pixel `[N or 1, 1, H, W]`, or full `[N, C, H, W]`; `Edit(1.0, x)` replaces
+the output by x). `stop_after` (one layer or several) cuts the forward pass once every named layer ran.
+
+"Run from a layer" (`forward_from(model, layer, x, z)`): the model's output when `layer` outputs x [N, ...]
+instead of what the latent z [N, ...] gives there. It works on any module: the whole forward runs on z
+under a Tap whose edit replaces the layer's output by x (`run_replaced`), so layers that read z again
+(StyleGAN2's styles) or run on other branches see the same latent. When the model is an nn.Sequential
+down to the layer, the fast path `run_from` runs only the children after it (z is not needed there).
 
     with Tap(gen, ["layer4"], edit={"layer4": Edit(alpha, 0.0)}) as tap:
         images = gen(z)           # layer4 ablated where alpha > 0
@@ -12,7 +18,7 @@ the forward pass after a layer. `run_from` runs the rest of a sequential generat
 
     with Tap(gen, ["layer4"], stop_after="layer4") as tap:
         tap.run(z)                # layers after layer4 never run
-    images = run_from(gen, "layer4", tap["layer4"])
+    images = forward_from(gen, "layer4", tap["layer4"], z)
 
 Retained outputs are taken after the edit (what the next layer sees). Edits keep autograd: `alpha` and
 `value` may require grad, and with `detach=False` the retained outputs keep their graph.
@@ -25,7 +31,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Edit", "Tap", "StopForward", "run_from", "apply_edit"]
+__all__ = ["Edit", "Tap", "StopForward", "run_from", "run_replaced", "forward_from", "sequential_path",
+           "apply_edit"]
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,15 @@ def _per_unit(t: torch.Tensor | float, x: torch.Tensor, what: str, layer: str) -
 
 
 def apply_edit(x: torch.Tensor, edit: Edit, layer: str = "?") -> torch.Tensor:
-    """x [N, C, ...] -> x * (1 - alpha) + value * alpha (differentiable in x, alpha and value)."""
-    a = _per_unit(edit.alpha, x, "alpha", layer)
+    """x [N, C, ...] -> x * (1 - alpha) + value * alpha (differentiable in x, alpha and value).
+
+    alpha = 1.0 (a float) with a tensor value replaces x: the value itself, broadcast to x's shape (exact,
+    and x's non-finite entries do not leak in through 0 * x).
+    """
     v = _per_unit(edit.value, x, "value", layer)
+    if isinstance(v, torch.Tensor) and not isinstance(edit.alpha, torch.Tensor) and float(edit.alpha) == 1.0:
+        return v.expand(x.shape)
+    a = _per_unit(edit.alpha, x, "alpha", layer)
     return x * (1 - a) + v * a
 
 
@@ -76,17 +89,24 @@ def _modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
 
 
 class Tap:
-    """Forward hooks on named layers: retain outputs, apply edits, optionally stop after one layer."""
+    """Forward hooks on named layers: retain outputs, apply edits, optionally stop the pass early.
+
+    `stop_after` is a layer or a list of layers: the pass is cut (StopForward, swallowed by `run` and by
+    the `with` block) as soon as every one of them has run in this pass, whatever order the model runs
+    them in (layers on parallel branches included). A layer that never runs never stops the pass.
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], edit: Mapping[str, Edit] | None = None,
-                 retain: bool = True, detach: bool = True, stop_after: str | None = None) -> None:
+                 retain: bool = True, detach: bool = True, stop_after: str | Sequence[str] | None = None) -> None:
         if isinstance(layers, str):
             layers = [layers]
         self.model = model
         self.layers: list[str] = list(dict.fromkeys(layers))
-        hooked = self.layers + ([stop_after] if stop_after and stop_after not in self.layers else [])
-        self._modules = _modules(model, hooked)
-        self.retain, self.detach, self.stop_after = retain, detach, stop_after
+        stops = [stop_after] if isinstance(stop_after, str) else list(stop_after or [])
+        self.stop_after: frozenset[str] = frozenset(stops)
+        self._modules = _modules(model, self.layers + [n for n in dict.fromkeys(stops) if n not in self.layers])
+        self._ran: set[str] = set()  # stop layers that ran in the current pass
+        self.retain, self.detach = retain, detach
         self.outputs: dict[str, torch.Tensor] = {}
         self._edits: dict[str, Edit] = {}
         for layer, e in (edit or {}).items():
@@ -124,13 +144,21 @@ class Tap:
                     output = apply_edit(output, self._edits[name], name)
                 if self.retain:
                     self.outputs[name] = output.detach() if self.detach else output
-            if name == self.stop_after:
-                raise StopForward(name)
+            if name in self.stop_after:
+                self._ran.add(name)
+                if self._ran >= self.stop_after:
+                    self._ran.clear()
+                    raise StopForward(name)
             return output
         return hook
 
+    def _new_pass(self, module: nn.Module, inputs: Any) -> None:
+        self._ran.clear()
+
     def __enter__(self) -> "Tap":
         try:
+            if self.stop_after:  # a pass that ends without reaching every stop layer must not count for the next
+                self._handles.append(self.model.register_forward_pre_hook(self._new_pass))
             for name, module in self._modules.items():
                 self._handles.append(module.register_forward_hook(self._hook(name)))
         except BaseException:
@@ -156,11 +184,24 @@ class Tap:
             return None
 
 
+def sequential_path(model: nn.Module, layer: str) -> bool:
+    """True when `run_from` can run the rest of `model` from `layer`: the model and every container on the
+    layer's dotted path are nn.Sequential (their forward chains their children; a subclass may only reshape
+    its input, as the ProGAN generator does) and each name on the path is a child there."""
+    parts = layer.split(".")
+    node = model
+    for p in parts:
+        if not isinstance(node, nn.Sequential) or p not in node._modules:
+            return False
+        node = node._modules[p]
+    return True
+
+
 def run_from(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """Run the children of a sequential model that come after `layer` (dotted path) on its output x.
 
     Each container on the path must be an nn.Sequential (its children run in order); for "a.b" the
-    children of `a` after `b` run first, then the children of the model after `a`.
+    children of `a` after `b` run first, then the children of the model after `a`. Any module: `forward_from`.
     """
     parts = layer.split(".")
     containers = [model]
@@ -169,10 +210,36 @@ def run_from(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     for depth in range(len(parts) - 1, -1, -1):
         parent, child = containers[depth], parts[depth]
         if not isinstance(parent, nn.Sequential):
-            raise TypeError(f"run_from: {'.'.join(parts[:depth]) or 'the model'} is not an nn.Sequential")
+            raise TypeError(f"run_from: {'.'.join(parts[:depth]) or 'the model'} is not an nn.Sequential "
+                            f"(forward_from runs any module)")
         names = [n for n, _ in parent.named_children()]
         if child not in names:
             raise ValueError(f"run_from: unknown layer {layer!r}; children here: {names}")
         for n, m in list(parent.named_children())[names.index(child) + 1:]:
             x = m(x)
     return x
+
+
+def run_replaced(model: nn.Module, layer: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """model(z) [N, ...] with the output of `layer` replaced by x [N, C, ...] (any module; keeps autograd in x).
+
+    The layers before `layer` run on z too (their result is discarded), and everything after it sees x;
+    a layer that runs several times in one pass is replaced every time.
+    """
+    if x.shape[0] != z.shape[0]:
+        raise ValueError(f"run_replaced: {x.shape[0]} featuremaps of {layer!r} but {z.shape[0]} latents; "
+                         f"pass the latent of each featuremap (index z as you index the featuremaps)")
+    with Tap(model, [layer], edit={layer: Edit(1.0, x)}, retain=False) as tap:
+        out = tap.model(z)
+    return out
+
+
+def forward_from(model: nn.Module, layer: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The model's output [N, ...] when `layer` outputs x [N, C, ...] for the latents z [N, ...].
+
+    nn.Sequential down to the layer: only the children after it run (`run_from`, z unused); any other
+    module: the whole forward on z with the layer's output replaced (`run_replaced`). Both keep autograd.
+    """
+    if sequential_path(model, layer):
+        return run_from(model, layer, x)
+    return run_replaced(model, layer, x, z)

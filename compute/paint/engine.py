@@ -15,7 +15,8 @@ the edited layer's featuremap grid (a featuremap cell is edited when the region 
 
 A `PaintSession` holds one sample: the generator runs once up to the edited layer; every stroke edits
 the current featuremap (`compute.core.intervene.edit_featuremap`), runs the rest of the generator
-(`run_from`) and the segmenter; strokes form a stack with undo / redo / reset. A bad stroke raises
+(`compute.core.intervene.finish`: only the layers above on a sequential generator, the whole forward on
+the session's latent with the layer's output replaced on StyleGAN2 and module generators) and the segmenter; strokes form a stack with undo / redo / reset. A bad stroke raises
 `EditError` (one line; the CLI exits 2) and leaves the stack as it was.
 
     from compute.paint.engine import open_painter
@@ -535,10 +536,10 @@ class Painter:
             z = latents(int(seed), 1, self.z_dim, start=int(sample))
         return PaintSession(self, z.to(self.device))
 
-    def frame(self, r: torch.Tensor) -> Frame:
-        """Render a featuremap [1, C, h, w] of the edited layer: image and segmentation."""
+    def frame(self, r: torch.Tensor, z: torch.Tensor) -> Frame:
+        """Render a featuremap [1, C, h, w] of the edited layer of the latent z [1, z_dim]: image and segmentation."""
         with torch.no_grad():
-            images = finish(self.gen, self.layer, r)
+            images = finish(self.gen, self.layer, r, z)
             labels = self.seg.segment(images)
             masks = _masks(labels, len(self.names))
         return Frame(to_uint8(images)[0], label_map(labels)[0].cpu().numpy(), masks[0].cpu().numpy(), self.names)
@@ -570,7 +571,7 @@ class PaintSession:
         self.z = z
         with painter.lock, _threads(painter.threads):
             self.r0 = featuremap(painter.gen, painter.layer, z)  # the generator below the layer runs once
-            self.original = painter.frame(self.r0)
+            self.original = painter.frame(self.r0, z)
         self._stack: list[_Level] = []
         self._redo: list[_Level] = []
         self.last: EditResult | None = None
@@ -618,7 +619,7 @@ class PaintSession:
             value = p.value(stroke, r.shape[1])
             cells = cell_mask(stroke.region, r.shape[2], r.shape[3])
             edited = edit_layer(r, units, value, cells, p.layer)
-            frame = p.frame(edited)
+            frame = p.frame(edited, self.z)
         ms = (time.perf_counter() - t0) * 1000
         self._stack.append(_Level(stroke, edited, frame))
         self._redo.clear()

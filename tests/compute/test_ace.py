@@ -51,7 +51,7 @@ def test_objective_reads_the_intervened_location(setup) -> None:
     for j, (n, y, x) in enumerate(items.tolist()):
         m = location_masks(8, 8, torch.tensor([[y, x]]))
         with torch.no_grad():
-            p = seg.probs(finish(gen, LAYER, edit_featuremap(pool.r[n:n + 1], alpha, 0.0, m)))[0, c]
+            p = seg.probs(finish(gen, LAYER, edit_featuremap(pool.r[n:n + 1], alpha, 0.0, m), pool.z[n:n + 1]))[0, c]
         assert abs(float(got[j]) - float(p[8 * y:8 * y + 8, 8 * x:8 * x + 8].mean())) < 1e-5
     assert block_mean(torch.ones(1, 64, 64), 8, 8).shape == (1, 8, 8)
 

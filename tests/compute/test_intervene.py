@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compute.bench.ace import bench_ace, bench_insert
 from compute.core import intervene as iv
 from compute.core.stats import ConditionalMean
 from compute.core.tap import Tap
@@ -114,15 +115,15 @@ def test_batched_location_insertion_equals_unbatched_loop(models) -> None:
     units = [0, 2, 3, 5]
     r = iv.featuremap(gen, LAYER, z)
     with torch.no_grad():
-        before = seg.concept_masks(iv.finish(gen, LAYER, r))[:, c]
-    got = iv.insertion_effects(gen, seg, LAYER, r, before, iv.unit_alpha(units, 8), kc, c,
+        before = seg.concept_masks(iv.finish(gen, LAYER, r, z))[:, c]
+    got = iv.insertion_effects(gen, seg, LAYER, r, z, before, iv.unit_alpha(units, 8), kc, c,
                                neighbourhood=1, chunk=37).view(2, 8, 8)  # every location, odd chunks
     locs = [(0, 0), (0, 7), (3, 4), (4, 1), (6, 6), (7, 3), (7, 7), (2, 2)]
     want = _loop_effects(gen, seg, z, units, kc, c, 1, locs)
     ys, xs = torch.tensor(locs).T
     assert torch.allclose(got[:, ys, xs], want), (got[:, ys, xs] - want).abs().max()
     assert float(want.sum()) > 0, "the test needs insertions that change something"
-    sub = iv.insertion_effects(gen, seg, LAYER, r, before, iv.unit_alpha(units, 8), kc, c,
+    sub = iv.insertion_effects(gen, seg, LAYER, r, z, before, iv.unit_alpha(units, 8), kc, c,
                                locations=torch.tensor(locs), neighbourhood=1)
     assert torch.allclose(sub, want)
 
@@ -159,20 +160,21 @@ def test_cell_contexts_take_the_majority_per_category(models) -> None:
 
 def test_trace_insertion_is_zero_without_change_and_local_at_first(models) -> None:
     gen, _ = models
-    r = iv.featuremap(gen, LAYER, latents(9, 3, gen.z_dim))
+    z = latents(9, 3, gen.z_dim)
+    r = iv.featuremap(gen, LAYER, z)
     targets = iv.later_layers(gen, LAYER)
     assert targets == ["layer5", "layer6", "layer7", "layer8", "layer9", "layer10"]
-    zero = iv.trace_insertion(gen, LAYER, r, torch.zeros(8), 5.0, (2, 3), targets)
+    zero = iv.trace_insertion(gen, LAYER, r, z, torch.zeros(8), 5.0, (2, 3), targets)
     assert all(float(v.abs().max()) == 0 for v in zero.values())
-    out = iv.trace_insertion(gen, LAYER, r, torch.ones(8), 5.0, (2, 3), targets)
+    out = iv.trace_insertion(gen, LAYER, r, z, torch.ones(8), 5.0, (2, 3), targets)
     first = out["layer5"]  # 16x16; a 3x3 conv after a 2x upsampling: the change stays within rows 3..6
     assert first.shape == (3, 16, 16) and float(first[:, 5, 7].min()) > 0
     outside = torch.ones(16, 16, dtype=torch.bool)
     outside[3:7, 5:9] = False
     assert float(first[:, outside].abs().max()) == 0
-    scales = iv.channel_scales(gen, LAYER, r, targets)
+    scales = iv.channel_scales(gen, LAYER, r, z, targets)
     assert set(scales) == set(targets) and all(v.shape[0] == 8 or v.shape[0] == 4 for v in scales.values())
-    again = iv.trace_insertion(gen, LAYER, r, torch.ones(8), 5.0, (2, 3), targets, scales)
+    again = iv.trace_insertion(gen, LAYER, r, z, torch.ones(8), 5.0, (2, 3), targets, scales)
     assert all(torch.allclose(again[t], out[t]) for t in targets)
 
 
@@ -213,8 +215,8 @@ def test_conditional_mean_is_reused_streaming(models) -> None:
 
 def test_bench_functions_return_benchmark_rows(models) -> None:
     gen, seg = models
-    rows = iv.bench_insert("cpu", gen, seg, concept="tree", samples=1, n_units=3) + \
-        iv.bench_ace("cpu", gen, seg, concept="tree", samples=4, epochs=1, steps_per_epoch=1, batch=2,
+    rows = bench_insert("cpu", gen, seg, concept="tree", samples=1, n_units=3) + \
+        bench_ace("cpu", gen, seg, concept="tree", samples=4, epochs=1, steps_per_epoch=1, batch=2,
                      eval_items=2)
     assert [(r["bench"], r["metric"]) for r in rows] == [("insert", "seconds"), ("insert", "ms_per_location"),
                                                         ("ace", "seconds"), ("ace", "pool_seconds"),

@@ -131,8 +131,8 @@ def test_stroke_equals_the_hand_built_pipeline(painter) -> None:
         exp[0, u, 2:8, 4:10] = q[u]  # y 8..29 -> cells 2..7, x 16..39 -> cells 4..9
     assert torch.allclose(s.featuremap, exp)
     with torch.no_grad():
-        image = paint.to_uint8(finish(painter.gen, ACE_LAYER, exp))[0]
-        labels = painter.seg.segment(finish(painter.gen, ACE_LAYER, exp))
+        image = paint.to_uint8(finish(painter.gen, ACE_LAYER, exp, z))[0]
+        labels = painter.seg.segment(finish(painter.gen, ACE_LAYER, exp, z))
     assert np.array_equal(res.after.image, image)
     assert np.array_equal(res.after.labels, paint.label_map(labels)[0].numpy())
     assert res.before is s.original and res.ms > 0
