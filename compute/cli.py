@@ -12,6 +12,7 @@ unless `--debug`.
     gandissect train segmenter|gan|classifier|encoder [ARGS...]
     gandissect invert PHOTO... --model M [--layer L] [--out DIR] [--json]
     gandissect edit --model M --seed S --sample I --brush B --action draw|remove --region x0,y0,x1,y1
+    gandissect edit --model M --photo PHOTO --brush B --action draw|remove --region x0,y0,x1,y1
     gandissect version
 """
 from __future__ import annotations
@@ -84,8 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("edit", help="paint one edit onto a generated sample (GANPaint)")
     e.add_argument("--model", required=True)
     e.add_argument("--layer", help="edited layer (default: the layer of the brush's causal units)")
-    e.add_argument("--seed", type=int, required=True, help="sample set seed")
-    e.add_argument("--sample", type=int, required=True, help="sample index within the seed")
+    e.add_argument("--seed", type=int, help="sample set seed (required without --photo)")
+    e.add_argument("--sample", type=int, help="sample index within the seed (required without --photo)")
+    e.add_argument("--photo", help="paint on this photo instead: inverted, the generator adapted to it "
+                                   "(compute.paint.photo), the edit composed into the photo")
+    e.add_argument("--adapt-steps", type=int, default=150, help="with --photo: image-specific adaptation steps")
     e.add_argument("--brush", required=True, help="a concept (door, tree, ...) or flag:artifact, label:NOTE")
     e.add_argument("--action", required=True, choices=["draw", "remove"])
     e.add_argument("--region", required=True, help="x0,y0,x1,y1 in image pixels (x1, y1 exclusive)")
@@ -217,6 +221,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_edit(a: argparse.Namespace) -> int:
     from compute.paint import engine as paint
 
+    if a.photo:
+        from compute.paint.photo import cmd_edit_photo
+
+        return cmd_edit_photo(a, store_path(a.db, a.spec))
+    if a.seed is None or a.sample is None:
+        raise UsageError("gandissect edit: give --seed and --sample (a generated sample), or --photo PHOTO")
     return paint.cmd_edit(a, store_path(a.db, a.spec))
 
 
