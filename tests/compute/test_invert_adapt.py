@@ -99,3 +99,12 @@ def _edited(g: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     r = featuremap(g, "layer6", z).clone()
     r[:, :4, 6:8, 6:8] = 0
     return r
+
+
+def test_edit_needs_a_sample_or_a_photo(tmp_path, capsys) -> None:
+    from compute.cli import main
+
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", "village-gan", "--brush", "tree", "--action", "remove", "--region", "1,1,9,9",
+                 "--out", str(out), "--db", str(tmp_path / "s.duckdb")]) == 2
+    assert "--photo" in capsys.readouterr().err and not out.exists()
