@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from compute.spec import store_path
 from db.errors import BadInput, one_line
 
 BAD_INPUT = 2
@@ -106,19 +107,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
     return p
-
-
-def store_path(db: str | None, spec_path: str) -> str:
-    """The store a read command uses: --db, then $GANDISSECT_DB, then the spec's, then the default."""
-    if db:
-        return db
-    if os.environ.get("GANDISSECT_DB"):
-        return os.environ["GANDISSECT_DB"]
-    if Path(spec_path).exists():
-        from compute.spec import load
-
-        return load(spec_path, check_files=False).store
-    return "gandissect.duckdb"
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -11,105 +11,13 @@ the runner still records the modules' `DEFAULTS` in runs.params, so run keys do 
 """
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+from ingest.checks import Choice, Float, Int, IntList, Param, Str, StrList
 
 MAX_SAMPLES = 10_000_000  # upper bound of `samples` (and every other sample count); the README states it
 MAX_SEED = 2**63 - 1  # runs.seed is a BIGINT
-Check = Callable[[Any], str | None]  # value -> None when fine, else what is wrong (a phrase)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter: what it accepts (`check`), its default, and a short description of both."""
-
-    accepts: str  # e.g. "an integer in [1, 4096]"
-    check: Check
-    default: Any = None
-    help: str = ""
-
-    def validate(self, value: Any) -> str | None:
-        """None when `value` is acceptable, else a phrase saying what is wrong (without the key)."""
-        problem = self.check(value)
-        return None if problem is None else f"{problem}; allowed: {self.accepts}"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def Int(default: Any, lo: int | None = None, hi: int | None = None, help: str = "") -> Param:
-    """An integer in [lo, hi] (either bound may be open-ended)."""
-    def check(v: Any) -> str | None:
-        if not _is_int(v):
-            return f"got {v!r}, not an integer"
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            return f"got {v}, out of range"
-        return None
-    rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-    return Param(f"an integer in {rng}", check, default, help)
-
-
-def Float(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-          hi_open: bool = False, help: str = "") -> Param:
-    """A finite number in the interval (bounds closed unless `lo_open` / `hi_open`)."""
-    def check(v: Any) -> str | None:
-        if not _is_num(v):
-            return f"got {v!r}, not a finite number"
-        if lo is not None and (v < lo or (lo_open and v == lo)):
-            return f"got {v}, out of range"
-        if hi is not None and (v > hi or (hi_open and v == hi)):
-            return f"got {v}, out of range"
-        return None
-    rng = (("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", "
-           + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]"))
-    return Param(f"a number in {rng}", check, default, help)
-
-
-def Choice(default: Any, options: tuple[Any, ...], help: str = "") -> Param:
-    def check(v: Any) -> str | None:
-        return None if isinstance(v, (str, int, float)) and not isinstance(v, bool) and v in options \
-            else f"got {v!r}"
-    return Param("one of " + ", ".join(repr(o) for o in options), check, default, help)
-
-
-def Str(default: Any = None, help: str = "", nonempty: bool = True) -> Param:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, str):
-            return f"got {v!r}, not a string"
-        return "got an empty string" if nonempty and not v.strip() else None
-    return Param("a string" if not nonempty else "a non-empty string", check, default, help)
-
-
-def StrList(default: Any = (), help: str = "") -> Param:
-    def check(v: Any) -> str | None:
-        items = [v] if isinstance(v, str) else v
-        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x for x in items):
-            return f"got {v!r}"
-        return None
-    return Param("a string or a list of strings", check, list(default), help)
-
-
-def IntList(lo: int = 0, hi: int | None = None, length: int | None = None, help: str = "",
-            default: Any = None) -> Param:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, (list, tuple)) or not all(_is_int(x) for x in v):
-            return f"got {v!r}, not a list of integers"
-        if length is not None and len(v) != length:
-            return f"got {len(v)} integers"
-        if any(x < lo or (hi is not None and x > hi) for x in v):
-            return f"got {list(v)}, out of range"
-        return None
-    what = f"{length} integers" if length else "a list of integers"
-    return Param(f"{what} in [{lo}, {'inf' if hi is None else hi}]", check, default, help)
-
-
 def _threshold(v: Any) -> str | None:
     if v in ("iqr", "iclr"):
         return None
@@ -164,6 +72,10 @@ KINDS: dict[str, dict[str, Param]] = {
     "dissect": {
         **_QUANTILES,
         "holdout_samples": Int(None, 1, MAX_SAMPLES, "IQR held-out set size (default max(64, samples // 2))"),
+        "method": Choice(None, ("one-pass", "two-pass"),
+                         "one-pass: one generator + segmenter pass, thresholds = the candidate edge nearest rank q "
+                         "(q<level> thresholds only); two-pass: a quantile pass, then the counting pass at the exact "
+                         "quantile (default: one-pass for q<level>, two-pass for iclr / iqr)"),
     },
     "ace": {
         "epochs": Int(10, 1, 100_000),

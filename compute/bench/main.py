@@ -134,7 +134,7 @@ def _optional(bench: str, module: str, func: str) -> list[dict[str, Any]]:
 
 
 def main(a: argparse.Namespace) -> int:
-    from compute.cli import store_path
+    from compute.spec import store_path
     from db import store
 
     gen, seg = GEN, SEG

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ingest.zoo import ZooError
+from ingest.spec import ZooError
 
 CheckpointError = ZooError  # one error type for the CLI (exit status 2)
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # "Unsupported global: GLOBAL x.y", "unsupported GLOBAL posix.system ..."

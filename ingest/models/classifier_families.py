@@ -26,16 +26,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ingest.zoo import ZooError
-
-if TYPE_CHECKING:
-    from compute.spec import ModelSpec
+from ingest.spec import ModelSpec, ZooError
 
 
 def _check_layers(net: nn.Module, layers: list[str], where: str) -> list[str]:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ingest.models.label_segmenter import LabelSegmenter, read_labels
-from ingest.zoo import ZooError
+from ingest.spec import ZooError
 
 EXTRA = "pip install 'gandissect[transformers]'"
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ingest.zoo import ZooError
+from ingest.spec import ModelSpec, ZooError
 
 Z_DIM = 2  # latent columns hashed into the image index
 INDEX_SPAN = 2 ** 31
@@ -146,11 +146,9 @@ class ClassifierDissection(nn.Module):
         return images
 
 
-def load_classifier_model(m, device: torch.device) -> ClassifierDissection:
-    """The `ClassifierDissection` of a spec model entry with `role = "classifier"`."""
-    from ingest.zoo import load_classifier_entry
-
-    net = load_classifier_entry(m, device)
+def classifier_model(m: ModelSpec, net: nn.Module, device: torch.device) -> ClassifierDissection:
+    """The `ClassifierDissection` of a spec model entry with `role = "classifier"` and its loaded
+    classifier `net` (`ingest.zoo.load_classifier_entry`); the entry's `images` option is the source."""
     source_opt = m.option("images", "village")
     if source_opt == "village":
         source: VillageScenes | ImageFolder = VillageScenes()  # the world's 64 px (the classifier resizes)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ingest.village.concepts import Concept
-from ingest.zoo import ZooError
+from ingest.spec import ZooError
 
 INPUT_RANGES = ("unit", "signed", "byte")
 NONE = Concept("none", "none")

@@ -31,25 +31,22 @@ Segmenter entry keys: `factory`, `kwargs`, `state_key`, and
     mean = [0.485, 0.456, 0.406]            # optional normalisation, after the range mapping
     std = [0.229, 0.224, 0.225]
 
-    python -c "from compute.spec import load; from ingest.zoo import load_model_spec; \
-print(load_model_spec(load('my.toml').model('mine')).layers)"
+    python -c "from ingest.spec import load_catalog; from ingest.zoo import load_model_spec; \
+print(load_model_spec(next(m for m in load_catalog('my.toml').models if m.name == 'mine')).layers)"
 """
 from __future__ import annotations
 
 import importlib
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ingest.models.checkpoints import key_mismatch, read_state_dict
 from ingest.models.label_segmenter import LabelSegmenter, read_labels, read_labels_file
-from ingest.zoo import ZooError
-
-if TYPE_CHECKING:
-    from compute.spec import ModelSpec, SegmenterSpec
+from ingest.spec import ModelSpec, SegmenterSpec, ZooError
 
 OUTPUT_MAPS = ("clamp", "tanh", "unit", "byte")
 MAX_LISTED = 40

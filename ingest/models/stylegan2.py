@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ingest.models.checkpoints import key_mismatch, read_checkpoint
-from ingest.zoo import ZooError
+from ingest.spec import ZooError
 
 BLUR_KERNEL: tuple[int, ...] = (1, 3, 3, 1)
 INPUT_SPACES = ("z", "w")

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ingest.models.village_seg import masks_from_labels
 from ingest.village.concepts import CONCEPTS, Concept
-from ingest.zoo import ZooError
+from ingest.spec import ZooError
 
 CAPACITY = 8192  # scenes remembered (12 KiB of labels each at 64 x 64: ~100 MB at most)
 _MEMORY: "OrderedDict[str, np.ndarray]" = OrderedDict()

@@ -23,12 +23,11 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from compute.spec import ModelSpec, SegmenterSpec, Spec
+from ingest.spec import DEFAULT_SPEC, Declarations, ModelSpec, SegmenterSpec, ZooError, load_catalog
 
 ZOO_DIR = Path(__file__).resolve().parent
 BUNDLED_GENERATORS = {"village-gan": ZOO_DIR / "village-gan.safetensors"}
@@ -36,10 +35,6 @@ BUNDLED_GENERATORS = {"village-gan": ZOO_DIR / "village-gan.safetensors"}
 BUNDLED_SEGMENTERS = {"village-seg": ZOO_DIR / "village-seg.safetensors",
                       "village-seg-parts": ZOO_DIR / "village-seg-parts.safetensors"}
 BUNDLED_CLASSIFIERS = {"village-cls": ZOO_DIR / "village-cls.safetensors"}
-
-
-class ZooError(ValueError):
-    """A model cannot be loaded: one clear line (the CLI exits with status 2)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -71,19 +66,19 @@ def _bundled_generator_path(name: str) -> Path | None:
     return candidate if name.startswith("village-gan") and candidate.exists() else None
 
 
-def _spec_entry(kind: str, name: str, spec: "str | os.PathLike | Spec | None") -> Any:
-    from compute import spec as specmod
-
+def _spec_entry(kind: str, name: str, spec: "str | os.PathLike | Declarations | None") -> Any:
+    """The entry named `name` among a spec's models (kind "model") or segmenters; None if it has none.
+    No spec given: the default spec file in the working directory, when there is one."""
     if spec is None:
-        if not Path(specmod.DEFAULT_SPEC).exists():
+        if not Path(DEFAULT_SPEC).exists():
             return None
-        spec = specmod.DEFAULT_SPEC
-    s = spec if isinstance(spec, specmod.Spec) else specmod.load(spec, check_files=False)
+        spec = DEFAULT_SPEC
+    s = load_catalog(spec) if isinstance(spec, (str, os.PathLike)) else spec
     entries = s.models if kind == "model" else s.segmenters
     return next((e for e in entries if e.name == name), None)
 
 
-def load_generator(name: str, spec: "str | os.PathLike | Spec | None" = None,
+def load_generator(name: str, spec: "str | os.PathLike | Declarations | None" = None,
                    device: torch.device | str = "cpu") -> torch.nn.Module:
     """A generator by name: a spec's model entry if the spec declares it, else a bundled model."""
     entry = _spec_entry("model", name, spec)
@@ -103,7 +98,7 @@ def load_generator(name: str, spec: "str | os.PathLike | Spec | None" = None,
     return load_progan(str(path), torch.device(device)).eval()
 
 
-def load_segmenter(name: str, spec: "str | os.PathLike | Spec | None" = None,
+def load_segmenter(name: str, spec: "str | os.PathLike | Declarations | None" = None,
                    device: torch.device | str = "cpu") -> torch.nn.Module:
     """A segmenter by name: a spec's entry if the spec declares it, else a bundled segmenter."""
     entry = _spec_entry("segmenter", name, spec)
@@ -119,7 +114,7 @@ def load_segmenter(name: str, spec: "str | os.PathLike | Spec | None" = None,
     return load_village_seg(str(path), torch.device(device)).eval()
 
 
-def load_classifier(name: str, spec: "str | os.PathLike | Spec | None" = None,
+def load_classifier(name: str, spec: "str | os.PathLike | Declarations | None" = None,
                     device: torch.device | str = "cpu") -> torch.nn.Module:
     """A classifier by name: a spec's model entry with role = "classifier", else a bundled classifier.
 
@@ -137,7 +132,7 @@ def load_classifier(name: str, spec: "str | os.PathLike | Spec | None" = None,
     return load_village_cls(str(path), torch.device(device)).eval()
 
 
-def load_classifier_entry(m: "ModelSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_classifier_entry(m: ModelSpec, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The bare classifier of a spec entry with role = "classifier" (families: village-cls, module,
     transformers)."""
     device = torch.device(device)
@@ -172,7 +167,7 @@ def _read_meta_format(path: str) -> str | None:
         return None
 
 
-def _load_progan(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+def _load_progan(m: ModelSpec, device: torch.device) -> torch.nn.Module:
     """The bundled village format (safetensors with format metadata) or the paper's .pth state dicts."""
     from ingest.models.progan import FORMAT
 
@@ -185,7 +180,7 @@ def _load_progan(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
     return load_progan_paper(m.checkpoint, device)
 
 
-def _load_stylegan2(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+def _load_stylegan2(m: ModelSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.stylegan2 import load_stylegan2
 
     return load_stylegan2(m.checkpoint, device, key=m.option("key", "g_ema"), input_space=m.option("input", "z"),
@@ -193,7 +188,7 @@ def _load_stylegan2(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
                           lr_mlp=float(m.option("lr_mlp", 0.01)))
 
 
-def _load_module(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
+def _load_module(m: ModelSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.module_family import load_module_generator
 
     return load_module_generator(m, device)
@@ -202,7 +197,7 @@ def _load_module(m: "ModelSpec", device: torch.device) -> torch.nn.Module:
 GENERATOR_LOADERS = {"progan": _load_progan, "stylegan2": _load_stylegan2, "module": _load_module}
 
 
-def _check_generator(m: "ModelSpec", net: torch.nn.Module) -> torch.nn.Module:
+def _check_generator(m: ModelSpec, net: torch.nn.Module) -> torch.nn.Module:
     """Entry options every family shares: `layers` (a subset / other module paths), `z_dim`, `resolution`."""
     where = f"model {m.name!r}"
     if m.family != "module" and m.option("layers") is not None:
@@ -224,7 +219,7 @@ def _check_generator(m: "ModelSpec", net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
-def load_model_spec(m: "ModelSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_model_spec(m: ModelSpec, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Instantiate the generator a spec entry declares (families: progan, stylegan2, module); an entry
     with `role = "classifier"` gives its classifier with an image source, presented as a generator
     (`ingest.models.image_source.ClassifierDissection`)."""
@@ -232,34 +227,34 @@ def load_model_spec(m: "ModelSpec", device: torch.device | str = "cpu") -> torch
     if not Path(m.checkpoint).exists():
         raise ZooError(f"checkpoint not found: {m.checkpoint}")
     if m.option("role") == "classifier":
-        from ingest.models.image_source import load_classifier_model
+        from ingest.models.image_source import classifier_model
 
-        return _check_generator(m, load_classifier_model(m, device)).eval()
+        return _check_generator(m, classifier_model(m, load_classifier_entry(m, device), device)).eval()
     loader = GENERATOR_LOADERS.get(m.family)
     if loader is None:
         raise ZooError(f"model family {m.family!r} is not supported; families: {', '.join(GENERATOR_LOADERS)}")
     return _check_generator(m, loader(m, device)).eval()
 
 
-def _load_village(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+def _load_village(s: SegmenterSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.village_seg import load_village_seg
 
     return load_village_seg(s.checkpoint, device)
 
 
-def _load_module_seg(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+def _load_module_seg(s: SegmenterSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.module_family import load_module_segmenter
 
     return load_module_segmenter(s, device)
 
 
-def _load_transformers(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+def _load_transformers(s: SegmenterSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.hf_segmenter import load_hf_segmenter
 
     return load_hf_segmenter(s.checkpoint, device, dict(s.options), s.name)
 
 
-def _load_village_truth(s: "SegmenterSpec", device: torch.device) -> torch.nn.Module:
+def _load_village_truth(s: SegmenterSpec, device: torch.device) -> torch.nn.Module:
     from ingest.models.village_truth import load_village_truth
 
     return load_village_truth(device)
@@ -269,7 +264,7 @@ SEGMENTER_LOADERS = {"village": _load_village, "module": _load_module_seg, "tran
                      "village-truth": _load_village_truth}
 
 
-def load_segmenter_spec(s: "SegmenterSpec", device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_segmenter_spec(s: SegmenterSpec, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Instantiate the segmenter a spec entry declares (families: village, module, transformers)."""
     device = torch.device(device)
     if not Path(s.checkpoint).exists():
@@ -295,11 +290,11 @@ def resolution_record(generator: Any, segmenter: Any) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _describe_model_cached(m: "ModelSpec") -> Any:
+def _describe_model_cached(m: ModelSpec) -> Any:
     return load_model_spec(m, "cpu")
 
 
-def describe_model(m: "ModelSpec") -> Any:
+def describe_model(m: ModelSpec) -> Any:
     """The CPU instance of a declared generator (cached per process): `.layers`, `.z_dim`, `.resolution`."""
     try:
         return _describe_model_cached(m)
@@ -310,7 +305,7 @@ def describe_model(m: "ModelSpec") -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def describe_segmenter(s: "SegmenterSpec") -> Any:
+def describe_segmenter(s: SegmenterSpec) -> Any:
     """The CPU instance of a declared segmenter (cached per process): `.concepts`, `.resolution`."""
     try:
         return load_segmenter_spec(s, "cpu")
