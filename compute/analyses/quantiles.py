@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -172,7 +172,13 @@ def _load(stats: dict[str, dict[str, Any]], saved: dict[str, torch.Tensor]) -> N
             st.load_state_dict(unflat_state(f"{pre}.{layer}", saved))
 
 
-def quantile_rows(job: Job, quant: dict[str, Quantile], levels: Sequence[float] = GRID) -> list[dict[str, Any]]:
+class Quantiles(Protocol):
+    """What quantile_rows reads: stats.Quantile (two-pass) or joint_hist.JointHist (one-pass)."""
+
+    def quantiles(self, qs: torch.Tensor | Sequence[float]) -> torch.Tensor: ...  # [Q] -> [C, Q]
+
+
+def quantile_rows(job: Job, quant: dict[str, Quantiles], levels: Sequence[float] = GRID) -> list[dict[str, Any]]:
     qs = torch.tensor(levels, dtype=torch.float64)
     rows: list[dict[str, Any]] = []
     for layer, stat in quant.items():

@@ -14,15 +14,16 @@ computations in `tests/compute/test_onepass.py` (`python -m pytest -q tests/comp
 
 Binning (no threshold needed in advance). The first batch (warm-up) fixes, per unit, E sorted edges:
 `bins - 1` equal-mass edges (the warm-up's i / bins quantiles) and `candidates` edges at ranks
-level - window .. level + window (the thresholds the null is counted at). Values below the first or
+level - w .. level + w (the thresholds the null is counted at; w = max(window, 4 standard errors of
+the warm-up's estimate of the level, from its spread over the batch's images), at most 0.05). Values below the first or
 above the last edge fall in two overflow bins, bounded by the exact running min / max. Bin b of a
 value = #{edges < value}, so |a > e_j| is a suffix sum and every count at an edge is an exact integer.
 
 Accuracy (stated bound, tested against exact order statistics). The threshold is the candidate edge
 whose exact rank 1 - |a > e| / n is nearest `level`: its rank error is at most half the largest mass
-between neighbouring candidates, nominally window / (candidates - 1) (2.5e-4 by default -> 1.25e-4)
+between neighbouring candidates, nominally w / (candidates - 1) (>= 2.5e-4 by default -> 1.25e-4)
 and `rank_error()` reports the measured value; it exceeds the window only where the warm-up batch
-misjudged the unit's level by more than `window` in rank (reported, never hidden). Quantiles at other
+misjudged the unit's level by more than w in rank (reported, never hidden). Quantiles at other
 levels interpolate inside equal-mass bins of nominal mass 1 / bins (1024: 0.001, the bound the quantile
 tests use). IoU, above, inter and the null are exact at the chosen edge (no interpolation).
 
@@ -72,22 +73,31 @@ class JointHist:
         self.samples = self.pixels = 0
 
     # -- binning ----------------------------------------------------------------------------------
-    def _ranks(self) -> torch.Tensor:
-        """Warm-up ranks of the edges: equal-mass ones, then the candidates (ascending), float64 [E]."""
-        eq = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
-        cand = self.level + self.window * torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
-        return torch.cat([eq, cand.clamp(0.0, 1.0)])
-
     def warm_up(self, a: torch.Tensor, lift: Lift | None = None) -> None:
-        """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it."""
+        """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it. Edges sit
+        midway between neighbouring order statistics (so no edge equals a value and float rounding of
+        the lift cannot move a value across one). The candidate window is, per unit, the larger of
+        `window` and 4 standard errors of the warm-up's rank-`level` value (from its spread over the
+        batch's images), at most 0.05."""
         a = a.detach()
         self.device = self.device or a.device
-        ranks = self._ranks()
+        n = a.shape[0]
+        eq = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
+        unit = torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
         out = []
-        for units, v in self._chunks(a, lift):                                    # v [c, N HW]
-            srt = v.sort(dim=1).values
-            idx = (ranks * (srt.shape[1] - 1)).round().long().to(srt.device)
-            out.append(srt[:, idx])
+        for _, v in self._chunks(a, lift):                                         # v [c, N HW]
+            srt = v.sort(dim=1).values.double()
+            last = srt.shape[1] - 1
+            t0 = srt[:, min(last, int(self.level * last))]
+            share = (v.view(v.shape[0], n, -1) > t0[:, None, None].float()).double().mean(2)   # [c, N]
+            se = share.std(1, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros(v.shape[0], dtype=torch.float64)
+            w = (4 * se.cpu()).clamp(min=self.window, max=0.05)                   # [c]
+            cand = (self.level + w[:, None] * unit[None, :]).clamp(0.0, 1.0)       # [c, L]
+            ranks = torch.cat([eq[None, :].expand(v.shape[0], -1), cand], 1)       # [c, E]
+            pos = (ranks * last).to(srt.device)
+            lo = pos.floor().long().clamp(0, last)
+            hi = (lo + 1).clamp(max=last)
+            out.append(0.5 * (srt.gather(1, lo) + srt.gather(1, hi)))
         edges = torch.cat(out).to(self.device, torch.float32)                      # [C, E]
         order = edges.argsort(dim=1, stable=True)
         self.edges = edges.gather(1, order).contiguous()
