@@ -262,3 +262,126 @@ def cmd_edit_photo(a: argparse.Namespace, db: str) -> int:
               f"{ad.seconds:.1f}s; {stroke.describe()} at {stroke.brush.layer}: {changes} ({res.ms:.1f} ms); "
               f"wrote {a.out}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+FAR_PX = 8  # pixels farther than this from the stroke must stay (nearly) as they were
+
+
+def _far(region: np.ndarray, px: int) -> np.ndarray:
+    """bool [R, R]: pixels more than `px` px (Euclidean) from the region."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~region) > px
+
+
+def evaluate_remove_tree(base: Painter, n: int = 20, seed: int = 0, strength: str = "high", max_scenes: int = 200,
+                         adapt_steps: int = ADAPT_STEPS, z_steps: int = 150, layer_steps: int = 250,
+                         encoder: Any = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Remove-tree over the box of the largest tree (segmenter's labels of the scene, >= paint.evaluate.MIN_TREE_PX px) on
+    up to `n` rendered village scenes (held-out seeds, `ingest.real.village_images`'s numbering) painted
+    through `open_photo`: share of the tree's pixels removed, and the change of the pixels more than FAR_PX
+    px from the box, in 8-bit levels, composed (what is shown) and raw (G'(edited) vs G'(unedited))."""
+    from compute.paint.evaluate import _bbox, _largest_component
+    from ingest.real import VILLAGE_REAL_SEED, to_input
+    from ingest.village.render import render
+
+    t = base.names.index("tree")
+    rows: list[dict[str, Any]] = []
+    gen_ms: list[float] = []
+    scene = VILLAGE_REAL_SEED + seed * 1_000_000
+    looked = 0
+    for looked in range(1, max_scenes + 1):
+        if len(rows) == n:
+            looked -= 1
+            break
+        s_seed = scene + looked - 1
+        image = render(s_seed, size=base.resolution).image
+        with torch.no_grad():  # the photo's own segmentation (= the session's original frame): skip treeless scenes
+            labels = base.seg.segment(to_input(image[None]).to(base.device))
+        tree = _largest_component(_masks(labels, len(base.names))[0, t].cpu().numpy())
+        if tree is None:
+            continue
+        t0 = time.perf_counter()
+        painter = open_photo(base, image, encoder=encoder, z_steps=z_steps, layer_steps=layer_steps,
+                             adapt_steps=adapt_steps)
+        prep = time.perf_counter() - t0
+        s = painter.session()
+        assert np.array_equal(s.original.masks[t], _masks(labels, len(base.names))[0, t].cpu().numpy())
+        stroke = painter.stroke("tree", "remove", _bbox(tree), strength)
+        res = s.apply(stroke)
+        far = _far(stroke.region, FAR_PX)
+        d = np.abs(res.after.image.astype(np.int16) - image.astype(np.int16)).max(2)[far]
+        raw = PhotoPainter.on(base, painter.adapted, image, compose=False)
+        rs = raw.session()
+        rr = rs.apply(stroke)
+        dr = np.abs(rr.after.image.astype(np.int16) - rr.before.image.astype(np.int16)).max(2)[far]
+        g = base.session(seed=1, sample=len(rows)).apply(stroke)  # the same stroke on a generated sample
+        gen_ms.append(g.ms)
+        row = {"scene": s_seed, "tree_px": int(tree.sum()),
+               "removed": 1.0 - float((res.after.masks[t] & tree).sum()) / float(tree.sum()),
+               "removed_raw": 1.0 - float((rr.after.masks[t] & tree).sum()) / float(tree.sum()),
+               "far_px": int(far.sum()), "far_max": int(d.max()) if d.size else 0,
+               "far_mean": float(d.mean()) if d.size else 0.0,
+               "far_raw_max": int(dr.max()) if dr.size else 0, "far_raw_mean": float(dr.mean()) if dr.size else 0.0,
+               "psnr_inverted": painter.adapted.psnr_inverted, "psnr_adapted": painter.adapted.psnr_adapted,
+               "adapt_seconds": painter.adapted.seconds, "prepare_seconds": prep, "stroke_ms": res.ms}
+        rows.append(row)
+        if log:
+            log(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}))
+    r = np.array([x["removed"] for x in rows])
+    col = lambda k: np.array([x[k] for x in rows], float)  # noqa: E731
+    return {"layer": base.layer, "brush": base.brush("tree").source, "strength": strength, "far_px": FAR_PX,
+            "feather": FEATHER, "adapt_steps": adapt_steps, "z_steps": z_steps, "layer_steps": layer_steps,
+            "scenes_with_tree": len(rows), "scenes_looked_at": looked,
+            "rate_half_removed": float((r >= 0.5).mean()) if r.size else None,
+            "median_removed": float(np.median(r)) if r.size else None,
+            "rate_half_removed_raw": float((col("removed_raw") >= 0.5).mean()) if r.size else None,
+            "far_max": int(col("far_max").max()) if r.size else None,
+            "far_mean": float(col("far_mean").mean()) if r.size else None,
+            "far_raw_max_median": float(np.median(col("far_raw_max"))) if r.size else None,
+            "far_raw_mean": float(col("far_raw_mean").mean()) if r.size else None,
+            "psnr_inverted_mean": float(col("psnr_inverted").mean()) if r.size else None,
+            "psnr_adapted_mean": float(col("psnr_adapted").mean()) if r.size else None,
+            "adapt_seconds_median": float(np.median(col("adapt_seconds"))) if r.size else None,
+            "adapt_seconds_max": float(col("adapt_seconds").max()) if r.size else None,
+            "prepare_seconds_median": float(np.median(col("prepare_seconds"))) if r.size else None,
+            "stroke_ms_median": float(np.median(col("stroke_ms"))) if r.size else None,
+            "generated_stroke_ms_median": float(np.median(gen_ms)) if gen_ms else None,
+            "scenes": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compute.paint.photo", description=__doc__.splitlines()[0])
+    p.add_argument("--evaluate", action="store_true", help="remove-tree on rendered scenes painted as photos")
+    p.add_argument("--model", default="village-gan")
+    p.add_argument("--db", help="store with a dissection of the model (brushes)")
+    p.add_argument("--spec", default=None)
+    p.add_argument("--layer", help="painted layer (default: the tree brush's)")
+    p.add_argument("--n", type=int, default=20, help="scenes with a tree")
+    p.add_argument("--seed", type=int, default=0, help="scene set (ingest.real.village_images numbering)")
+    p.add_argument("--strength", default="high")
+    p.add_argument("--adapt-steps", type=int, default=ADAPT_STEPS)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", help="also write the JSON report here")
+    a = p.parse_args(argv)
+    if not a.evaluate:
+        p.error("give --evaluate")
+    from compute.paint.engine import open_painter
+
+    torch.set_num_threads(a.threads)
+    base = open_painter(a.model, a.db, a.layer, "tree", a.spec, "cpu", threads=a.threads)
+    t0 = time.perf_counter()
+    report = evaluate_remove_tree(base, a.n, a.seed, a.strength, adapt_steps=a.adapt_steps,
+                                  encoder=_encoder(a.model, "cpu"), log=lambda s: print(s, file=sys.stderr))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
