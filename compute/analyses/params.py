@@ -72,6 +72,10 @@ KINDS: dict[str, dict[str, Param]] = {
     "dissect": {
         **_QUANTILES,
         "holdout_samples": Int(None, 1, MAX_SAMPLES, "IQR held-out set size (default max(64, samples // 2))"),
+        "method": Choice(None, ("one-pass", "two-pass"),
+                         "one-pass: one generator + segmenter pass, thresholds = the candidate edge nearest rank q "
+                         "(q<level> thresholds only); two-pass: a quantile pass, then the counting pass at the exact "
+                         "quantile (default: one-pass for q<level>, two-pass for iclr / iqr)"),
     },
     "ace": {
         "epochs": Int(10, 1, 100_000),
