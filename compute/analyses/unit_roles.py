@@ -56,9 +56,10 @@ def held_out(job: Job, classifier: Any, source: Any) -> tuple[Tensor, Tensor]:
     if getattr(source, "name", None) != "village" or tuple(classifier.classes) != CLASSES:
         raise UnitRolesError(f"{a.name}: model {job.model.name!r} is not a village scene classifier: "
                              "give labelled = \"<folder with one sub-folder per class>\"")
-    from compute.train.cls import REPO, load_split, to_input
+    from ingest.real import to_input
+    from ingest.village.scenes import POOL_DIR, load_split
 
-    images, labels, _ = load_split(HELDOUT_SEED_START, a.samples, REPO / ".cache" / "village-cls")
+    images, labels, _ = load_split(HELDOUT_SEED_START, a.samples, POOL_DIR)
     return to_input(images), torch.as_tensor(labels)
 
 

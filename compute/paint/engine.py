@@ -26,9 +26,7 @@ the session's latent with the layer's output replaced on StyleGAN2 and module ge
     res.after.fractions["tree"], s.undo()
 
     gandissect edit --model village-gan --seed 1 --sample 3 --brush door --action draw --region 20,30,30,40
-    python -m compute.paint.engine --evaluate --store-dir runs/paint-eval   # the issue's bars (builds its store: ~8 min)
-    python -m compute.paint.engine --evaluate --db gandissect.duckdb        # ... on an existing store
-    python -m compute.paint.engine --bench                                  # bench_edit (also in `gandissect bench`)
+    python -m compute.paint.evaluate --bench       # bench_edit (also in `gandissect bench`); the bars: evaluate.py
 """
 from __future__ import annotations
 
@@ -57,7 +55,7 @@ from ingest.samples import latents
 __all__ = ["EditError", "Strength", "STRENGTHS", "Brush", "Catalog", "Stroke", "Frame", "EditResult",
            "Painter", "PaintSession", "resolve_strength", "parse_region", "box_mask", "cell_mask",
            "edit_layer", "label_map", "colorize", "PALETTE", "load_catalog", "default_layer", "load_models",
-           "open_painter", "edit_once", "canvas_region", "bench_edit", "main"]
+           "open_painter", "edit_once", "canvas_region", "bench_edit"]
 
 ACTIONS = ("draw", "remove")
 VALUE_MODES = ("q99", "k")
@@ -834,44 +832,3 @@ def bench_edit(device: torch.device | str = "cpu", layer: str | None = None, rep
             {"bench": "edit", "metric": "p95_ms", "value": float(np.percentile(times, 95)), "unit": "ms",
              "params": params}]
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compute.paint.engine", description=__doc__.splitlines()[0])
-    p.add_argument("--evaluate", action="store_true", help="measure the remove-tree and draw-door bars")
-    p.add_argument("--bench", action="store_true", help="bench_edit: median / p95 ms of one edit")
-    p.add_argument("--model", default="village-gan")
-    p.add_argument("--db", help="store path (default $GANDISSECT_DB, else gandissect.duckdb)")
-    p.add_argument("--spec", default=None)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--n", type=int, default=50)
-    p.add_argument("--strength", default="high")
-    p.add_argument("--value", default="q99", choices=VALUE_MODES)
-    p.add_argument("--tree-layer")
-    p.add_argument("--door-layer")
-    p.add_argument("--layer", help="bench: the edited layer")
-    p.add_argument("--out", help="also write the JSON report here")
-    p.add_argument("--store-dir", help="build the evaluation store here first (dissection + ACE for tree and "
-                                       "door on the bundled village-gan; minutes of CPU) and use it")
-    p.add_argument("--no-ace", action="store_true", help="with --store-dir: dissection only (IoU-ranked brushes)")
-    a = p.parse_args(argv)
-    if not (a.evaluate or a.bench):
-        p.error("give --evaluate or --bench")
-    report: dict[str, Any] = {}
-    if a.bench:
-        report["bench_edit"] = bench_edit("cpu", a.layer)
-    if a.evaluate:
-        from compute.paint.evaluate import build_eval_store, evaluate
-
-        if a.store_dir:
-            a.db = str(build_eval_store(a.store_dir, ace=not a.no_ace))
-        report["evaluate"] = evaluate(a.model, a.db, a.spec, "cpu", a.seed, a.n, a.strength, a.value,
-                                      a.tree_layer, a.door_layer)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

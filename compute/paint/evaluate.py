@@ -6,21 +6,25 @@ nothing but that store. `evaluate` opens two painters (`compute.paint.engine.ope
 bar, the share of samples where removing a tree's box removes at least half of it, and where drawing
 a door on a wall (vs the sky) adds a door.
 
-    python -m compute.paint.engine --evaluate --store-dir runs/paint-eval   # builds the store, then measures
-    python -m compute.paint.engine --evaluate --db gandissect.duckdb        # on an existing store
+    python -m compute.paint.evaluate --evaluate --store-dir runs/paint-eval   # builds the store, then measures
+    python -m compute.paint.evaluate --evaluate --db gandissect.duckdb        # on an existing store
+    python -m compute.paint.evaluate --bench       # median / p95 ms of one edit (engine.bench_edit)
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from compute.paint.engine import Painter, _bundled_paths, open_painter
+from compute.paint.engine import VALUE_MODES, Painter, _bundled_paths, bench_edit, open_painter
 
 MIN_TREE_PX = 30      # a tree: a connected tree component of at least this many pixels
 DOOR_BOX = 8          # side of the square painted with the door brush (px)
@@ -140,7 +144,7 @@ def eval_spec_text(store_path: Path, ace: bool = True) -> str:
     """The spec of the evaluation store: a q0.99 dissection of every layer of the bundled village-gan
     (300 samples of seed 1) and, with `ace`, an ACE run for tree and door at EVAL_LAYER (200 samples)."""
     gen, seg, _ = _bundled_paths()
-    text = f"""# written by `python -m compute.paint.engine --evaluate --store-dir ...`
+    text = f"""# written by `python -m compute.paint.evaluate --evaluate --store-dir ...`
 [store]
 path = "{store_path}"
 
@@ -204,3 +208,43 @@ def build_eval_store(directory: str | os.PathLike, ace: bool = True) -> Path:
     if failed:
         raise RuntimeError(f"building the evaluation store failed: {failed[0]}")
     return d / "paint-eval.duckdb"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compute.paint.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--evaluate", action="store_true", help="measure the remove-tree and draw-door bars")
+    p.add_argument("--bench", action="store_true", help="bench_edit: median / p95 ms of one edit")
+    p.add_argument("--model", default="village-gan")
+    p.add_argument("--db", help="store path (default $GANDISSECT_DB, else gandissect.duckdb)")
+    p.add_argument("--spec", default=None)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--strength", default="high")
+    p.add_argument("--value", default="q99", choices=VALUE_MODES)
+    p.add_argument("--tree-layer")
+    p.add_argument("--door-layer")
+    p.add_argument("--layer", help="bench: the edited layer")
+    p.add_argument("--out", help="also write the JSON report here")
+    p.add_argument("--store-dir", help="build the evaluation store here first (dissection + ACE for tree and "
+                                       "door on the bundled village-gan; minutes of CPU) and use it")
+    p.add_argument("--no-ace", action="store_true", help="with --store-dir: dissection only (IoU-ranked brushes)")
+    a = p.parse_args(argv)
+    if not (a.evaluate or a.bench):
+        p.error("give --evaluate or --bench")
+    report: dict[str, Any] = {}
+    if a.bench:
+        report["bench_edit"] = bench_edit("cpu", a.layer)
+    if a.evaluate:
+        if a.store_dir:
+            a.db = str(build_eval_store(a.store_dir, ace=not a.no_ace))
+        report["evaluate"] = evaluate(a.model, a.db, a.spec, "cpu", a.seed, a.n, a.strength, a.value,
+                                      a.tree_layer, a.door_layer)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,8 +17,6 @@ horizontal flips and a small brightness jitter (neither changes what a scene con
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shlex
 import sys
 import time
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ingest.models.classifier import VillageClassifier, load_village_cls, read_meta, save_village_cls
-from ingest.village.scenes import CLASSES, HELDOUT_SEED_START, TRAIN_SEED_START, balanced_split, render_images
+from ingest.village.scenes import CLASSES, HELDOUT_SEED_START, POOL_DIR, TRAIN_SEED_START, load_split
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-cls.safetensors"
@@ -47,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--pool-dir", default=str(REPO / ".cache" / "village-cls"))
+    p.add_argument("--pool-dir", default=str(POOL_DIR))
     p.add_argument("--evaluate-only", action="store_true", help="measure --out and write its model card")
     p.add_argument("--no-card", action="store_true", help="do not write the model card")
     return p.parse_args(argv)
@@ -57,33 +55,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def world_hash() -> str:
-    """Short hash of the village world's source (renderer + scene rules): a change invalidates pools."""
-    h = hashlib.sha256()
-    for f in sorted((REPO / "ingest" / "village").glob("*.py")):
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def load_split(start: int, per_class: int, pool_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 [N, 64, 64, 3], labels int64 [N], seeds int64 [N]) of a balanced split, cached as .npz."""
-    path = Path(pool_dir) / f"split-{start}-{per_class}-{world_hash()}.npz" if pool_dir else None
-    if path is not None and path.exists():
-        with np.load(path) as z:
-            return z["images"], z["labels"], z["seeds"]
-    t0 = time.time()
-    split = balanced_split(start, per_class)
-    images = render_images(split.seeds)
-    print(f"rendered {len(split)} scenes ({per_class} per class from seed {start}; last seed "
-          f"{int(split.seeds.max())}) in {time.time() - t0:.1f}s", flush=True)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, labels=split.labels, seeds=split.seeds)
-        tmp.replace(path)
-    return images, split.labels, split.seeds
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,11 @@ roles) from `HELDOUT_SEED_START`, far from every training pool of the project.
 """
 from __future__ import annotations
 
+import hashlib
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +42,7 @@ RULES: tuple[tuple[str, str | None], ...] = (  # (class, the concept whose prese
 MIN_PIXELS = 12  # visible pixels (of 64 x 64) for a concept to count as present
 TRAIN_SEED_START = 0
 HELDOUT_SEED_START = 30_000_000  # disjoint from training (< 10^6 scanned) and from village-seg's 20_000_000..
+POOL_DIR = Path(__file__).resolve().parents[2] / ".cache" / "village-cls"  # rendered splits (load_split)
 _RENDER_SALT = 0x7111A6E  # render()'s seeding (checked by a test against render's own contents)
 
 
@@ -97,6 +101,33 @@ def render_images(seeds: np.ndarray | list[int], size: int = 64) -> np.ndarray:
     """uint8 [N, H, W, 3] images of the given scene seeds."""
     return np.stack([render(int(s), size=size).image for s in seeds]) if len(seeds) else \
         np.zeros((0, size, size, 3), np.uint8)
+
+
+def world_hash() -> str:
+    """Short hash of the village world's source (renderer + scene rules): a change invalidates pools."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def load_split(start: int, per_class: int, pool_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 [N, 64, 64, 3], labels int64 [N], seeds int64 [N]) of a balanced split, cached as .npz."""
+    path = Path(pool_dir) / f"split-{start}-{per_class}-{world_hash()}.npz" if pool_dir else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            return z["images"], z["labels"], z["seeds"]
+    t0 = time.time()
+    split = balanced_split(start, per_class)
+    images = render_images(split.seeds)
+    print(f"rendered {len(split)} scenes ({per_class} per class from seed {start}; last seed "
+          f"{int(split.seeds.max())}) in {time.time() - t0:.1f}s", flush=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, labels=split.labels, seeds=split.seeds)
+        tmp.replace(path)
+    return images, split.labels, split.seeds
 
 
 def frequencies(n: int, start: int = HELDOUT_SEED_START) -> dict[str, float]:
