@@ -1,12 +1,12 @@
-"""Streaming statistics (Stat): per-unit quantiles, top-k samples, IoU counts, a permutation null of IoU,
-conditional means, moments.
+"""Streaming statistics (`Stat`): per-unit quantiles, top-k samples, IoU counts, a permutation null of
+IoU, conditional means.
 
-Reads nothing from disk, writes nothing (callers save `state_dict()` with safetensors, e.g. `save_stat`).
-Every Stat has `add(batch)`, `state_dict() -> dict[str, Tensor]` (plain tensors, safetensors-ready,
-metadata as small tensors), `load_state_dict(d)`, `merge(other)` and `rows(...)` yielding table rows.
-All are vectorised over units (channel dim 1 of a batch [N, C, ...]), keep their state on the data's
-device and use memory independent of the number of samples. Time one batch with
-`python -m compute.core.stats [--device cuda] [--threads 1]`.
+Reads nothing from disk, writes nothing (callers save `state_dict()` with safetensors, e.g.
+`compute.jobs.context.flat_state`). Every Stat has `add(batch...)`, `state_dict() -> dict[str, Tensor]`
+(plain tensors, safetensors-ready, metadata as small tensors), `load_state_dict(d)` and `merge(other)`,
+and is tested against an exact full-batch computation (tests/compute/test_stats.py). All are vectorised
+over units (channel dim 1 of a batch [N, C, ...]), keep their state on the data's device and use
+memory independent of the number of samples.
 
     q = Quantile(); q.add(acts)                     # acts [N, C, H, W]
     t = q.quantiles(torch.tensor([0.99]))[:, 0]     # [C]
@@ -29,29 +29,30 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Protocol, Self, Sequence, runtime_checkable
 
 import torch
 
-__all__ = ["Quantile", "TopK", "IoUCounts", "PermutationNull", "bh_qvalues", "iqr_from_counts", "ConditionalMean",
-           "Moments", "Covariance", "save_stat", "load_stat", "DEFAULT_QS"]
+__all__ = ["Stat", "Quantile", "TopK", "IoUCounts", "PermutationNull", "bh_qvalues", "iqr_from_counts",
+           "ConditionalMean"]
 
-DEFAULT_QS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 Device = torch.device | str | None
 
 
-def save_stat(stat, path: str | Path) -> None:
-    """Write stat.state_dict() to a safetensors file."""
-    from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().cpu() for k, v in stat.state_dict().items()}, str(path))
+@runtime_checkable
+class Stat(Protocol):
+    """A streaming statistic: `add` batches (each Stat names its own: `Quantile.add(x [N, C, ...])`,
+    `IoUCounts.add(a, masks)`, ...); the state round-trips through `state_dict` / `load_state_dict`
+    (plain tensors), and `merge(other)` of two Stats of the same kind and settings equals adding
+    both sets of batches to one."""
 
+    add: Callable[..., None]
 
-def load_stat(stat, path: str | Path):
-    """Load a safetensors file written by save_stat into `stat` (on its device); returns stat."""
-    from safetensors.torch import load_file
-    stat.load_state_dict(load_file(str(path)))
-    return stat
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None: ...
+
+    def merge(self, other: Self) -> None: ...
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -347,13 +348,6 @@ class Quantile:
     def count(self) -> int:
         return self.n
 
-    def rows(self, qs: Sequence[float] = DEFAULT_QS) -> Iterator[dict]:
-        """One row per (unit, q): {"unit", "q", "value"}."""
-        values = self.quantiles(qs).cpu().tolist()
-        for unit, vs in enumerate(values):
-            for q, v in zip(qs, vs):
-                yield {"unit": unit, "q": float(q), "value": v}
-
 
 # ------------------------------------------------------------------------------------------------
 # TopK
@@ -422,13 +416,6 @@ class TopK:
             return
         self.device = self.device or other.values.device
         self._combine(other.values.to(self.device), other.indices.to(self.device))
-
-    def rows(self) -> Iterator[dict]:
-        """One row per (unit, rank): {"unit", "rank", "sample", "value"} (rank 0 = highest)."""
-        values, indices = (t.cpu().tolist() for t in self.result())
-        for unit, (vs, ix) in enumerate(zip(values, indices)):
-            for rank, (v, i) in enumerate(zip(vs, ix)):
-                yield {"unit": unit, "rank": rank, "sample": i, "value": v}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -599,25 +586,6 @@ class IoUCounts:
         self._above += other._above.to(self.device)
         self.samples += other.samples
         self.pixels += other.pixels
-
-    def rows(self, names: Sequence[str] | None = None) -> Iterator[dict]:
-        """One row per (unit, [level,] concept): {"unit", ["level",] "concept", "threshold", "iou"
-        (None if the concept never appears), "iqr", "inter", "above", "concept_pixels"};
-        concept is names[k] when names are given, else k."""
-        iou, iqr = (t.reshape(self._inter.shape).cpu().tolist() for t in (self.iou(), self.iqr()))
-        inter, above = self._inter.cpu().tolist(), self._above.cpu().tolist()
-        concept, thresholds = self.concept.cpu().tolist(), self._t.cpu().tolist()
-        for u in range(len(inter)):
-            for level in range(len(inter[u])):
-                for k in range(len(concept)):
-                    row = {"unit": u, "concept": names[k] if names is not None else k,
-                           "threshold": thresholds[u][level],
-                           "iou": None if math.isnan(iou[u][level][k]) else iou[u][level][k],
-                           "iqr": None if math.isnan(iqr[u][level][k]) else iqr[u][level][k],
-                           "inter": inter[u][level][k], "above": above[u][level], "concept_pixels": concept[k]}
-                    if self.thresholds.dim() == 2:
-                        row["level"] = level
-                    yield row
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,212 +850,3 @@ class ConditionalMean:
         else:
             self.num += other.num.to(self.device)
             self.den += other.den.to(self.device)
-
-    def rows(self, names: Sequence[str] | None = None) -> Iterator[dict]:
-        """One row per (unit, concept): {"unit", "concept", "value" (None if no weight), "weight"}."""
-        k, den = self.result().cpu().tolist(), self.den.cpu().tolist()
-        for u, row in enumerate(k):
-            for c, v in enumerate(row):
-                yield {"unit": u, "concept": names[c] if names is not None else c,
-                       "value": None if math.isnan(v) else v, "weight": den[c]}
-
-
-# ------------------------------------------------------------------------------------------------
-# Moments and Covariance (Chan et al. pairwise updates, float64)
-# ------------------------------------------------------------------------------------------------
-class Moments:
-    """Per channel: count, mean, mean |x|, variance (population) of [N, C, ...] batches."""
-
-    def __init__(self, device: Device = None) -> None:
-        self.device = torch.device(device) if device is not None else None
-        self.n = 0
-        self.mu = self.m2 = self.abs_sum = None     # [C] float64
-
-    def _combine(self, n: int, mu: torch.Tensor, m2: torch.Tensor, abs_sum: torch.Tensor) -> None:
-        if self.mu is None:
-            self.n, self.mu, self.m2, self.abs_sum = n, mu, m2, abs_sum
-            return
-        if mu.shape != self.mu.shape:
-            raise ValueError(f"Moments: {mu.numel()} channels vs {self.mu.numel()}")
-        total = self.n + n
-        delta = mu - self.mu
-        self.mu = self.mu + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta ** 2 * (self.n * n / total)
-        self.abs_sum = self.abs_sum + abs_sum
-        self.n = total
-
-    def add(self, x: torch.Tensor) -> None:
-        """x [N, C, ...]."""
-        self.device = self.device or x.device
-        x = _units(x.to(self.device), "Moments.add").double()
-        n = x.shape[0] * x.shape[2]
-        if n == 0:
-            return
-        mu = x.mean(dim=(0, 2))
-        m2 = ((x - mu[None, :, None]) ** 2).sum(dim=(0, 2))
-        self._combine(n, mu, m2, x.abs().sum(dim=(0, 2)))
-
-    def mean(self) -> torch.Tensor:
-        return self.mu
-
-    def mean_abs(self) -> torch.Tensor:
-        return self.abs_sum / self.n
-
-    def var(self, ddof: int = 0) -> torch.Tensor:
-        return self.m2 / (self.n - ddof)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        if self.mu is None:
-            raise ValueError("Moments: empty (nothing added)")
-        return {"n": torch.tensor(self.n), "mean": self.mu, "m2": self.m2, "abs_sum": self.abs_sum}
-
-    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
-        self.device = self.device or d["mean"].device
-        self.n = int(d["n"])
-        self.mu, self.m2, self.abs_sum = (d[k].to(self.device, torch.float64) for k in ("mean", "m2", "abs_sum"))
-
-    def merge(self, other: "Moments") -> None:
-        if other.mu is not None:
-            self.device = self.device or other.mu.device
-            self._combine(other.n, *(t.to(self.device) for t in (other.mu, other.m2, other.abs_sum)))
-
-    def rows(self) -> Iterator[dict]:
-        """One row per unit: {"unit", "mean", "mean_abs", "var"}."""
-        cols = zip(self.mean().tolist(), self.mean_abs().tolist(), self.var().tolist())
-        for u, (m, a, v) in enumerate(cols):
-            yield {"unit": u, "mean": m, "mean_abs": a, "var": v}
-
-
-class Covariance:
-    """Mean vector and covariance matrix of features [N, D] (float64; cov matches numpy.cov)."""
-
-    def __init__(self, device: Device = None) -> None:
-        self.device = torch.device(device) if device is not None else None
-        self.n = 0
-        self.mu: torch.Tensor | None = None          # [D]
-        self.c2: torch.Tensor | None = None          # [D, D] sum of outer products of deviations
-
-    def _combine(self, n: int, mu: torch.Tensor, c2: torch.Tensor) -> None:
-        if self.mu is None:
-            self.n, self.mu, self.c2 = n, mu, c2
-            return
-        if mu.shape != self.mu.shape:
-            raise ValueError(f"Covariance: {mu.numel()} features vs {self.mu.numel()}")
-        total = self.n + n
-        delta = mu - self.mu
-        self.c2 = self.c2 + c2 + torch.outer(delta, delta) * (self.n * n / total)
-        self.mu = self.mu + delta * (n / total)
-        self.n = total
-
-    def add(self, x: torch.Tensor) -> None:
-        """x [N, D]."""
-        if x.dim() != 2:
-            raise ValueError(f"Covariance.add: expected [N, D], got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            return
-        self.device = self.device or x.device
-        x = x.detach().to(self.device).double()
-        mu = x.mean(0)
-        d = x - mu
-        self._combine(x.shape[0], mu, d.t() @ d)
-
-    def mean(self) -> torch.Tensor:
-        return self.mu
-
-    def cov(self, ddof: int = 1) -> torch.Tensor:
-        return self.c2 / (self.n - ddof)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        if self.mu is None:
-            raise ValueError("Covariance: empty (nothing added)")
-        return {"n": torch.tensor(self.n), "mean": self.mu, "c2": self.c2}
-
-    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
-        self.device = self.device or d["mean"].device
-        self.n, self.mu, self.c2 = int(d["n"]), d["mean"].to(self.device).double(), d["c2"].to(self.device).double()
-
-    def merge(self, other: "Covariance") -> None:
-        if other.mu is not None:
-            self.device = self.device or other.mu.device
-            self._combine(other.n, other.mu.to(self.device), other.c2.to(self.device))
-
-    def rows(self) -> Iterator[dict]:
-        """One row per feature: {"dim", "mean", "var"}."""
-        for i, (m, v) in enumerate(zip(self.mean().tolist(), torch.diagonal(self.cov()).tolist())):
-            yield {"dim": i, "mean": m, "var": v}
-
-
-# ------------------------------------------------------------------------------------------------
-# Speed check: python -m compute.core.stats [--device cpu|cuda] [--repeat 7] [--threads T] [--stages]
-# ------------------------------------------------------------------------------------------------
-def _bench(device: str, repeat: int, shape: tuple[int, ...] = (32, 128, 64, 64), concepts: int = 14) -> None:
-    import time
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=gen).to(device)
-    masks = (torch.rand(shape[0], concepts, *shape[2:], generator=gen) < 0.2).to(device)
-    q = Quantile()
-    q.add(x)                                        # first add sets the bin windows
-    iou = IoUCounts(q.quantiles([0.99])[:, 0])
-    for name, fn in (("Quantile.add", lambda: q.add(x)), ("IoUCounts.add", lambda: iou.add(x, masks))):
-        fn()
-        wall, cpu = [], []
-        for _ in range(repeat):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            w, c = time.perf_counter(), time.process_time()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            wall.append((time.perf_counter() - w) * 1e3)
-            cpu.append((time.process_time() - c) * 1e3)
-        wall.sort()
-        print(f"{name:14s} {list(shape)} x{concepts if 'IoU' in name else ''}: median {wall[len(wall) // 2]:.1f} ms, "
-              f"min {wall[0]:.1f} ms wall; process CPU {sorted(cpu)[len(cpu) // 2]:.1f} ms "
-              f"({device}, {torch.get_num_threads()} threads)")
-
-
-def _bench_parts(shape: tuple[int, ...] = (32, 128, 64, 64), repeat: int = 7) -> None:
-    """Thread CPU time of Quantile.add's three stages on one batch, single-threaded: with two cores
-    free, the wall time is about max(observe, (keys + count) / 2) plus overheads."""
-    import time
-    torch.set_num_threads(1)
-    x = _units(torch.randn(*shape, generator=torch.Generator().manual_seed(0)), "bench")
-    q = Quantile()
-    q.add(x)
-    budget = 1 << 20
-    ns = max(1, budget // (x.shape[1] * x.shape[2]))
-    blocks = [(slice(0, x.shape[1]), x[n0:n0 + ns]) for n0 in range(0, x.shape[0], ns)]
-    size = blocks[0][1].numel()
-    offsets = (torch.arange(x.shape[1], dtype=torch.int32) * (2 * q.half))[None, :, None]
-    bufs = (torch.empty(size, dtype=torch.int32), torch.empty(size, dtype=torch.int32))
-    batch = torch.zeros((x.shape[1] + q._lag) * 2 * q.half, dtype=torch.int32)
-    one = torch.ones(1, dtype=torch.int32).expand(size)
-    keys = [q._keys(xb, *q._scales(q.g[u]), offsets, bufs).clone() for u, xb in blocks]
-    stages = {"observe": lambda: [q._observe(xb, u, lambda: None) for u, xb in blocks],
-              "keys": lambda: [q._keys(xb, *q._scales(q.g[u]), offsets, bufs) for u, xb in blocks],
-              "count": lambda: [batch.index_add_(0, k, one[:k.numel()]) for k in keys]}
-    for name, fn in stages.items():
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.thread_time()
-            fn()
-            times.append((time.thread_time() - t) * 1e3)
-        print(f"Quantile.add stage {name:8s} {list(shape)}: median {sorted(times)[repeat // 2]:.1f} ms "
-              f"thread CPU (1 thread)")
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description="time Quantile.add and IoUCounts.add on one batch")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--stages", action="store_true", help="CPU time of Quantile.add's stages")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.stages:
-        _bench_parts(repeat=args.repeat)
-    else:
-        _bench(args.device, args.repeat)
