@@ -1,4 +1,4 @@
-"""GANPaint's bars, measured: remove-tree and draw-door over many generated samples (issue 6).
+"""GANPaint's bars, measured: remove-tree and draw-door over many generated samples.
 
 Reads a store with a dissection (and ACE, for alpha-ranked brushes) of the bundled village-gan, or
 builds one (`build_eval_store`: dissection + ACE for tree and door at layer6, minutes of CPU); writes

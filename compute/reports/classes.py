@@ -1,4 +1,4 @@
-"""Print issue 20's measured numbers for a classifier from the store: dissection counts per layer, the
+"""Print a classifier's measured numbers from the store: dissection counts per layer, the
 sparsity bar (top-k vs k random units per class) and the units a class depends on, with their labels.
 
 Reads the store (`layer_summary`, `unit_labels`, `class_ablation_curves`, `class_unit_effects`); writes

@@ -1,4 +1,4 @@
-"""The diagnosis tables of the README (issue 8), in the paper's Table 1/2 shape, from a store.
+"""The diagnosis tables of the README, in the paper's Table 1/2 shape, from a store.
 
 Reads `repair_latest`, `repair_concepts_latest`, `realism_flag_pr_latest`, `unit_realism_latest`,
 `concept_coverage_latest` and `realism_label_counts(...)` of a store (after `gandissect run` of a spec

@@ -1,4 +1,4 @@
-"""Measure issue 4's bars on the village GAN: runs `examples/intervene.toml`, then reads the store.
+"""Measure the intervention bars on the village GAN: runs `examples/intervene.toml`, then reads the store.
 
 Reads the spec (default `examples/intervene.toml`), the generator checkpoint (default: the final
 `ingest/zoo/village-gan.safetensors`, else the newest `village-gan-step*.safetensors`) and the bundled
@@ -15,7 +15,7 @@ re-computation described next to it.
 segmenter in a store (the latest done insert run per segmenter; `examples/insert-door.toml` runs
 the door insertion with village-seg and with village-seg-parts) and each one's wall / sky ratio.
 
-Bars (issue 4):
+Bars:
 - tree: ablating the 20 highest-alpha units leaves <= 50 % of the tree pixels;
 - tree, door, window, dome: alpha-ranked ablation removes at least as much as IoU-ranked at n = 20,
   and 20 random units remove < 10 % (mean over the random draws);

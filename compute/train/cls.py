@@ -1,4 +1,4 @@
-"""Train (or evaluate) the bundled village scene classifier `village-cls` (issue 20).
+"""Train (or evaluate) the bundled village scene classifier `village-cls`.
 
 Reads: the village renderer and its scene classes (`ingest.village.scenes`: rules, balanced splits);
 class-balanced pools of rendered scenes cached under `.cache/village-cls/` (re-rendered when missing

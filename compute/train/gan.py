@@ -472,7 +472,7 @@ EVAL_SEEDS = (20_000_000, 30_000_000)  # two disjoint rendered sets (A: the refe
 EVAL_LATENT_SEED = 1  # generated images: ingest.samples.latents(1, n, z_dim)
 EARLY_FRACTION = 0.1  # "early checkpoint": the first one at or after 10 % of training
 BUILDING_PARTS = ("building", "wall", "roof", "dome")
-# the bars of the v2 generator (issue 13), judged on the final checkpoint by the card
+# the bars of the v2 generator, judged on the final checkpoint by the card
 FD_BAR = 0.15  # Fréchet distance in segmenter features
 FRACTION_BAR = 0.20  # relative difference of each concept's pixel fraction (concepts above 1 % of rendered pixels)
 DOOR_PRESENCE_BAR = 0.80  # share of generated images holding a building that show a door

@@ -1,5 +1,5 @@
 """Classifier dissection without touching the dissection code: a classifier and an image source,
-presented as a "generator" (issue 20).
+presented as a "generator".
 
 Reads rendered village scenes or a folder of image files; writes nothing (it tells `village-truth`
 the labels of every scene it renders). Every analysis of the project reads images from

@@ -1,4 +1,4 @@
-"""Scene classes of the village world: the one place that states the rules (issue 20).
+"""Scene classes of the village world: the one place that states the rules.
 
 Reads the village renderer; writes nothing. A scene's class follows from what it *visibly contains*
 (its exact label maps), by the first rule that matches, in this order:
