@@ -85,7 +85,8 @@ def invert_photos(gen: Any, enc: Any, seg: Any, images: Any, *, layer: str, z_st
                   batch: int, device: str, progress: Callable[[int, int], None] | None = None
                   ) -> list[dict[str, Any]]:
     """uint8 [N, R, R, 3] photos -> per photo a dict: reconstruction (uint8 [R, R, 3]), omission map,
-    psnr, psnr_z, psnr_encoder, seconds (its share of its batch's time), concepts, omitted."""
+    psnr, psnr_z, psnr_encoder, seconds (its share of its batch's time), concepts, omitted, and the
+    inversion itself: z [1, z_dim], layer and its features [1, C, h, w] (None without a layer step)."""
     import numpy as np  # noqa: F401
 
     from compute.invert.omissions import concept_rows, omission_map, omitted
@@ -106,7 +107,8 @@ def invert_photos(gen: Any, enc: Any, seg: Any, images: Any, *, layer: str, z_st
         for i in range(x.shape[0]):
             d: dict[str, Any] = {"reconstruction": rec_u8[i], "psnr": float(inv.psnr[i]), "psnr_z": float(inv.psnr_z[i]),
                                  "psnr_encoder": float(inv.psnr_encoder[i]), "seconds": inv.seconds / x.shape[0],
-                                 "layer": inv.layer, "concepts": [], "omitted": [], "omission_map": None}
+                                 "layer": inv.layer, "concepts": [], "omitted": [], "omission_map": None,
+                                 "z": inv.z[i:i + 1], "features": None if inv.features is None else inv.features[i:i + 1]}
             if seg is not None:
                 names = [c.name for c in seg.concepts]
                 d["concepts"], d["omitted"] = rows[i], omitted(rows[i])

@@ -33,7 +33,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,8 +45,8 @@ from torch import nn
 from compute.core.intervene import featuremap, finish
 from compute.paint.engine import EditError, Frame, Painter, PaintSession, _masks, label_map, to_uint8
 
-__all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "compose_weight", "open_photo", "cmd_edit_photo",
-           "evaluate_remove_tree", "main"]
+__all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "PhotoCanvas", "compose_weight", "open_photo",
+           "cmd_edit_photo", "evaluate_remove_tree", "main"]
 
 ADAPT_STEPS = 150     # fine-tuning steps of the image-specific adaptation
 ADAPT_LR = 0.002      # Adam learning rate of the adapted weights (equalised-lr weights are ~N(0, 1))
@@ -195,6 +195,25 @@ class PhotoPainter(Painter):
 
 
 # ------------------------------------------------------------------------------------------ photo in
+
+@dataclass
+class PhotoCanvas:
+    """A photo ready to paint (the dashboard's state between the Photos and Paint pages): the model it
+    was inverted into, a key naming the photo and its inversion, and the adapted generator."""
+
+    model: str
+    key: str
+    photo: np.ndarray      # uint8 [R, R, 3]
+    adapted: Adapted
+    _painters: dict[tuple[int, str], PhotoPainter] = field(default_factory=dict, repr=False)
+
+    def painter(self, base: Painter) -> PhotoPainter:
+        """The PhotoPainter of this photo with `base`'s layer and brushes (one per base painter and layer)."""
+        k = (id(base), base.layer)
+        if k not in self._painters:
+            self._painters = {k: PhotoPainter.on(base, self.adapted, self.photo)}  # keep only the latest
+        return self._painters[k]
+
 
 def open_photo(base: Painter, photo: np.ndarray, *, encoder: Any = None, z_steps: int = 150, layer_steps: int = 250,
                inversion_layer: str = "layer4", adapt_steps: int = ADAPT_STEPS, compose: bool = True,

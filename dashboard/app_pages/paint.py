@@ -103,7 +103,12 @@ except Exception as e:  # EditError, a missing checkpoint, ...: one line, never 
     st.error(f"cannot paint with {model}: {images.error_text(e)}")
     st.stop()
 
-session_key = (db, model, sha, layer, seed, index)
+photo = st.session_state.get("paint_photo")  # the Photos page's "Open in Paint": compute.paint.photo.PhotoCanvas
+if photo is not None and photo.model == model:
+    painter = photo.painter(painter)  # the generator adapted to the photo; seed and sample are not used
+    st.info(f"Painting on your photo (generator adapted to it: {photo.adapted.psnr_adapted:.1f} dB).")
+    st.button("back to generated samples", on_click=st.session_state.pop, args=("paint_photo", None), key="paint_unphoto")
+session_key = (db, model, sha, layer, seed, index, photo.key if photo is not None and photo.model == model else None)
 if st.session_state.get("paint_session_key") != session_key:
     st.session_state["paint_session"] = painter.session(seed, index)
     st.session_state["paint_session_key"] = session_key

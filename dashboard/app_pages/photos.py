@@ -2,7 +2,8 @@
 
 Upload a PNG / JPEG or pick a rendered scene, press Invert (progress shown): photo / reconstruction /
 difference / omission map, both segmentations, and the concepts of the photo with their recall (the
-omitted ones first). Below, the omissions of a set of photos (the latest done `invert` runs, view
+omitted ones first). "Open in Paint" adapts a copy of the generator to the photo
+(`compute.paint.photo.adapt`) and opens the Paint page on it (`st.session_state["paint_photo"]`). Below, the omissions of a set of photos (the latest done `invert` runs, view
 `inversion_dropped`) next to the distribution-level coverage of the Realism page
 (`concept_coverage_latest`).
 
@@ -74,6 +75,25 @@ def _invert(image: np.ndarray, model: str, steps: dict[str, int]) -> dict[str, A
     return r
 
 
+def _adapt(image: np.ndarray, model: str, r: dict[str, Any], key: str) -> Any:
+    """The generator adapted to this photo from its inversion (compute.paint.photo.adapt), as the
+    PhotoCanvas the Paint page paints on."""
+    from compute.paint.photo import PhotoCanvas, adapt
+    from ingest.real import to_input
+
+    gen, _, seg = _models(model)
+    bar = st.progress(0.0, text="adapting the generator to the photo…")
+    ad = adapt(gen, to_input(image[None]), r["z"], r["features"], r["layer"], segmenter=seg,
+               progress=lambda d, t: bar.progress(min(1.0, d / max(t, 1)), text=f"adapting… step {d} of {t}"))
+    bar.empty()
+    return PhotoCanvas(model, key, image, ad)
+
+
+def _open_in_paint(image: np.ndarray, model: str, r: dict[str, Any], key: str) -> None:
+    st.session_state["paint_photo"] = _adapt(image, model, r, key)
+    st.switch_page("app_pages/paint.py")
+
+
 def _big(img: np.ndarray, scale: int = 3) -> np.ndarray:
     return np.kron(img, np.ones((scale, scale, 1), np.uint8)) if img.shape[0] < 128 else img
 
@@ -136,7 +156,13 @@ if image is not None:
             rows = pl.DataFrame(r["concepts"]).select("concept", "photo_share", "recon_share", "recall", "omitted")
             st.dataframe(rows.sort(["omitted", "recall"], descending=[True, False], nulls_last=True),
                          hide_index=True)
-        st.page_link("app_pages/paint.py", label="Paint on generated images", icon=":material/brush:")
+        import hashlib
+
+        pkey = f"{hashlib.sha256(image.tobytes()).hexdigest()[:16]}-{quality}"
+        if st.button("Open in Paint", icon=":material/brush:", key="photos_paint",
+                     help="adapt a copy of the generator to this photo (its layers above layer4 fine-tuned, "
+                          "seconds), then paint on it with the unit brushes; the edits are composed into the photo"):
+            _open_in_paint(image, model, r, pkey)
 
 st.subheader("What a set of photos loses")
 dropped = _read(DROPPED_SQL)
