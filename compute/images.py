@@ -77,11 +77,11 @@ def _checkpoint_path(checkpoint: str | None, store_path: str | os.PathLike | Non
 
 
 def load_generator(model: str, store_path: str | os.PathLike | None = None,
-                   device: torch.device | str = "cpu") -> torch.nn.Module:
+                   device: torch.device | str = "cpu", spec_path: str | os.PathLike | None = None) -> torch.nn.Module:
     """The generator of a stored model, loaded once per process (per checkpoint file and device).
 
     Family `progan` is rebuilt from the `models` row alone; other families (whose loader options live
-    in the spec) are looked up by name in the spec at $GANDISSECT_SPEC (default `gandissect.toml`).
+    in the spec) are looked up by name in the spec at `spec_path`, else the spec at $GANDISSECT_SPEC (default `gandissect.toml`).
     """
     from compute.spec import ModelSpec
     from ingest import zoo
@@ -105,7 +105,7 @@ def load_generator(model: str, store_path: str | os.PathLike | None = None,
                                  row["model_group"] or row["model"])
                 net = zoo.load_model_spec(spec, device)
             else:
-                net = zoo.load_generator(model, os.environ.get("GANDISSECT_SPEC"), device)
+                net = zoo.load_generator(model, spec_path or os.environ.get("GANDISSECT_SPEC"), device)
         except Exception as e:
             raise ImageError(f"cannot load {model!r} ({row['family']}): {str(e).splitlines()[0]}") from e
         net = net.eval().requires_grad_(False)

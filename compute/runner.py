@@ -318,12 +318,12 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
     started = False  # only a run this process started is marked failed (never another's rows)
     try:
         _register(job, ctx)
-        started = True
         store.start_run(job.run_key, job.analysis.kind, name=job.analysis.name,
                         model=job.model.name, layer=job.layer_label,
                         segmenter=job.segmenter.name if job.segmenter else None,
                         n_samples=job.analysis.samples, seed=job.analysis.seed, params=job.params,
                         code_version=job.code_version, device=str(ctx.device), path=ctx.store)
+        started = True  # its runs row exists: a failure from here on is recorded there
         results = analyses.module(job.analysis.kind).compute(job, ctx)
         seconds = time.time() - t0
         # one transaction: delete the run's slice, insert, audit, mark done

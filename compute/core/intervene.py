@@ -37,6 +37,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from compute.core.probe import run_order
 from compute.core.stats import ConditionalMean
 from compute.core.tap import Edit, Tap, apply_edit, forward_from
 
@@ -356,11 +357,13 @@ def map_context(contexts: dict[str, torch.Tensor]) -> torch.Tensor:
 # -------------------------------------------------------------------------------------- tracing
 
 def later_layers(gen: torch.nn.Module, layer: str) -> list[str]:
-    """The generator's dissectable layers that come after `layer`."""
+    """The generator's dissectable layers that run after `layer` in a forward pass (in that order; on a
+    generator with branches this may include layers that do not depend on `layer`: their change is 0)."""
     layers = list(getattr(gen, "layers", []))
     if layer not in layers:
         raise InterventionError(f"layer {layer!r} is not one of the generator's layers {layers}")
-    return layers[layers.index(layer) + 1:]
+    order = run_order(gen, layers, next(gen.parameters()).device)
+    return order[order.index(layer) + 1:]
 
 
 def channel_scales(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor, targets: Sequence[str]

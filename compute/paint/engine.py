@@ -650,10 +650,12 @@ class PaintSession:
 # ------------------------------------------------------------------------------------------- loading
 
 def _spec_or_none(spec: str | os.PathLike | None) -> str | None:
+    """The spec that declares the models: `spec`, else $GANDISSECT_SPEC (`gandissect dashboard --spec`
+    sets it), else the default spec; None when that file does not exist."""
     if spec is None:
         from compute.spec import DEFAULT_SPEC
 
-        spec = DEFAULT_SPEC
+        spec = os.environ.get("GANDISSECT_SPEC") or DEFAULT_SPEC
     return str(spec) if Path(spec).exists() else None
 
 
@@ -673,8 +675,11 @@ def _segmenter_cached(name: str, family: str | None, checkpoint: str | None, spe
 
 def load_models(model: str, db: str | os.PathLike | None = None, spec: str | os.PathLike | None = None,
                 device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Any]:
-    """The generator (from the store's `models` row, else the spec / bundled zoo) and the segmenter of
-    the model's latest dissection (spec, bundled zoo or the store's `segmenters` row; else village-seg).
+    """The generator (the store's `models` row, its loader options from the spec when the family needs
+    them; else the spec's entry or the bundled zoo) and the segmenter of the model's latest dissection
+    (spec, bundled zoo or the store's `segmenters` row; else village-seg). The spec is `spec`, else
+    $GANDISSECT_SPEC, else the default spec: `gandissect edit --spec S` and the Paint page of
+    `gandissect dashboard --spec S` load every model S declares (any family).
 
     The generator is this caller's own copy: the hooks painting puts on it never reach other users of
     the process-wide cached one (the dashboard's image pages)."""
@@ -685,7 +690,7 @@ def load_models(model: str, db: str | os.PathLike | None = None, spec: str | os.
     known = _read(db, "SELECT model FROM models WHERE model = $model", {"model": model})
     try:
         if known:
-            gen = copy.deepcopy(images.load_generator(model, db, device))  # our hooks never meet other pages'
+            gen = copy.deepcopy(images.load_generator(model, db, device, spec_path))  # our hooks never meet other pages'
         else:
             gen = zoo.load_generator(model, spec_path, device).eval().requires_grad_(False)
     except (images.ImageError, zoo.ZooError) as e:

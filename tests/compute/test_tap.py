@@ -1,13 +1,16 @@
-"""Tap and run_from on a tiny nn.Sequential, against hand-computed edits."""
+"""Tap, run_from and forward_from on tiny models (an nn.Sequential and a module with two branches), against
+hand-computed edits; the hook path equals the Sequential fast path on the bundled village-gan."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from compute.core.tap import Edit, StopForward, Tap, run_from
+from compute.core.tap import (Edit, StopForward, Tap, apply_edit, forward_from, run_from, run_replaced,
+                              sequential_path)
 
 
 class Counter(nn.Module):
@@ -33,7 +36,22 @@ def tiny() -> nn.Sequential:
 
 
 def hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in model.modules())
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class TwoBranch(nn.Module):
+    """x -> out(main(x) + side(x)); `side` is registered after `main` but runs before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.main = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 1))
+        self.side = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Tanh())
+        self.out = Counter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.side(x)
+        return self.out(self.main(x) + s)
 
 
 def test_retain_and_hand_computed_edits() -> None:
@@ -137,3 +155,79 @@ def test_run_from_equals_full_forward() -> None:
     assert torch.equal(run_from(model, "output", full), full)
     with pytest.raises(ValueError):
         run_from(model, "layer9", full)
+
+
+def test_stop_after_several_layers_waits_for_all_of_them_in_any_order() -> None:
+    model, x = TwoBranch(), torch.randn(2, 2, 5, 5)
+    for layers in (["side.1", "main.2"], ["main.2", "side.1"], ["main.0", "side.1"]):
+        with Tap(model, layers, stop_after=layers) as tap:
+            assert tap.run(x) is None
+            assert sorted(tap.keys()) == sorted(layers)  # side.1 ran first; the pass went on to main.*
+        assert model.out.calls == 0
+    with Tap(model, ["side.1"], stop_after="side.1") as tap:  # one layer: cut right after it
+        tap.run(x)
+        assert "side.1" in tap
+    with Tap(model, ["side.1", "main.2"], stop_after=["side.1", "main.2"]) as tap:  # passes do not add up
+        for _ in range(2):
+            tap.run(x)
+            assert model.out.calls == 0
+    assert hook_count(model) == 0
+
+
+def test_forward_from_hook_path_equals_the_fast_path_and_the_full_forward() -> None:
+    model, x = tiny(), torch.randn(2, 2, 5, 5)
+    full = model(x)
+    f20 = model.layer2[0](model.layer1(x))
+    assert sequential_path(model, "layer2.0") and sequential_path(model, "layer1")
+    assert torch.allclose(run_replaced(model, "layer2.0", f20, x), run_from(model, "layer2.0", f20), atol=1e-6)
+    edited = f20 * 0.5
+    assert torch.allclose(forward_from(model, "layer2.0", edited, x), model.output(model.layer2[1](edited)), atol=1e-6)
+    assert hook_count(model) == 0
+
+    branchy = TwoBranch()
+    assert not sequential_path(branchy, "main.1")
+    with Tap(branchy, ["main.1"]) as tap:
+        out = branchy(x)
+    r = tap["main.1"]
+    assert torch.equal(forward_from(branchy, "main.1", r, x), out)
+    edited = r.clone()
+    edited[:, 0] = 0.0
+    want = branchy.out(branchy.main[2](edited) + branchy.side(x))  # the side branch still sees x
+    assert torch.allclose(forward_from(branchy, "main.1", edited, x), want, atol=1e-6)
+    with pytest.raises(ValueError, match="2 featuremaps of 'main.1' but 1 latents"):
+        forward_from(branchy, "main.1", r, x[:1])
+    assert hook_count(branchy) == 0
+
+
+def test_replacement_is_exact_keeps_autograd_and_removes_its_hook_after_an_exception() -> None:
+    model, x = TwoBranch(), torch.randn(2, 2, 5, 5)
+    value = torch.randn(2, 3, 5, 5, requires_grad=True)
+    out = forward_from(model, "main.1", value, x)
+    out.sum().backward()
+    assert value.grad is not None and value.grad.abs().sum() > 0
+    inf = torch.full((1, 3, 2, 2), float("inf"))
+    assert torch.equal(apply_edit(inf, Edit(1.0, torch.ones(1, 3, 2, 2))), torch.ones(1, 3, 2, 2))  # no 0 * inf
+    with pytest.raises(ValueError, match="does not broadcast"):  # raised inside the forward pass
+        run_replaced(model, "main.1", torch.randn(2, 3, 4, 4), x)
+    assert hook_count(model) == 0
+
+
+VILLAGE_GAN = Path(__file__).resolve().parents[2] / "ingest" / "zoo" / "village-gan.safetensors"
+
+
+@pytest.mark.skipif(not VILLAGE_GAN.exists(), reason="bundled weights absent")
+def test_hook_path_equals_the_fast_path_on_the_bundled_village_gan() -> None:
+    from compute.core.intervene import edit_featuremap, featuremap, unit_alpha
+    from ingest.models.progan import load_progan
+    from ingest.samples import latents
+
+    gen = load_progan(str(VILLAGE_GAN)).eval().requires_grad_(False)
+    z = latents(1, 4, int(gen.z_dim))
+    with torch.no_grad():
+        for layer in ("layer4", "layer7"):
+            r = featuremap(gen, layer, z)
+            edited = edit_featuremap(r, unit_alpha([0, 3, 5], r.shape[1]), 0.0)
+            assert sequential_path(gen, layer)
+            fast, hooked = run_from(gen, layer, edited), run_replaced(gen, layer, edited, z)
+            assert torch.allclose(fast, hooked, atol=1e-5), float((fast - hooked).abs().max())
+            assert torch.equal(forward_from(gen, layer, edited, z), fast)
