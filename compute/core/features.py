@@ -24,6 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ingest.roles import Segmenter
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DEFAULT_INCEPTION_WEIGHTS = Path("~/.cache/gandissect") / INCEPTION_FILE
 EXTRACTORS = ("segmenter", "inception")
@@ -56,7 +58,7 @@ def finite(name: str, features: torch.Tensor) -> np.ndarray:
     return f
 
 
-def features_and_masks(feat: Extractor, seg: Any, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+def features_and_masks(feat: Extractor, seg: Segmenter, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
     """Features float64 [N, D] and the segmenter's concept masks bool [N, K, H, W] of the same images;
     one segmenter pass when the features are the segmenter's own and it offers `features_and_masks`."""
     if feat.name == "segmenter" and hasattr(seg, "features_and_masks"):
@@ -77,7 +79,7 @@ def check_count(n: int, dim: int, what: str) -> None:
                            f"{dim} images): raise the sample count")
 
 
-def segmenter_extractor(seg: Any) -> Extractor:
+def segmenter_extractor(seg: Segmenter) -> Extractor:
     if not hasattr(seg, "features"):
         raise FeatureError(f"segmenter {type(seg).__name__} has no features(images) method; "
                            f"use features = \"inception\"")
@@ -123,7 +125,7 @@ def inception_extractor(weights: str | Path | None, device: torch.device) -> Ext
     return Extractor("inception", dim, fn)
 
 
-def extractor(name: str, seg: Any, device: torch.device, inception_weights: str | None = None) -> Extractor:
+def extractor(name: str, seg: Segmenter, device: torch.device, inception_weights: str | None = None) -> Extractor:
     """The named feature extractor ("segmenter" | "inception")."""
     if name == "segmenter":
         return segmenter_extractor(seg)

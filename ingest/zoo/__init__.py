@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ingest.roles import Generator, Segmenter
 from ingest.spec import DEFAULT_SPEC, Declarations, ModelSpec, SegmenterSpec, ZooError, load_catalog
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -275,7 +276,7 @@ def load_segmenter_spec(s: SegmenterSpec, device: torch.device | str = "cpu") ->
     return loader(s, device).eval()
 
 
-def resolution_record(generator: Any, segmenter: Any) -> dict[str, Any]:
+def resolution_record(generator: Generator, segmenter: Segmenter) -> dict[str, Any]:
     """How generated images meet the segmenter: both resolutions and the resizing applied (for run records).
 
     Images are resized to the segmenter's resolution (bilinear, antialiased when shrinking) and
