@@ -5,7 +5,7 @@ internal resolution `SCALE` times larger than the output, then box-filters the c
 labels by majority, so edges are anti-aliased and labels stay exact. `render_batch(seeds)` stacks
 scenes into arrays for training. Run `python -m ingest.village.render OUT.png` for a sample grid.
 
-World rules (DESIGN.md "The village world"):
+World rules (issue 9, DESIGN.md "The village world"):
 - sky above a random horizon (vertical gradient, colour variation); clouds only in the sky;
 - textured grass below the horizon; optionally a road on the ground leading to a door;
 - 1-3 buildings standing on the ground, side by side; a wall of brick or plaster, a roof
