@@ -26,10 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compute.train.common import REPO, add_device_arguments, device_from
 from ingest.models.classifier import VillageClassifier, load_village_cls, read_meta, save_village_cls
+from ingest.real import to_input
 from ingest.village.scenes import CLASSES, HELDOUT_SEED_START, POOL_DIR, TRAIN_SEED_START, load_split
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-cls.safetensors"
 
 
@@ -42,24 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train", type=int, default=1200, help="training scenes per class")
     p.add_argument("--eval", type=int, default=250, help="held-out scenes per class")
     p.add_argument("--widths", default="16,32,64,64,64")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(p)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--pool-dir", default=str(POOL_DIR))
     p.add_argument("--evaluate-only", action="store_true", help="measure --out and write its model card")
     p.add_argument("--no-card", action="store_true", help="do not write the model card")
     return p.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
-    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -174,9 +163,7 @@ Confusion matrix (rows: true class, columns: predicted):
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
+    device = device_from(a)
     out = Path(a.out)
     if not a.evaluate_only:
         net, seconds = train(a, device)

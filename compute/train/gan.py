@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,9 +41,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from compute.train.common import REPO, add_device_arguments, resolve_device
 from ingest.models.progan import WIDTH_PRESETS, Discriminator, Generator, save_progan
 
-REPO = Path(__file__).resolve().parents[2]
 ZOO = REPO / "ingest" / "zoo"
 POOL_SEED_START = 10_000_000  # training scenes: seeds POOL_SEED_START .. + pool_size - 1
 SAMPLE_SEED = 7  # fixed latents for the monitoring sample grids
@@ -57,8 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4000, help="total generator steps")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=1, help="seed for weights, latents and pool sampling")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(p)
     p.add_argument("--out-dir", default="/work/gan-train/", help="training state, log samples")
     p.add_argument("--zoo-dir", default=str(ZOO), help="where the EMA checkpoints and the model card go")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/state.pt if present")
@@ -95,14 +93,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.resume_point is None:
         a.resume_point = str(Path(a.zoo_dir) / RESUME_POINT_NAME)
     return a
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device available")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------- data: a pool of rendered scenes

@@ -38,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from compute.train.common import REPO, add_device_arguments, device_from
 from ingest.models.village_seg import (HEAD_CONCEPTS, HEAD_SIZES, VillageSegmenter, labels_from_logits,
                                        load_village_seg, save_village_seg)
+from ingest.real import to_input
 from ingest.village.concepts import CONCEPTS, INDEX
 
-REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "ingest" / "zoo" / "village-seg.safetensors"
 EVAL_SEED_START = 20_000_000  # disjoint from training seeds (< pool size) and from the GAN's pool
 PASTE_EVAL_SEED = 777  # where held-out scenes get their pasted doors / windows (model card column)
@@ -53,8 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=1, help="seed for weights, batches and augmentations")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_device_arguments(p)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--evaluate-only", action="store_true", help="measure --out and write its model card")
     p.add_argument("--pool", type=int, default=20000, help="pre-rendered training scenes (seeds 0..pool-1)")
@@ -67,12 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of training images with doors/windows pasted anywhere (> 0: parts_anywhere model)")
     p.add_argument("--no-card", action="store_true", help="with --evaluate-only: print, do not write the card")
     return p.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------- data
@@ -102,11 +96,6 @@ def load_pool(start: int, n: int, pool_dir: str | Path | None) -> tuple[np.ndarr
         np.savez(tmp, images=images, labels=labels)
         tmp.replace(path)
     return images, labels
-
-
-def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [N,H,W,3] -> float32 [N,3,H,W] in [-1, 1]."""
-    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 def head_targets(labels: torch.Tensor) -> list[torch.Tensor]:
@@ -402,9 +391,7 @@ def measure_speed(model: VillageSegmenter, device: torch.device) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
+    device = device_from(a)
     out = Path(a.out)
     if not a.evaluate_only:
         model, seconds = train(a, device)

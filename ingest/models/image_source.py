@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ingest.real import to_input
 from ingest.spec import ModelSpec, ZooError
 
 Z_DIM = 2  # latent columns hashed into the image index
@@ -60,11 +61,6 @@ def dataset_index(seed: int, sample: int) -> int:
     return image_index(latents(int(seed), 1, Z_DIM, start=int(sample)))[0]
 
 
-def _to_input(images: np.ndarray) -> Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 class VillageScenes:
     """Rendered village scenes by index; tells `village-truth` their labels."""
 
@@ -86,7 +82,7 @@ class VillageScenes:
             scene = render(self.scene_seed(h), size=self.resolution)
             remember(scene.image, scene.label_maps)
             out[i] = scene.image
-        return _to_input(out)
+        return to_input(out)
 
 
 class ImageFolder:
@@ -112,7 +108,7 @@ class ImageFolder:
         for i, h in enumerate(indices):
             with Image.open(self.file(h)) as im:
                 out[i] = np.asarray(im.convert("RGB").resize((self.resolution,) * 2, Image.Resampling.BICUBIC))
-        return _to_input(out)
+        return to_input(out)
 
 
 class ClassifierDissection(nn.Module):
