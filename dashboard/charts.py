@@ -199,12 +199,14 @@ def emergence_categories(frame: pl.DataFrame) -> alt.Chart:
     ).properties(height=260)
 
 
-def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "interpretable_units") -> alt.Chart:
-    """Heat map: units per concept (rows) for each compared layer (columns), with counts printed."""
+def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "interpretable_units",
+                    order: list[str] | None = None) -> alt.Chart:
+    """Heat map: units per concept (rows) for each compared layer (columns, in `order` when given, e.g.
+    by layer index: never layer10 before layer2), with counts printed."""
     concepts = (frame.group_by("concept").agg(pl.col(value).sum()).sort(value, descending=True)["concept"]
                 .to_list())
     base = alt.Chart(_pd(frame)).encode(
-        x=alt.X(f"{x}:N", title=None, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
+        x=alt.X(f"{x}:N", title=None, sort=order, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
         y=alt.Y("concept:N", sort=concepts, title=None, axis=alt.Axis(labelOverlap=False)))
     rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value.replace("_", " "),
                                                    scale=alt.Scale(scheme="blues")),

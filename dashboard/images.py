@@ -3,14 +3,18 @@
 Reads the store's `models` row and the model's checkpoint (through `compute.images`, imported only when
 an image is requested, so browsing pages never import torch); writes nothing. Results are cached with
 `st.cache_data` per (store, model, checkpoint hash, layer, requests, size); every image of one call is
-generated in batches. The device comes from $GANDISSECT_DEVICE (default "cpu"); set
+generated in batches; `strip_pngs` keeps each unit's strip as PNG bytes (per process), so a rerun sends
+bytes without re-encoding and a new ranking draws only the units not drawn before. The device comes from $GANDISSECT_DEVICE (default "cpu"); set
 $GANDISSECT_DASHBOARD_IMAGES=0 to turn images off.
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
+import threading
 import time
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -75,6 +79,75 @@ def heat_overlays(db: str, model: str, checkpoint_sha256: str | None, seed: int,
 
     images = samples(db, model, checkpoint_sha256, seed, indices, size)
     return [overlay_heat(im, np.asarray(h, np.float32)) for im, h in zip(images, heats)]
+
+
+_PNG_ENTRIES = 1024  # strips kept as PNG bytes per process (a 5-image strip at 128 px is ~60 kB)
+_png_lock = threading.Lock()
+
+
+@st.cache_resource(show_spinner=False)
+def _png_cache() -> "OrderedDict[tuple, bytes]":
+    """Per-unit PNG bytes shared by every session of the process (least recently used dropped first)."""
+    return OrderedDict()
+
+
+def wrap(strip: np.ndarray, k: int, per_row: int) -> np.ndarray:
+    """A strip of k square images with white gaps (uint8 [h, k*h + gaps, 3]) re-laid as rows of `per_row`
+    images, so each image is drawn larger in a narrow column: uint8 [rows*h + gaps, per_row*h + gaps, 3]."""
+    h, w = strip.shape[:2]
+    if k <= per_row or k < 2:
+        return strip
+    gap = (w - k * h) // (k - 1)
+    tiles = [strip[:, i * (h + gap): i * (h + gap) + h] for i in range(k)]
+    blank = np.full((h, h, 3), 255, np.uint8)
+    rows = []
+    for start in range(0, k, per_row):
+        row = tiles[start:start + per_row]
+        row += [blank] * (per_row - len(row))
+        parts = []
+        for j, t in enumerate(row):
+            if j:
+                parts.append(np.full((h, gap, 3), 255, np.uint8))
+            parts.append(t)
+        rows.append(np.concatenate(parts, axis=1))
+    sep = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
+    out = [rows[0]]
+    for r in rows[1:]:
+        out += [sep, r]
+    return np.concatenate(out, axis=0)
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def strip_pngs(db: str, model: str, checkpoint_sha256: str | None, layer: str, requests: tuple[Request, ...],
+               size: int | None = None, per_row: int | None = None) -> list[bytes]:
+    """PNG bytes of each request's strip (optionally wrapped into rows of `per_row`), cached per unit: a
+    rerun, another ranking or another page size reuses every strip already drawn and generates only the
+    missing ones (in one batch). st.image sends bytes as they are, with no re-encoding per run."""
+    cache = _png_cache()
+    keys = [(db, model, checkpoint_sha256, layer, r, size, per_row) for r in requests]
+    with _png_lock:
+        missing = tuple(r for k, r in zip(keys, requests) if k not in cache)
+    if missing:
+        drawn = strips(db, model, checkpoint_sha256, layer, missing, size)
+        with _png_lock:
+            for r, strip in zip(missing, drawn):
+                cache[(db, model, checkpoint_sha256, layer, r, size, per_row)] = png(
+                    wrap(strip, len(r[3]), per_row) if per_row else strip)
+            while len(cache) > _PNG_ENTRIES:
+                cache.popitem(last=False)
+    with _png_lock:
+        out = []
+        for k in keys:
+            cache.move_to_end(k)
+            out.append(cache[k])
+    return out
 
 
 def requests_for(units: Sequence[int], table: pl.DataFrame, topk: pl.DataFrame,

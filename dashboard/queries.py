@@ -6,7 +6,9 @@ Writes nothing. Inside `page_scope()` (app.py wraps each page run in it) the que
 share one read-only connection, opened at the first query that misses the cache and closed when the run
 ends or `release()` is called (before image generation and before any write), so a page costs one
 connect instead of one per query; outside a scope each query uses `db.store.read`. Every function takes the store path first (so caches are per store) and is
-wrapped in `st.cache_data` with a short ttl, so a page rerun costs no SQL and new rows show within seconds.
+wrapped in `st.cache_data` keyed by the store's stamp (`store_stamp`: mtime and size of the file and its
+WAL), so a rerun, a widget change or another session costs no SQL until the store changes, and a new row
+shows at the next run after its commit.
 Nothing a user types reaches SQL text here: choices are bound as parameters, and the one choice that
 changes the SQL (the unit ranking) selects among fixed ORDER BY constants.
 
@@ -15,6 +17,7 @@ changes the SQL (the unit ranking) selects among fixed ORDER BY constants.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from pathlib import Path
@@ -25,8 +28,8 @@ import streamlit as st
 
 from db import store
 
-TTL_S = 5  # result tables: new rows appear within seconds
-RUNS_TTL_S = 2  # job status
+TTL_S = 600  # memory bound only: every cached read is keyed by the store's stamp (a write shows at once)
+RUNS_TTL_S = 600
 READ_TIMEOUT_S = float(os.environ.get("GANDISSECT_DASHBOARD_TIMEOUT", "20"))  # lock retry window
 
 
@@ -69,8 +72,36 @@ def _read(db: str, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = 
     return scope["con"].sql(sql, params=params).pl()
 
 
+def store_stamp(db: str) -> tuple[int, int, int, int]:
+    """(mtime_ns, size) of the store file and of its write-ahead log: changes with every committed write
+    (a job's publish, a flag), costs two stat calls."""
+    out: list[int] = []
+    for p in (db, db + ".wal"):
+        try:
+            s = os.stat(p)
+            out += [s.st_mtime_ns, s.st_size]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)  # type: ignore[return-value]
+
+
 def _cached(ttl: float = TTL_S):
-    return st.cache_data(ttl=ttl, show_spinner=False, max_entries=256)
+    """st.cache_data keyed by the arguments and the store's stamp: a rerun or another session reads from
+    memory until the store changes (then the next call reads it afresh); `ttl` only bounds memory."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def stamped(db: str, stamp: tuple[int, ...], *args: Any, **kwargs: Any) -> Any:
+            return fn(db, *args, **kwargs)
+
+        cached = st.cache_data(ttl=ttl, show_spinner=False, max_entries=256)(stamped)
+
+        @functools.wraps(fn)
+        def call(db: str, *args: Any, **kwargs: Any) -> Any:
+            return cached(db, store_stamp(db), *args, **kwargs)
+
+        call.clear = cached.clear  # type: ignore[attr-defined]
+        return call
+    return deco
 
 
 # ---------------------------------------------------------------- SQL: store contents

@@ -174,6 +174,21 @@ def permalink(params: dict[str, str], page: str = "unit", absolute: bool = False
     return f"{base}/{rel}" if base else rel
 
 
+def with_unit_links(frame: pl.DataFrame, model: str | None = None, layer: str | None = None,
+                    column: str = "open") -> tuple[pl.DataFrame, dict[str, Any]]:
+    """(frame with a `column` of unit-page URLs, column_config drawing them as links "unit N"): for any
+    table that lists units (columns unit, and model / layer unless given)."""
+    if frame.height == 0 or "unit" not in frame.columns:
+        return frame, {}
+    m = pl.col("model") if model is None else pl.lit(model)
+    lay = pl.col("layer") if layer is None else pl.lit(layer)
+    urls = pl.concat_str([pl.lit("unit?model="), m, pl.lit("&layer="), lay, pl.lit("&unit="),
+                          pl.col("unit").cast(pl.String)])
+    out = frame.with_columns(urls.alias(column)).select(column, *frame.columns)
+    return out, {column: st.column_config.LinkColumn(column, display_text=r"unit=(\d+)$",
+                                                      help="open the unit page")}
+
+
 # ---------------------------------------------------------------- pickers (remember choices across pages)
 
 def _remembered(name: str, options: Sequence[Any], default: Any = None) -> int:
@@ -281,6 +296,13 @@ def unit_card(row: dict[str, Any], model: str, layer: str, ranking: str, segment
     return slot
 
 
+@st.dialog("top images", width="large")
+def enlarge(title: str, image: Any) -> None:
+    """A unit's strip (PNG bytes or an array) drawn as wide as the dialog."""
+    st.markdown(md_escape(title))
+    st.image(image, width="stretch")
+
+
 # ---------------------------------------------------------------- flags
 
 def flag_form(path: str, model: str, layer: str, unit: int | None, key: str) -> None:
@@ -299,6 +321,10 @@ def flag_form(path: str, model: str, layer: str, unit: int | None, key: str) -> 
 
 
 def save_flag(path: str, model: str, layer: str, unit: int, flag: str, note: str | None) -> bool:
+    width = layer_units(path, model, layer)
+    if not 0 <= int(unit) < width:  # never a flag on a unit the layer does not have
+        st.error(f"{md_escape(model)} {md_escape(layer)} has units 0..{width - 1}; unit {int(unit)} not flagged.")
+        return False
     queries.release()  # this process must not hold a read connection while it writes
     try:
         store.set_flag(model, layer, unit, flag, note, path=path)

@@ -31,7 +31,8 @@ if flags.height == 0:
 sets = flags.group_by("model", "layer", "flag").agg(pl.col("unit").sort().alias("units")).sort("model", "layer", "flag")
 st.dataframe(sets.with_columns(pl.col("units").list.eval(pl.element().cast(pl.String)).list.join(", ")),
              hide_index=True)
-st.dataframe(flags, hide_index=True)
+linked, config = ui.with_unit_links(flags)
+st.dataframe(linked, hide_index=True, column_config={**config, **ui.number_columns(flags)})
 
 st.subheader("Remove a flag")
 keys = [(r["model"], r["layer"], r["unit"], r["flag"]) for r in flags.iter_rows(named=True)]

@@ -11,7 +11,9 @@ import streamlit as st
 from dashboard import ui
 
 ZOO = Path(os.environ.get("GANDISSECT_MODEL_CARDS") or Path(__file__).resolve().parents[2] / "ingest" / "zoo")
-IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+# a markdown image ![caption](file), or an image file named in backticks (`village-gan-samples.png`),
+# which the cards use for their sample grids: both are drawn from the card's folder
+IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)|`([\w./-]+\.(?:png|jpe?g|webp))`")
 
 st.title("Model cards")
 cards = sorted(ZOO.glob("*.md"))
@@ -25,10 +27,11 @@ pos = 0
 for m in IMAGE.finditer(text):  # markdown between figures, figures from files beside the card
     if text[pos:m.start()].strip():
         st.markdown(text[pos:m.start()])
-    target = (card.parent / m.group(2)).resolve()
+    name, caption = (m.group(2), m.group(1) or None) if m.group(2) else (m.group(3), m.group(3))
+    target = (card.parent / name).resolve()
     if target.is_file() and ZOO.resolve() in target.parents:  # only files of the zoo folder
-        st.image(str(target), caption=m.group(1) or None)
+        st.image(str(target), caption=caption)
     else:
-        st.caption(f"(figure {ui.md_escape(m.group(2))} not found)")
+        st.caption(f"(figure {ui.md_escape(name)} not found)")
     pos = m.end()
 st.markdown(text[pos:])

@@ -39,7 +39,24 @@ else:
     st.caption(f"{model}: {total} interpretable units of {int(rows['units'].sum())} over {rows.height} layers "
                f"(segmenter {seg}, {mode} threshold); a unit is interpretable when its best IoU passes the "
                "dissection's cut-off.")
+    if len(modes) > 1:  # the same model dissected under both rules: say how far apart they are
+        per = msum.group_by("segmenter", "threshold_mode").agg(pl.col("interpretable_units").sum(),
+                                                               pl.col("units").sum()).sort("threshold_mode")
+        parts = [f"{ui.dissection_label((r['segmenter'], r['threshold_mode']))}: {r['interpretable_units']} of "
+                 f"{r['units']}" for r in per.iter_rows(named=True)]
+        st.info("The dissections of this model disagree on what is interpretable — " + " · ".join(parts)
+                + " units. The quantile rule (PNAS) thresholds each unit at a fixed activation quantile; the "
+                "IQR rule (ICLR) picks each unit's threshold by the information quality ratio and also needs "
+                "an IQR above its floor; each has its own IoU cut-off (docs/statistics.md).",
+                icon=":material/compare_arrows:")
     st.altair_chart(charts.layer_categories(rows), width="stretch")
+    st.subheader("Interpretable units per concept and layer")
+    lc = queries.label_concepts(db, seg, mode).filter((pl.col("model") == model) & (pl.col("interpretable_units") > 0))
+    if lc.height:
+        st.altair_chart(charts.concept_heatmap(lc, x="layer", order=rows.sort("layer_index")["layer"].to_list()),
+                        width="stretch")
+        st.caption("each cell: units of the layer whose label is the concept and that pass the cut-off "
+                   "(paper Fig. 5 / 6 at a glance)")
     with st.expander("layer_summary rows"):
         st.dataframe(rows.drop("model_group", "training_step", "run_key"), hide_index=True)
 

@@ -155,10 +155,14 @@ if images.enabled():
         queries.release()  # no read connection held while the generator runs
         try:
             with st.spinner("drawing top images…"):
-                strip = images.strips(db, model, mrow["checkpoint_sha256"], layer, requests,
-                                      images.display_size(mrow["resolution"]))[0]
-            strip_slot.image(strip, caption=f"top {len(requests[0][3])} images (seed {requests[0][2]}); "
-                             f"region above threshold {ui.fmt(requests[0][1], '.3g')} outlined", width="stretch")
+                strip = images.strip_pngs(db, model, mrow["checkpoint_sha256"], layer, requests,
+                                          images.display_size(mrow["resolution"]), per_row=4)[0]
+            caption = (f"top {len(requests[0][3])} images (seed {requests[0][2]}); "
+                       f"region above threshold {ui.fmt(requests[0][1], '.3g')} outlined")
+            with strip_slot.container():
+                st.image(strip, caption=caption, width=720)
+                if st.button("enlarge", key="unit_enlarge", icon=":material/zoom_in:", type="tertiary"):
+                    ui.enlarge(f"{model} · {layer} · unit {unit}: {caption}", strip)
         except Exception as e:
             strip_slot.caption(f"images unavailable: {images.error_text(e)}")
 

@@ -11,6 +11,8 @@ import streamlit as st
 
 from dashboard import images, queries, ui
 
+CARD_PER_ROW = 3  # images per row of a card's strip (a 5-image strip in one row was ~55 px per image)
+
 db = ui.db()
 st.title("Units")
 ui.require_store(db)
@@ -93,10 +95,13 @@ if images.enabled():
         queries.release()  # no read connection held while the generator runs
         try:
             with st.spinner("drawing top images…"):
-                strips = images.strips(db, model, mrow["checkpoint_sha256"], layer, requests,
-                                       images.display_size(mrow["resolution"]))
-            for u, strip in zip(drawn, strips):
-                slots[u].image(strip, width="stretch")
+                pngs = images.strip_pngs(db, model, mrow["checkpoint_sha256"], layer, requests,
+                                         images.display_size(mrow["resolution"]), per_row=CARD_PER_ROW)
+            for u, png in zip(drawn, pngs):
+                with slots[u].container():
+                    st.image(png, width="stretch")
+                    if st.button("enlarge", key=f"units_enlarge_{u}", icon=":material/zoom_in:", type="tertiary"):
+                        ui.enlarge(f"{model} · {layer} · unit {u}: top {k} images, region above threshold outlined", png)
         except Exception as e:  # missing checkpoint, unloadable model: say why, keep the page
             for u in drawn:
                 slots[u].caption(f"images unavailable: {images.error_text(e)}")
