@@ -12,7 +12,10 @@ computations in `tests/compute/test_onepass.py` (`python -m pytest -q tests/comp
     jh.quantiles([0.5, 0.99])          # [C, Q] (linear inside a bin)
     jh.counts_at(pos)                  # above [C, T], inter [C, T, K] at any edge position
 
-Binning (no threshold needed in advance). The first batch (warm-up) fixes, per unit, E sorted edges:
+Binning (no threshold needed in advance). Values fall in fine log cells read from their float bits
+(2**8 per octave, 24 octaves below twice the warm-up's max |a|, one cell per sign under that, the top
+cell open-ended); edges are tops of fine cells, so `a > edge` is exactly `cell(a) > cell(edge)`.
+The first batch (warm-up) fixes, per unit, E sorted edges:
 `bins - 1` equal-mass edges (the warm-up's i / bins quantiles) and `candidates` edges at ranks
 level - w .. level + w (the thresholds the null is counted at; w = max(window, 4 standard errors of
 the warm-up's estimate of the level, from its spread over the batch's images), at most 0.05). Values below the first or
@@ -34,7 +37,8 @@ counted exactly at every candidate edge instead: per block one matmul at the top
 (about 2 * window of them) scattered into per-candidate counts, then per candidate the same mean and
 variance formula. At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
 
-Work per pixel and unit: one searchsorted over E edges, one bincount (unit x bin x concept pattern:
+Work per pixel and unit: the fine cell from the float bits (a few integer ops), two table look-ups
+(cell -> bin, cell -> candidates below; no search), one bincount (unit x bin x concept pattern:
 the set of concepts present at a pixel is packed into one id, so overlapping masks cost one bincount),
 the matmul at the top candidate, and the scatter of the window pixels. Units are processed in chunks of
 `chunk` elements, so memory does not grow with the layer width beyond the [C, E+1, K] counts.
@@ -65,7 +69,9 @@ class JointHist:
         self.level, self.bins, self.candidates, self.window = float(level), int(bins), int(candidates), float(window)
         self.block, self.chunk = int(block), int(chunk)
         self.device = torch.device(device) if device is not None else None
-        self.edges: torch.Tensor | None = None      # [C, E] float32 sorted
+        self.mant, self.octaves = 8, 24             # fine cells: 2**8 per octave, 24 octaves under 2x the max
+        self.edges: torch.Tensor | None = None      # [C, E] float32 sorted (tops of fine cells)
+        self.edge_cells = self.field = None         # [C, E] int64 fine cells of the edges, [C] int64
         self.cand: torch.Tensor | None = None       # [C, L] int64: positions of the candidate edges in `edges`
         self.hist = self.joint = self.concept = None  # [C, E+1], [C, E+1, K], [K] int64
         self.null_mean = self.null_var = None       # [C, L, K] float64
@@ -74,35 +80,47 @@ class JointHist:
 
     # -- binning ----------------------------------------------------------------------------------
     def warm_up(self, a: torch.Tensor, lift: Lift | None = None) -> None:
-        """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it. Edges sit
-        midway between neighbouring order statistics (so no edge equals a value and float rounding of
-        the lift cannot move a value across one). The candidate window is, per unit, the larger of
-        `window` and 4 standard errors of the warm-up's rank-`level` value (from its spread over the
-        batch's images), at most 0.05."""
+        """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it: per unit
+        the fine-cell window (octaves below 2x the batch's max |a|), then edges = the tops of the cells
+        holding the batch's values at the equal-mass and candidate ranks. The candidate window is, per
+        unit, the larger of `window` and 4 standard errors of the batch's rank-`level` value (from its
+        spread over the batch's images), at most 0.05."""
         a = a.detach()
         self.device = self.device or a.device
         n = a.shape[0]
         eq = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
         unit = torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
-        out = []
+        fields, cells = [], []
         for _, v in self._chunks(a, lift):                                         # v [c, N HW]
-            srt = v.sort(dim=1).values.double()
+            srt = v.sort(dim=1).values
             last = srt.shape[1] - 1
             t0 = srt[:, min(last, int(self.level * last))]
-            share = (v.view(v.shape[0], n, -1) > t0[:, None, None].float()).double().mean(2)   # [c, N]
-            se = share.std(1, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros(v.shape[0], dtype=torch.float64)
+            share = (v.view(v.shape[0], n, -1) > t0[:, None, None]).double().mean(2)           # [c, N]
+            se = share.std(1) / math.sqrt(n) if n > 1 else torch.zeros(v.shape[0], dtype=torch.float64)
             w = (4 * se.cpu()).clamp(min=self.window, max=0.05)                   # [c]
             cand = (self.level + w[:, None] * unit[None, :]).clamp(0.0, 1.0)       # [c, L]
             ranks = torch.cat([eq[None, :].expand(v.shape[0], -1), cand], 1)       # [c, E]
-            pos = (ranks * last).to(srt.device)
-            lo = pos.floor().long().clamp(0, last)
-            hi = (lo + 1).clamp(max=last)
-            out.append(0.5 * (srt.gather(1, lo) + srt.gather(1, hi)))
-        edges = torch.cat(out).to(self.device, torch.float32)                      # [C, E]
-        order = edges.argsort(dim=1, stable=True)
-        self.edges = edges.gather(1, order).contiguous()
+            idx = (ranks * last).round().long().clamp(0, last).to(srt.device)
+            g = torch.frexp(srt.abs().amax(1).clamp(min=1e-30)).exponent.long()    # max |a| < 2**g
+            field = (g - self.octaves + 127).clamp(1, 254 - self.octaves)          # float exponent field
+            fields.append(field)
+            cells.append(_cells(srt.gather(1, idx), field, self.mant, self.octaves))
+        cells_ = torch.cat(cells).to(self.device)                                  # [C, E]: equal-mass, candidates
+        order = cells_.argsort(dim=1, stable=True)
         where = order.argsort(dim=1)                                               # old column -> position
-        self.cand = where[:, self.bins - 1:].contiguous()                          # [C, L] ascending
+        self._set_edges(torch.cat(fields).to(self.device), cells_.gather(1, order).contiguous(),
+                        where[:, self.bins - 1:].contiguous())
+
+    def _set_edges(self, field: torch.Tensor, cells: torch.Tensor, cand: torch.Tensor) -> None:
+        """Edges from their sorted fine cells [C, E], the candidates' positions among them [C, L] and the
+        units' exponent fields [C]; the lookup tables fine cell -> bin and fine cell -> candidates below."""
+        self.field, self.edge_cells, self.cand = field, cells, cand
+        self.edges = _cell_top(cells, field, self.mant, self.octaves)              # [C, E] float32
+        fine = torch.arange(2 * _half(self.mant, self.octaves), device=self.device)
+        fine = fine[None, :].expand(cells.shape[0], -1).contiguous()
+        self._lut = torch.searchsorted(self.edge_cells, fine, side="left").to(torch.int16)     # #{edges < a}
+        cand_cells = cells.gather(1, cand).contiguous()
+        self._lutw = torch.searchsorted(cand_cells, fine, side="left").to(torch.int16)         # #{cands < a}
 
     def _chunks(self, a: torch.Tensor, lift: Lift | None):
         """Yield (units slice, values [c, N HW] float32) per chunk of units (lifted per chunk)."""
@@ -161,25 +179,31 @@ class JointHist:
 
     def _add_chunk(self, units: slice, v: torch.Tensor, n: int, hw: int, pattern: torch.Tensor,
                    table: torch.Tensor, mblocks: list[torch.Tensor]) -> None:
-        """Count one chunk of units: v [c, N HW] float32 (image-major along dim 1)."""
+        """Count one chunk of units: v [c, N HW] float32 (image-major along dim 1). int32 throughout."""
         c, e = v.shape[0], self.edges.shape[1]
+        half2 = 2 * _half(self.mant, self.octaves)
         self.lo[units] = torch.minimum(self.lo[units], v.amin(1).double())
         self.hi[units] = torch.maximum(self.hi[units], v.amax(1).double())
-        keys = torch.searchsorted(self.edges[units], v, side="left")              # [c, N HW]: #{e < a}
+        fine = _cells(v, self.field[units], self.mant, self.octaves)               # [c, N HW] int32
+        fine += (torch.arange(c, device=v.device, dtype=torch.int32) * half2)[:, None]
+        fine = fine.view(-1)
+        lut = self._lut[units].reshape(-1)
+        keys = lut.index_select(0, fine).view(c, -1).to(torch.int32)               # #{e < a}
         p = table.shape[0]
-        flat = (keys + torch.arange(c, device=v.device)[:, None] * (e + 1)) * p + pattern[None, :]
-        counts = torch.bincount(flat.view(-1), minlength=c * (e + 1) * p).view(c, e + 1, p)
+        keys += (torch.arange(c, device=v.device, dtype=torch.int32) * (e + 1))[:, None]
+        keys *= p
+        keys += pattern[None, :]
+        counts = torch.bincount(keys.view(-1), minlength=c * (e + 1) * p).view(c, e + 1, p)
         self.hist[units] += counts.sum(2)
         self.joint[units] += (counts.view(-1, p).double() @ table.double()).round().long().view(c, e + 1, -1)
-        # the null at every candidate edge, block by block
-        cand = self.cand[units]                                                    # [c, L]
-        L = cand.shape[1]
-        # a > e_cand[l]  <=>  key > cand[l]  <=>  l < wbin = #{l: cand[l] < key}
-        wbin = torch.searchsorted(cand.contiguous(), keys, side="left")            # [c, N HW] in [0, L]
+        del keys, counts
+        # the null at every candidate edge, block by block; a > e_cand[l] <=> l < wbin
+        L = self.cand.shape[1]
+        wbin = self._lutw[units].reshape(-1).index_select(0, fine).view(c, n, hw)  # [c, N, HW] in [0, L]
         s = 0
         for mb in mblocks:
             b = mb.shape[0]
-            self._null_block(units, wbin[:, s * hw:(s + b) * hw].reshape(c, b, hw), mb, L)
+            self._null_block(units, wbin[:, s:s + b], mb, L)
             s += b
 
     def _null_block(self, units: slice, wbin: torch.Tensor, mb: torch.Tensor, L: int) -> None:
@@ -188,27 +212,34 @@ class JointHist:
         c, b, hw = wbin.shape
         k = mb.shape[1]
         mrow = mb.permute(2, 0, 1).reshape(hw, b * k)                              # [HW, b K]
-        top = (wbin == L).float()                                                  # a > every candidate
-        dense = (top.transpose(0, 1).reshape(b * c, hw) @ mrow).view(b, c, b * k)  # [b, c, bK]
+        top = (wbin == L).to(torch.float32)                                        # a > every candidate
+        dense = (top.transpose(0, 1).reshape(b * c, hw) @ mrow).view(b, c, 1, b * k)   # [b, c, 1, bK]
         inside = (wbin > 0) & (wbin < L)                                           # above some candidates
         win = torch.zeros(b, c, L, b * k, dtype=torch.float32, device=wbin.device)
-        if bool(inside.any()):
-            u, i, px = inside.nonzero(as_tuple=True)
-            idx = (i * c + u) * L + wbin[u, i, px]
+        u, i, px = inside.nonzero(as_tuple=True)
+        if u.numel():
+            idx = (i * c + u) * L + wbin[u, i, px].long()
             win.view(-1, b * k).index_add_(0, idx, mrow[px])
-        # c(l) = dense + sum over bins w > l of win[w]  (a value in bin w is above candidates 0..w-1)
-        suffix = win.flip(2).cumsum(2).flip(2)                                     # suffix[w] = sum_{w' >= w}
-        above_l = torch.cat([suffix[:, :, 1:], torch.zeros_like(suffix[:, :, :1])], 2)   # sum_{w' > l}
-        cross = (dense[:, :, None, :] + above_l).double().round().view(b, c, L, b, k)    # [b_i, c, L, b_j, K]
+        # a value in window bin w is above candidates 0..w-1: c(l) = dense + sum_{w > l} win[w]
+        #                                                          = dense + total - prefix[l]
+        prefix = win.cumsum(2)
+        cross = (dense + prefix[:, :, L - 1:]) - prefix                            # [b_i, c, L, b_j K], exact
+        cross = cross.view(b, c, L, b, k)                                         # integers <= HW
+        if hw > 4096:                                                              # c^2 past float32's exact range
+            cross = cross.double()
         if b == 1:
-            self.null_mean[units] += cross[0, :, :, 0]
+            self.null_mean[units] += cross[0, :, :, 0].double()
             return
-        g = cross.sum((0, 3))                                                      # [c, L, K]
-        r = cross.sum(3)                                                           # [b, c, L, K]
-        s = cross.sum(0)                                                           # [c, L, b, K]
-        d = cross - r[:, :, :, None] / b - s[None] / b + g[None, :, :, None] / b ** 2
+        # sum_ij d_ij^2 = sum c^2 - sum_i r_i^2 / b - sum_j s_j^2 / b + g^2 / b^2; c^2 <= 2**24 is exact in
+        # float32, every sum is taken in float64 (exact integers)
+        f64 = torch.float64
+        r = cross.sum(3, dtype=f64)                                                # [b, c, L, K]
+        col = cross.sum(0, dtype=f64)                                              # [c, L, b, K]
+        g = r.sum(0)                                                               # [c, L, K]
+        sq = (cross * cross).sum((0, 3), dtype=f64)
+        var = sq - (r * r).sum(0) / b - (col * col).sum(2) / b + g * g / b ** 2
         self.null_mean[units] += g / b
-        self.null_var[units] += (d * d).sum((0, 3)) / (b - 1)
+        self.null_var[units] += var / (b - 1)
 
     # -- answers ----------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -273,6 +304,10 @@ class JointHist:
         upper = torch.minimum(bounds.gather(1, b + 1), self.hi[:, None])
         frac = ((target - cum.gather(1, b)) / counts.gather(1, b).clamp(min=1)).clamp(0, 1)
         value = lower + frac * (upper - lower).clamp(min=0)
+        # a bin inside the cells next to 0 (|a| < 2**-24 of the unit's window) answers 0: ReLU zeros
+        lump = _cell_top(torch.full_like(self.field[:, None], _half(self.mant, self.octaves)), self.field,
+                         self.mant, self.octaves).double()                          # [C, 1]
+        value = torch.where((lower.abs() <= lump) & (upper.abs() <= lump), torch.zeros_like(value), value)
         return torch.minimum(torch.maximum(value, self.lo[:, None]), self.hi[:, None])
 
     # -- state ------------------------------------------------------------------------------------
@@ -281,7 +316,8 @@ class JointHist:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check()
-        return {"config": self._config(), "edges": self.edges, "cand": self.cand, "hist": self.hist,
+        return {"config": self._config(), "field": self.field, "edge_cells": self.edge_cells,
+                "cand": self.cand, "hist": self.hist,
                 "joint": self.joint, "concept": self.concept, "null_mean": self.null_mean,
                 "null_var": self.null_var, "lo": self.lo, "hi": self.hi,
                 "samples": torch.tensor(self.samples), "pixels": torch.tensor(self.pixels)}
@@ -291,8 +327,9 @@ class JointHist:
             raise ValueError("JointHist: state has another level, bins, candidates, window or block")
         dev = self.device or d["hist"].device
         self.device = torch.device(dev)
-        self.edges = d["edges"].to(dev, torch.float32)
-        for name in ("cand", "hist", "joint", "concept"):
+        self._set_edges(d["field"].to(dev, torch.int64), d["edge_cells"].to(dev, torch.int64),
+                        d["cand"].to(dev, torch.int64))
+        for name in ("hist", "joint", "concept"):
             setattr(self, name, d[name].to(dev, torch.int64))
         for name in ("null_mean", "null_var", "lo", "hi"):
             setattr(self, name, d[name].to(dev, torch.float64))
@@ -318,8 +355,47 @@ class JointHist:
     def with_edges(self) -> "JointHist":
         """An empty stat with this one's config and edges (for merge)."""
         out = JointHist(self.level, self.bins, self.candidates, self.window, self.block, self.device, self.chunk)
-        out.edges, out.cand = self.edges.clone(), self.cand.clone()
+        out.device = self.device
+        out.edges, out.cand, out.edge_cells, out.field = self.edges, self.cand, self.edge_cells, self.field
+        out._lut, out._lutw = self._lut, self._lutw
         return out
+
+
+def _half(mant: int, octaves: int) -> int:
+    """Fine cells per sign: a lump under the window, (octaves + 1) * 2**mant log cells, the last open-ended."""
+    return ((octaves + 1) << mant) + 1
+
+
+def _cells(v: torch.Tensor, field: torch.Tensor, mant: int, octaves: int) -> torch.Tensor:
+    """Fine cell [0, 2R) of every value, ascending with the value, int32: v [c, M] float32, field [c]
+    the float exponent field where unit c's window starts. Read from the float bits (sign, exponent, top
+    `mant` mantissa bits), so a > top(cell) <=> cell(a) > cell exactly; magnitudes under
+    2**(field - 127) share one cell per sign, those at or over 2**(field - 127 + octaves + 1) the last."""
+    half = _half(mant, octaves)
+    bits = (v.float() + 0.0).contiguous().view(torch.int32)                       # -0.0 -> +0.0
+    sign = torch.bitwise_right_shift(bits, 31)                                     # -1 where a < 0, else 0
+    j = torch.bitwise_and(bits, 0x7FFFFFFF)
+    j >>= 23 - mant
+    j -= (field.to(torch.int32)[:, None] << mant) - 1                              # lump: <= 0
+    j.clamp_(0, half - 1)
+    j ^= sign                                                                      # a < 0: -1 - j
+    j += half
+    return j
+
+
+def _cell_top(cells: torch.Tensor, field: torch.Tensor, mant: int, octaves: int) -> torch.Tensor:
+    """The largest float32 of each fine cell (cells [c, E], field [c]); +inf for the open-ended top."""
+    half = _half(mant, octaves)
+    neg = cells < half
+    j = torch.where(neg, half - 1 - cells, cells - half)
+    base = field[:, None] << mant
+    pos_bits = ((j + base) << (23 - mant)) - 1                                     # below the next cell
+    neg_bits = (((j - 1 + base) << (23 - mant)) | (1 << 31))                       # -(smallest magnitude)
+    neg_bits = torch.where(j == 0, torch.full_like(neg_bits, 0x80000001), neg_bits)   # -denorm_min: a >= 0
+    bits = torch.where(neg, neg_bits, pos_bits)
+    out = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
+    top = (j == half - 1) & ~neg
+    return torch.where(top, torch.full_like(out, math.inf), out)
 
 
 def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
