@@ -1,0 +1,55 @@
+"""The dashboard's helpers without a page: strips re-laid in rows, store-stamped query caches, unit links,
+flag validation against the layer's width."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from dashboard import images, queries, ui
+from db import store
+from tests.dashboard.conftest import TINY, TINY_LAYERS
+
+
+def test_wrap_lays_a_strip_out_in_rows_and_keeps_every_tile():
+    h, gap, k = 4, 1, 5
+    tiles = [np.full((h, h, 3), 10 * (i + 1), np.uint8) for i in range(k)]
+    parts = []
+    for i, t in enumerate(tiles):
+        if i:
+            parts.append(np.full((h, gap, 3), 255, np.uint8))
+        parts.append(t)
+    strip = np.concatenate(parts, axis=1)
+    grid = images.wrap(strip, k, 3)
+    assert grid.shape == (2 * h + gap, 3 * h + 2 * gap, 3)
+    for i in range(k):
+        r, c = divmod(i, 3)
+        y, x = r * (h + gap), c * (h + gap)
+        assert (grid[y:y + h, x:x + h] == tiles[i]).all(), i
+    assert (grid[h + gap:, 2 * (h + gap):] == 255).all()  # the empty sixth place is blank
+    assert images.wrap(strip, k, 8) is strip  # fits in one row: unchanged
+
+
+def test_cached_queries_follow_the_store_without_a_ttl(dash_store):
+    db = str(dash_store)
+    before = queries.flags(db).height
+    stamp = queries.store_stamp(db)
+    assert queries.flags(db).height == before  # a rerun: from the cache
+    store.set_flag(TINY, TINY_LAYERS[0], 2, "artifact", "seen in a test", path=db)
+    assert queries.store_stamp(db) != stamp
+    assert queries.flags(db).height == before + 1  # the write shows at the next call, no clear needed
+
+
+def test_unit_links_point_at_the_unit_page():
+    frame = pl.DataFrame({"model": ["m"], "layer": ["layer4"], "unit": [7]})
+    linked, config = ui.with_unit_links(frame)
+    assert linked.columns[0] == "open" and linked["open"][0] == "unit?model=m&layer=layer4&unit=7"
+    assert "open" in config
+
+
+def test_a_flag_on_a_unit_the_layer_lacks_is_refused(dash_store):
+    db = str(dash_store)
+    width = ui.layer_units(db, TINY, TINY_LAYERS[0])
+    before = queries.flags(db).height
+    assert ui.save_flag(db, TINY, TINY_LAYERS[0], width, "artifact", None) is False
+    assert ui.save_flag(db, TINY, TINY_LAYERS[0], -1, "artifact", None) is False
+    assert queries.flags(db).height == before
