@@ -14,9 +14,9 @@ The method of "Semantic Photo Manipulation with a Generative Image Prior" (Bau e
    weight change (the weights stay near the generator's, so the units keep their meaning);
 3. paint (`PhotoPainter`, a `compute.paint.engine.Painter` on G'): a stroke edits the featuremap of the
    brush's layer and runs the rest of G' — the same work as a stroke on a generated image. The shown
-   image is **composed**: photo + w x (G'(edited) - G'(unedited)), w = 1 on the edited featuremap cells
-   and falling linearly to 0 over `feather` px beyond them, so pixels away from the stroke stay the
-   photo's own (compose=False shows G'(edited) itself).
+   image is **composed**: photo + w x (G'(edited) - G'(unedited)), w = 1 on the painted region (the
+   union of the session's strokes) and falling linearly to 0 over `feather` px beyond it, so pixels
+   more than `feather` px from the strokes stay the photo's own (compose=False shows G'(edited) itself).
 
     from compute.paint.photo import adapt, PhotoPainter
     ad = adapt(gen, x, inversion)                       # x [1, 3, R, R] in [-1, 1]; inversion of x
@@ -45,8 +45,8 @@ from torch import nn
 from compute.core.intervene import featuremap, finish
 from compute.paint.engine import EditError, Frame, Painter, PaintSession, _masks, label_map, to_uint8
 
-__all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "PhotoCanvas", "compose_weight", "open_photo",
-           "cmd_edit_photo", "evaluate_remove_tree", "main"]
+__all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "PhotoSession", "PhotoCanvas", "compose_weight",
+           "open_photo", "cmd_edit_photo", "evaluate_remove_tree", "main"]
 
 ADAPT_STEPS = 150     # fine-tuning steps of the image-specific adaptation
 ADAPT_LR = 0.002      # Adam learning rate of the adapted weights (equalised-lr weights are ~N(0, 1))
@@ -164,6 +164,7 @@ class PhotoPainter(Painter):
         self.adapted, self.compose, self.feather = adapted, compose, feather
         self.photo = np.ascontiguousarray(photo)
         self._photo_t = to_input(self.photo[None]).to(self.device)
+        self._region: np.ndarray | None = None  # bool [R, R]: the strokes of the frame being rendered
         with torch.no_grad():
             self.r0 = featuremap(self.gen, layer, adapted.z.to(self.device))
             self._base = finish(self.gen, layer, self.r0, adapted.z.to(self.device))
@@ -178,20 +179,41 @@ class PhotoPainter(Painter):
     def session(self, seed: int | None = None, sample: int | None = None, z: torch.Tensor | None = None
                 ) -> PaintSession:
         """A paint session on the photo (seed, sample and z are ignored)."""
-        return PaintSession(self, self.adapted.z.to(self.device))
+        return PhotoSession(self, self.adapted.z.to(self.device))
 
     def frame(self, r: torch.Tensor, z: torch.Tensor) -> Frame:
-        """The composed (or raw) image of a featuremap [1, C, h, w] of the edited layer, and its segmentation."""
+        """The composed (or raw) image of a featuremap [1, C, h, w] of the edited layer, and its segmentation.
+        Composed: blended on the painted region (`_region`, set by PhotoSession.apply: the union of the
+        session's strokes), else on the featuremap cells that differ from the photo's."""
         with torch.no_grad():
             images = finish(self.gen, self.layer, r, z)
             if self.compose:
-                changed = (r != self.r0).any(1, keepdim=True).float()  # [1, 1, h, w]
-                cells = F.interpolate(changed, size=images.shape[-2:], mode="nearest")[0, 0].cpu().numpy() > 0
-                w = torch.from_numpy(compose_weight(cells, self.feather)).to(images.device)
+                region = self._region
+                if region is None:
+                    changed = (r != self.r0).any(1, keepdim=True).float()  # [1, 1, h, w]
+                    region = F.interpolate(changed, size=images.shape[-2:], mode="nearest")[0, 0].cpu().numpy() > 0
+                w = torch.from_numpy(compose_weight(region, self.feather)).to(images.device)
                 images = self._photo_t + w * (images - self._base)
             labels = self.seg.segment(images)
             masks = _masks(labels, len(self.names))
         return Frame(to_uint8(images)[0], label_map(labels)[0].cpu().numpy(), masks[0].cpu().numpy(), self.names)
+
+
+class PhotoSession(PaintSession):
+    """A PaintSession on a PhotoPainter: each frame is composed on the union of the strokes up to it."""
+
+    painter: PhotoPainter
+
+    def apply(self, stroke: Any) -> Any:
+        region = np.array(stroke.region, bool)
+        for s in self.strokes:
+            if s.region.shape == region.shape:
+                region |= s.region
+        self.painter._region = region
+        try:
+            return super().apply(stroke)
+        finally:
+            self.painter._region = None
 
 
 # ------------------------------------------------------------------------------------------ photo in

@@ -82,8 +82,13 @@ def test_photo_painter_starts_at_the_photo_and_keeps_far_pixels(gen: Generator, 
     diff = np.abs(res.after.image.astype(int) - photo.astype(int)).max(2)
     assert diff[24:32, 24:32].max() > 0
     far = np.ones((64, 64), bool)
-    far[24 - 3:32 + 3, 24 - 3:32 + 3] = False  # the edited cells are the box; the feather reaches 2 px on
+    far[24 - 3:32 + 3, 24 - 3:32 + 3] = False  # the feather (2 px) reaches < 3 px beyond the stroke
     assert diff[far].max() == 0
+    two = s.apply(painter.stroke("b", "remove", (48, 48, 56, 56)))  # composed on the union of both strokes
+    d2 = np.abs(two.after.image.astype(int) - photo.astype(int)).max(2)
+    assert d2[24:32, 24:32].max() > 0 and d2[48:56, 48:56].max() > 0
+    far[48 - 3:56 + 3, 48 - 3:56 + 3] = False
+    assert d2[far].max() == 0
     raw = PhotoPainter.on(base, ad, photo, compose=False)
     r = raw.session().apply(raw.stroke("b", "remove", (24, 24, 32, 32)))
     with torch.no_grad():
