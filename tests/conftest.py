@@ -1,11 +1,13 @@
 """Shared fixtures: tiny random-weight models saved in the real formats, and spec files using them."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import analysis, model, segmenter, write_spec_of
+from tests.helpers import run_spec_in, write_spec  # noqa: F401  (many tests import these two from here)
 
 
 def pytest_collection_modifyitems(config, items):  # gpu tests skip themselves where no CUDA exists
@@ -28,43 +30,12 @@ def tiny_gan(tmp_path_factory) -> Path:
     return path
 
 
-def run_spec_in(directory: Path, spec_path: Path) -> list:
-    """Run every analysis of a spec with `directory` as the working directory (its `.cache/` lives there)."""
-    import contextlib
-
-    from compute import runner, spec as specmod
-
-    with contextlib.chdir(directory):
-        return runner.run(specmod.load(spec_path), quiet=True, echo=lambda m: None)
-
-
-def write_spec(tmp_path: Path, body: str, name: str = "spec.toml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(body))
-    return p
-
-
 @pytest.fixture
 def quantile_spec(tmp_path, tiny_gan) -> Path:
     """A spec with one real (tiny) analysis: activation quantiles of a tiny random generator."""
-    return write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-
-        [[models]]
-        name = "tiny"
-        family = "progan"
-        checkpoint = "{tiny_gan}"
-
-        [[analyses]]
-        name = "tiny-quantiles"
-        kind = "quantiles"
-        models = ["tiny"]
-        layers = ["layer2", "layer4"]
-        samples = 64
-        seed = 3
-        batch_size = 16
-        """)
+    return write_spec_of(tmp_path, store=tmp_path / "store.duckdb", models=[model("tiny", tiny_gan)],
+                         analyses=[analysis("tiny-quantiles", "quantiles", "tiny", layers=["layer2", "layer4"],
+                                            samples=64, seed=3, batch_size=16)])
 
 
 @pytest.fixture(scope="session")
@@ -82,39 +53,9 @@ def tiny_seg(tmp_path_factory) -> Path:
 def dissect_spec(tmp_path_factory, tiny_gan, tiny_seg) -> Path:
     """Tiny generator + tiny segmenter, two dissections (q0.99 and iqr) of two layers."""
     tmp_path = tmp_path_factory.mktemp("dissect")
-    return write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-
-        [[models]]
-        name = "tiny"
-        family = "progan"
-        checkpoint = "{tiny_gan}"
-
-        [[segmenters]]
-        name = "tiny-seg"
-        family = "village"
-        checkpoint = "{tiny_seg}"
-
-        [[analyses]]
-        name = "dq"
-        kind = "dissect"
-        models = ["tiny"]
-        segmenter = "tiny-seg"
-        layers = ["layer3", "layer8"]
-        samples = 40
-        seed = 2
-        batch_size = 16
-
-        [[analyses]]
-        name = "diqr"
-        kind = "dissect"
-        models = ["tiny"]
-        segmenter = "tiny-seg"
-        layers = ["layer8"]
-        samples = 40
-        seed = 2
-        batch_size = 16
-        threshold = "iqr"
-        holdout_samples = 24
-        """)
+    dissect = dict(segmenter="tiny-seg", samples=40, seed=2, batch_size=16)
+    return write_spec_of(tmp_path, store=tmp_path / "store.duckdb", models=[model("tiny", tiny_gan)],
+                         segmenters=[segmenter("tiny-seg", tiny_seg)],
+                         analyses=[analysis("dq", "dissect", "tiny", layers=["layer3", "layer8"], **dissect),
+                                   analysis("diqr", "dissect", "tiny", layers=["layer8"], **dissect,
+                                            threshold="iqr", holdout_samples=24)])

@@ -20,9 +20,8 @@ from ingest.village import render
 from ingest.village.concepts import NAMES
 from ingest.village.scenes import CLASSES, HELDOUT_SEED_START, balanced_split, render_images
 from ingest.zoo import BUNDLED_CLASSIFIERS, load_model_spec
-from tests.conftest import write_spec
+from tests.helpers import VILLAGE_CLS, VILLAGE_TRUTH, analysis, model, write_spec_of
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(directory: Path, spec_path: Path) -> list:
@@ -44,33 +43,11 @@ def tiny_cls(tmp_path: Path) -> Path:
 
 
 def test_classifier_dissection_matches_exact_counts(tmp_path: Path, tiny_cls: Path) -> None:
-    spec = write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-
-        [[models]]
-        name = "tiny-cls"
-        role = "classifier"
-        family = "village-cls"
-        checkpoint = "{tiny_cls}"
-        dataset = "village"
-
-        [[segmenters]]
-        name = "village-truth"
-        family = "village-truth"
-        checkpoint = "{REPO / 'ingest/village/render.py'}"
-
-        [[analyses]]
-        name = "d"
-        kind = "dissect"
-        models = ["tiny-cls"]
-        layers = ["conv4", "conv5"]
-        segmenter = "village-truth"
-        samples = 12
-        batch_size = 5
-        seed = 2
-        threshold = "q0.99"
-    """)
+    spec = write_spec_of(tmp_path, store=tmp_path / "store.duckdb", segmenters=[VILLAGE_TRUTH],
+                         models=[model("tiny-cls", tiny_cls, family="village-cls", role="classifier", dataset="village")],
+                         analyses=[analysis("d", "dissect", "tiny-cls", layers=["conv4", "conv5"],
+                                            segmenter="village-truth", samples=12, batch_size=5, seed=2,
+                                            threshold="q0.99")])
     assert [o.state for o in _run(tmp_path, spec)] == ["done"]
     db = str(tmp_path / "store.duckdb")
     iou = store.read("select layer, unit, concept, threshold, inter, above, concept_pixels from unit_iou", path=db)
@@ -105,27 +82,9 @@ def test_classifier_dissection_matches_exact_counts(tmp_path: Path, tiny_cls: Pa
 
 @pytest.mark.skipif(not BUNDLED_CLASSIFIERS["village-cls"].exists(), reason="village-cls not trained")
 def test_unit_roles_match_a_direct_ablation_loop(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-
-        [[models]]
-        name = "village-cls"
-        role = "classifier"
-        family = "village-cls"
-        checkpoint = "{BUNDLED_CLASSIFIERS['village-cls']}"
-
-        [[analyses]]
-        name = "roles"
-        kind = "unit_roles"
-        models = ["village-cls"]
-        layers = ["conv5"]
-        samples = 6
-        seed = 4
-        k_max = 3
-        draws = 3
-        batch_size = 7
-    """)
+    spec = write_spec_of(tmp_path, store=tmp_path / "store.duckdb", models=[VILLAGE_CLS],
+                         analyses=[analysis("roles", "unit_roles", "village-cls", layers=["conv5"], samples=6,
+                                            seed=4, k_max=3, draws=3, batch_size=7)])
     assert [o.state for o in _run(tmp_path, spec)] == ["done"]
     db = str(tmp_path / "store.duckdb")
     eff = store.read("select unit, class, class_index, rank, accuracy, accuracy_drop, true_logit, logit_drop "
@@ -184,25 +143,10 @@ def test_unit_roles_on_a_labelled_folder(tmp_path: Path, tiny_cls: Path) -> None
     for i, (im, k) in enumerate(zip(images, split.labels)):
         (tmp_path / "lab" / CLASSES[k]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(im).save(tmp_path / "lab" / CLASSES[k] / f"{i}.png")
-    spec = write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-
-        [[models]]
-        name = "tiny-cls"
-        role = "classifier"
-        family = "village-cls"
-        checkpoint = "{tiny_cls}"
-
-        [[analyses]]
-        name = "roles"
-        kind = "unit_roles"
-        models = ["tiny-cls"]
-        layers = ["conv3"]
-        labelled = "lab"
-        k_max = 2
-        draws = 2
-    """)
+    spec = write_spec_of(tmp_path, store=tmp_path / "store.duckdb",
+                         models=[model("tiny-cls", tiny_cls, family="village-cls", role="classifier")],
+                         analyses=[analysis("roles", "unit_roles", "tiny-cls", layers=["conv3"], labelled="lab",
+                                            k_max=2, draws=2)])
     assert [o.state for o in _run(tmp_path, spec)] == ["done"]
     db = str(tmp_path / "store.duckdb")
     base = store.read("select class, accuracy from class_ablation_curves where ranking = 'top' and k = 0",

@@ -13,7 +13,7 @@ import torch
 
 from compute import runner, spec as specmod
 from db import store
-from tests.conftest import write_spec
+from tests.helpers import analysis, model, write_spec, write_spec_of
 
 ROWS = "select layer, unit, q, value from unit_quantiles order by all"
 TOPK = "select layer, unit, rank, sample, value from unit_topk order by all"
@@ -78,22 +78,9 @@ def test_failed_run_records_error_and_leaves_no_rows(tmp_path: Path, monkeypatch
 
 
 def _spec_for(tmp_path: Path, tiny_gan: Path, name: str) -> Path:
-    return write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / name}"
-        [[models]]
-        name = "tiny"
-        family = "progan"
-        checkpoint = "{tiny_gan}"
-        [[analyses]]
-        name = "q"
-        kind = "quantiles"
-        models = ["tiny"]
-        layers = ["layer2", "layer6"]
-        samples = 1200
-        seed = 5
-        batch_size = 8
-        """, name=name + ".toml")
+    return write_spec_of(tmp_path, store=tmp_path / name, models=[model("tiny", tiny_gan)],
+                         analyses=[analysis("q", "quantiles", "tiny", layers=["layer2", "layer6"], samples=1200,
+                                            seed=5, batch_size=8)], name=name + ".toml")
 
 
 @pytest.mark.slow

@@ -8,61 +8,24 @@ The README's diagnosis table comes from the same analyses at the demo spec's siz
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from db import store as dbstore
-from tests.conftest import run_spec_in, write_spec
+from tests.helpers import VILLAGE_GAN, VILLAGE_SEG, analysis, run_spec_in, write_spec_of
 
-ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("diagnosis")
-    path = write_spec(d, f"""
-        [store]
-        path = "{d / 'v.duckdb'}"
-        [[models]]
-        name = "village-gan"
-        family = "progan"
-        checkpoint = "{ZOO / 'village-gan.safetensors'}"
-        dataset = "village"
-        [[segmenters]]
-        name = "village-seg"
-        family = "village"
-        checkpoint = "{ZOO / 'village-seg.safetensors'}"
-        [[analyses]]
-        name = "dissect"
-        kind = "dissect"
-        models = ["village-gan"]
-        layers = ["layer5"]
-        segmenter = "village-seg"
-        samples = 2000
-        seed = 1
-        [[analyses]]
-        name = "realism"
-        kind = "realism"
-        models = ["village-gan"]
-        layers = ["layer5"]
-        segmenter = "village-seg"
-        samples = 6000
-        seed = 2
-        [[analyses]]
-        name = "repair"
-        kind = "repair"
-        models = ["village-gan"]
-        layers = ["layer5"]
-        segmenter = "village-seg"
-        samples = 1000
-        seed = 3
-        n_units = 6
-        draws = 3
-        manual = "concept:watermark"
-        real_exclude = ["watermark"]
-        """)
+    on = dict(layers=["layer5"], segmenter="village-seg")
+    path = write_spec_of(d, store=d / "v.duckdb", models=[VILLAGE_GAN], segmenters=[VILLAGE_SEG], analyses=[
+        analysis("dissect", "dissect", "village-gan", **on, samples=2000, seed=1),
+        analysis("realism", "realism", "village-gan", **on, samples=6000, seed=2),
+        analysis("repair", "repair", "village-gan", **on, samples=1000, seed=3, n_units=6, draws=3,
+                 manual="concept:watermark", real_exclude=["watermark"])])
     out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"] * 3, [o.error for o in out]
     return str(d / "v.duckdb")

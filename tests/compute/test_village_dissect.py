@@ -6,39 +6,21 @@ README and the issue note, not asserted here.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from compute.reports import dissection as report
-from tests.conftest import run_spec_in, write_spec
+from tests.helpers import VILLAGE_SEG, ZOO, analysis, model, run_spec_in, write_spec_of
 
-ZOO = Path(__file__).resolve().parents[2] / "ingest" / "zoo"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("village")
-    path = write_spec(d, f"""
-        [store]
-        path = "{d / 'v.duckdb'}"
-        [[models]]
-        name = "village-gan"
-        family = "progan"
-        checkpoint = "{ZOO / 'village-gan.safetensors'}"
-        [[segmenters]]
-        name = "village-seg"
-        family = "village"
-        checkpoint = "{ZOO / 'village-seg.safetensors'}"
-        [[analyses]]
-        name = "dissect"
-        kind = "dissect"
-        models = ["village-gan"]
-        segmenter = "village-seg"
-        samples = 500
-        seed = 1
-        """)
+    path = write_spec_of(d, store=d / "v.duckdb", models=[model("village-gan", ZOO / "village-gan.safetensors")],
+                         segmenters=[VILLAGE_SEG],
+                         analyses=[analysis("dissect", "dissect", "village-gan", segmenter="village-seg", samples=500,
+                                            seed=1)])
     out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"], out[0].error
     return str(d / "v.duckdb")

@@ -3,60 +3,23 @@ roles of the bundled village-cls; the sparsity table, the class's units with lab
 the classes a unit matters for, and the empty state."""
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 import pytest
 
 from db import store
 from ingest.zoo import BUNDLED_CLASSIFIERS
-from tests.conftest import write_spec
 from tests.dashboard.apptest import assert_ok, open_page, texts
+from tests.helpers import VILLAGE_CLS, VILLAGE_TRUTH, analysis, run_spec_in, write_spec_of
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not BUNDLED_CLASSIFIERS["village-cls"].exists(), reason="village-cls not trained")
 
 
 @pytest.fixture(scope="module")
 def cls_store(tmp_path_factory) -> str:
-    from compute import runner, spec as specmod
-
     d = tmp_path_factory.mktemp("cls")
-    spec = write_spec(d, f"""
-        [store]
-        path = "{d / 'store.duckdb'}"
-
-        [[models]]
-        name = "village-cls"
-        role = "classifier"
-        family = "village-cls"
-        checkpoint = "{BUNDLED_CLASSIFIERS['village-cls']}"
-
-        [[segmenters]]
-        name = "village-truth"
-        family = "village-truth"
-        checkpoint = "{REPO / 'ingest/village/render.py'}"
-
-        [[analyses]]
-        name = "d"
-        kind = "dissect"
-        models = ["village-cls"]
-        layers = ["conv5"]
-        segmenter = "village-truth"
-        samples = 24
-        seed = 1
-
-        [[analyses]]
-        name = "roles"
-        kind = "unit_roles"
-        models = ["village-cls"]
-        layers = ["conv5"]
-        samples = 6
-        k_max = 4
-        draws = 3
-    """)
-    with contextlib.chdir(d):
-        outcomes = runner.run(specmod.load(spec), quiet=True, echo=lambda m: None)
+    spec = write_spec_of(d, store=d / "store.duckdb", models=[VILLAGE_CLS], segmenters=[VILLAGE_TRUTH], analyses=[
+        analysis("d", "dissect", "village-cls", layers=["conv5"], segmenter="village-truth", samples=24, seed=1),
+        analysis("roles", "unit_roles", "village-cls", layers=["conv5"], samples=6, k_max=4, draws=3)])
+    outcomes = run_spec_in(d, spec)
     assert [o.state for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
     return str(d / "store.duckdb")
 

@@ -17,7 +17,7 @@ import pytest
 from compute import runner, spec as specmod
 from compute.jobs.context import cache_root_for
 from db import store
-from tests.conftest import write_spec
+from tests.helpers import analysis, model, write_spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -26,24 +26,9 @@ pytestmark = pytest.mark.slow
 def test_two_processes_one_run(tmp_path: Path, tiny_gan: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir(), b_dir.mkdir()
-    spec_path = write_spec(tmp_path, f"""
-        [store]
-        path = "store.duckdb"
-
-        [[models]]
-        name = "tiny"
-        family = "progan"
-        checkpoint = "{tiny_gan}"
-
-        [[analyses]]
-        name = "q"
-        kind = "quantiles"
-        models = ["tiny"]
-        layers = ["layer2", "layer6"]
-        samples = 3000
-        seed = 5
-        batch_size = 8
-        """)
+    spec_path = write_spec_of(tmp_path, store="store.duckdb", models=[model("tiny", tiny_gan)],
+                              analyses=[analysis("q", "quantiles", "tiny", layers=["layer2", "layer6"],
+                                                 samples=3000, seed=5, batch_size=8)])
     env = {k: v for k, v in os.environ.items() if k != "GANDISSECT_DB"}
     env.update(PYTHONPATH=str(ROOT), GANDISSECT_CHECKPOINT_EVERY="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "compute.cli", "run", "--quiet", str(spec_path)]
