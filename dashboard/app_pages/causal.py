@@ -84,36 +84,43 @@ if "insertion_contexts" in have:
 else:
     missing("insertion contexts", "insert")
 
-st.subheader("Where can it be inserted?")
-if "insertion_maps" in have:
-    maps = queries.insertion_maps(db, model, layer, concept)
-    keys = maps.select("seed", "sample").unique(maintain_order=True).head(8)
-    maps = maps.join(keys, on=["seed", "sample"]).with_columns(
-        image=pl.format("seed {} · sample {}", "seed", "sample"))
-    st.altair_chart(charts.heat_grid(maps, "image", "sample image"), width="stretch")
-    st.caption("effect of inserting the concept at each featuremap location (brighter: more of it appears)")
-    if images.enabled() and st.toggle("overlay on the sample images", key="causal_overlay"):
-        mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
-        queries.release()  # no read connection held while the generator runs
-        seed = int(keys["seed"][0])
-        one_seed = maps.filter(pl.col("seed") == seed)
-        samples = one_seed["sample"].unique(maintain_order=True).to_list()
-        h, w = int(one_seed["y"].max()) + 1, int(one_seed["x"].max()) + 1
-        heats = []
-        for s in samples:
-            grid = [[0.0] * w for _ in range(h)]
-            for r in one_seed.filter(pl.col("sample") == s).iter_rows(named=True):
-                grid[r["y"]][r["x"]] = float(r["effect"])
-            heats.append(tuple(tuple(row) for row in grid))
-        try:
-            with st.spinner("drawing sample images…"):
-                shown = images.heat_overlays(db, model, mrow["checkpoint_sha256"], seed, tuple(samples),
-                                             tuple(heats), images.display_size(mrow["resolution"]))
-            st.image(shown, caption=[f"sample {s}" for s in samples], width=160)
-        except Exception as e:
-            st.caption(f"images unavailable: {images.error_text(e)}")
-else:
-    missing("insertion maps", "insert")
+
+@st.fragment
+def where_inserted() -> None:
+    """The insertion heat maps and their overlay toggle: the toggle reruns only this section."""
+    st.subheader("Where can it be inserted?")
+    if "insertion_maps" in have:
+        maps = queries.insertion_maps(db, model, layer, concept)
+        keys = maps.select("seed", "sample").unique(maintain_order=True).head(8)
+        maps = maps.join(keys, on=["seed", "sample"]).with_columns(
+            image=pl.format("seed {} · sample {}", "seed", "sample"))
+        st.altair_chart(charts.heat_grid(maps, "image", "sample image"), width="stretch")
+        st.caption("effect of inserting the concept at each featuremap location (brighter: more of it appears)")
+        if images.enabled() and st.toggle("overlay on the sample images", key="causal_overlay"):
+            mrow = queries.models(db).filter(pl.col("model") == model).row(0, named=True)
+            queries.release()  # no read connection held while the generator runs
+            seed = int(keys["seed"][0])
+            one_seed = maps.filter(pl.col("seed") == seed)
+            samples = one_seed["sample"].unique(maintain_order=True).to_list()
+            h, w = int(one_seed["y"].max()) + 1, int(one_seed["x"].max()) + 1
+            heats = []
+            for s in samples:
+                grid = [[0.0] * w for _ in range(h)]
+                for r in one_seed.filter(pl.col("sample") == s).iter_rows(named=True):
+                    grid[r["y"]][r["x"]] = float(r["effect"])
+                heats.append(tuple(tuple(row) for row in grid))
+            try:
+                with st.spinner("drawing sample images…"):
+                    shown = images.heat_overlays(db, model, mrow["checkpoint_sha256"], seed, tuple(samples),
+                                                 tuple(heats), images.display_size(mrow["resolution"]))
+                st.image(shown, caption=[f"sample {s}" for s in samples], width=160)
+            except Exception as e:
+                st.caption(f"images unavailable: {images.error_text(e)}")
+    else:
+        missing("insertion maps", "insert")
+
+
+where_inserted()
 
 st.subheader("Tracing into later layers")
 if "trace_effects" in have:

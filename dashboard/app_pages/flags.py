@@ -34,9 +34,15 @@ st.dataframe(sets.with_columns(pl.col("units").list.eval(pl.element().cast(pl.St
 linked, config = ui.with_unit_links(flags)
 st.dataframe(linked, hide_index=True, column_config={**config, **ui.number_columns(flags)})
 
-st.subheader("Remove a flag")
-keys = [(r["model"], r["layer"], r["unit"], r["flag"]) for r in flags.iter_rows(named=True)]
-choice = st.selectbox("flag", keys, key="flags_remove", format_func=lambda k: f"{k[0]} · {k[1]} · unit {k[2]} · {k[3]}")
-if st.button("Remove", key="flags_remove_button") and choice:
-    if ui.remove_flag(db, *choice):
-        st.rerun()
+@st.fragment
+def remove_section(flags) -> None:  # choosing a flag reruns only this section
+    st.subheader("Remove a flag")
+    keys = [(r["model"], r["layer"], r["unit"], r["flag"]) for r in flags.iter_rows(named=True)]
+    choice = st.selectbox("flag", keys, key="flags_remove",
+                          format_func=lambda k: f"{k[0]} · {k[1]} · unit {k[2]} · {k[3]}")
+    if st.button("Remove", key="flags_remove_button") and choice:
+        if ui.remove_flag(db, *choice):
+            st.rerun()  # the whole page: its tables changed
+
+
+remove_section(flags)

@@ -163,6 +163,15 @@ if images.enabled():
                 st.image(strip, caption=caption, width=720)
                 if st.button("enlarge", key="unit_enlarge", icon=":material/zoom_in:", type="tertiary"):
                     ui.enlarge(f"{model} · {layer} · unit {unit}: {caption}", strip)
+            # the strips of the units ← / → lead to, drawn now (the page is on screen) so the arrows
+            # answer from the cache
+            near = [u for u in (unit + 1, unit - 1) if 0 <= u < n_units]
+            table = queries.unit_table(db, model, layer, seg, mode, None, "unit").filter(pl.col("unit").is_in(near))
+            _, ahead = images.requests_for(near, table, topk)
+            if ahead:
+                images.strip_pngs(db, model, mrow["checkpoint_sha256"], layer, ahead,
+                                  images.display_size(mrow["resolution"]), per_row=4)
+            queries.release()
         except Exception as e:
             strip_slot.caption(f"images unavailable: {images.error_text(e)}")
 
