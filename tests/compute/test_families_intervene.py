@@ -1,6 +1,7 @@
 """Interventions on every generator family, end to end on tiny models built here (nothing downloaded):
 a StyleGAN2 (`family = "stylegan2"`) and a module-factory generator with layers on two branches
-(`family = "module"`) run dissect -> ace -> ablate / insert / trace through the runner with a spec, and
+(`family = "module"`) run dissect -> ace -> ablate / insert / trace and realism -> repair through the
+runner with a spec, and
 `gandissect edit --spec SPEC --model M` paints on each; the result equals the whole forward pass with
 the edit applied by a hook. The two-branch generator also dissects with its layers listed in any order.
 """
@@ -71,6 +72,7 @@ def family_models(tmp_path_factory, tiny_seg: Path) -> dict[str, tuple[str, str]
             name = "sg"
             family = "stylegan2"
             checkpoint = "{d / 'sg32.pt'}"
+            dataset = "village"
             truncation = 0.7
             """, "convs.1"),
         "branchy": (f"""
@@ -78,6 +80,7 @@ def family_models(tmp_path_factory, tiny_seg: Path) -> dict[str, tuple[str, str]
             name = "branchy"
             family = "module"
             checkpoint = "{d / 'branchy.pth'}"
+            dataset = "village"
             factory = "tests.compute.test_families_intervene:make_branchy"
             kwargs = {{ z = 8, width = 8 }}
             layers = ["side.4", "g.layer5", "g.layer2"]
@@ -169,6 +172,33 @@ seed = 3
 concepts = ["{concept}"]
 units = 2
 location = [1, 1]
+
+[[analyses]]
+name = "real"
+kind = "realism"
+models = ["{model}"]
+segmenter = "seg"
+layers = ["{layer}"]
+samples = 40
+seed = 4
+top_fraction = 0.5
+real = "{real}"
+real_samples = 20
+batch_size = 20
+
+[[analyses]]
+name = "rep"
+kind = "repair"
+models = ["{model}"]
+segmenter = "seg"
+layers = ["{layer}"]
+samples = 20
+seed = 5
+n_units = 2
+draws = 1
+real = "{real}"
+real_samples = 20
+batch_size = 20
 """
 
 
@@ -193,16 +223,19 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
         got = finish(gen, layer, edited, z)
     assert torch.equal(got, want) and not torch.equal(got, full)
 
-    db = tmp_path / "store.duckdb"
-    spec = write_spec(tmp_path, SPEC.format(db=db, entry=entry, seg=tiny_seg, model=model, layer=layer, concept=concept))
+    db, real = tmp_path / "store.duckdb", tmp_path / "real.npy"  # "real" images: noise at the generator's size
+    np.save(real, np.random.default_rng(0).integers(0, 256, (24, gen.resolution, gen.resolution, 3), dtype=np.uint8))
+    spec = write_spec(tmp_path, SPEC.format(db=db, entry=entry, seg=tiny_seg, model=model, layer=layer, concept=concept,
+                                            real=real))
     out = run_spec_in(tmp_path, spec)
-    assert [o.state for o in out] == ["done"] * 5, [o.error for o in out]
+    assert [o.state for o in out] == ["done"] * 7, [(o.job.analysis.name, o.error) for o in out]
     assert store.run_audits(str(db)) == []
     n = {t: int(store.read(f"select count(*) n from {t}", path=str(db))["n"][0])
-         for t in ("ace_alpha", "ablation_curves", "causal_effects", "insertion_maps", "trace_effects")}
+         for t in ("ace_alpha", "ablation_curves", "causal_effects", "insertion_maps", "trace_effects",
+                   "repair_effects")}
     h, w = r.shape[2:]
     assert n["ace_alpha"] == r.shape[1] and n["ablation_curves"] == 3 * 3 and n["causal_effects"] == 3
-    assert n["insertion_maps"] == h * w and n["trace_effects"] > 0
+    assert n["insertion_maps"] == h * w and n["trace_effects"] > 0 and n["repair_effects"] == 2  # realism + random
     curve = store.read("select remaining from ablation_curves where n_units = 0", path=str(db))["remaining"]
     assert curve.to_list() == [1.0] * 3  # nothing ablated: every baseline pixel remains
 
