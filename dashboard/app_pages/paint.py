@@ -28,8 +28,10 @@ db = ui.db()
 st.title("Paint")
 ui.require_store(db)
 st.caption("GANPaint: a brush is a set of units of one layer. **draw** forces them to a high activation "
-           "where you paint, **remove** switches them off there; the generator does the rest, and only "
-           "where the concept fits (a door on a wall, not in the sky).")
+           "where you paint, **remove** switches them off there; the generator does the rest. Nothing "
+           "constrains where you draw: the concept tends to appear where it fits the scene (a door on a "
+           "wall), and drawing it where it does not (a tree in the sky) may give something else or a "
+           "misplaced object — the segmentation of the edited image shows what appeared.")
 
 summary = queries.layer_summary(db)
 generators = queries.models(db).filter(pl.col("role") == "generator")["model"]
@@ -179,6 +181,30 @@ def _png(image: np.ndarray, side: int | None = None) -> Any:
     return im.resize((side, side), Image.NEAREST) if side else im
 
 
+def _hex_rgb(colour: str) -> np.ndarray:
+    return np.array([int(colour[k:k + 2], 16) for k in (1, 3, 5)], np.float32)
+
+
+def _with_strokes(image: np.ndarray, strokes: list[Any]) -> np.ndarray:
+    """The edited image with every applied stroke's region tinted in its brush colour and outlined
+    (removals hatched grey), so the canvas shows where you painted."""
+    out = image.astype(np.float32)
+    for s in strokes:
+        region = np.asarray(s.region, bool)
+        if region.shape != image.shape[:2] or not region.any():
+            continue
+        colour = (_hex_rgb(paint.concept_colour(s.brush.concept, 0)) if s.brush.concept and s.action == "draw"
+                  else np.array([128, 128, 128], np.float32))
+        out[region] = 0.65 * out[region] + 0.35 * colour
+        inner = region.copy()
+        inner[1:, :] &= region[:-1, :]
+        inner[:-1, :] &= region[1:, :]
+        inner[:, 1:] &= region[:, :-1]
+        inner[:, :-1] &= region[:, 1:]
+        out[region & ~inner] = colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
 def _swatches(painter: Any, labels: set[int]) -> str:
     return " ".join(
         f'<span style="white-space:nowrap"><span style="display:inline-block;width:0.9em;height:0.9em;'
@@ -239,10 +265,13 @@ def paint_area(painter: Any, brush: Any, action: str, strength: str, tool: str, 
 
     left, right = st.columns([3, 4])
     with left:
-        st.markdown("**paint here** (edited image)")
+        st.markdown("**paint here** (edited image; applied strokes tinted and outlined)")
+        st.caption("Take a stroke back with **undo** above: the canvas's own toolbar only edits the stroke "
+                   "being drawn, before it is sent.")
         colour = paint.concept_colour(brush.concept, 0) if brush.concept else "#ff00ff"
         st_canvas(fill_color=colour + "66", stroke_width=width, stroke_color=colour + "aa",
-                  background_image=_png(session.current.image, CANVAS), update_streamlit=True,
+                  background_image=_png(_with_strokes(session.current.image, session.strokes), CANVAS),
+                  update_streamlit=True,
                   height=CANVAS, width=CANVAS, drawing_mode="freedraw" if tool == "freehand" else "rect",
                   key=f"paint_canvas_{st.session_state['paint_version']}")  # its strokes are read above, next run
         if "paint_error" in st.session_state:
