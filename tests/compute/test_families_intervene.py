@@ -203,7 +203,7 @@ batch_size = 20
 
 
 @pytest.mark.parametrize("model", ["sg", "branchy"])
-def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tmp_path, capsys) -> None:
+def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tmp_path, capsys, monkeypatch) -> None:
     entry, layer = family_models[model]
     gen = _load(entry, model, tmp_path)
     seg = load_village_seg(str(tiny_seg)).eval()
@@ -247,6 +247,12 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
         code = cli.main(args)
     assert code == 0, capsys.readouterr().err
     assert png.exists() and set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"before", "after", "ms"}
+
+    # the Paint page's loader: the spec `gandissect dashboard --spec` names, through $GANDISSECT_SPEC
+    monkeypatch.setenv("GANDISSECT_SPEC", str(spec))
+    with contextlib.chdir(tmp_path):
+        paged, _ = paint.load_models(model, str(db))
+    assert type(paged) is type(gen) and paged.layers == gen.layers
 
     # the painted image is the whole forward pass with the stroke's featuremap put in by a hook
     painter = paint.open_painter(model, str(db), layer, concept, str(spec))
