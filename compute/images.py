@@ -83,8 +83,8 @@ def load_generator(model: str, store_path: str | os.PathLike | None = None,
     Family `progan` is rebuilt from the `models` row alone; other families (whose loader options live
     in the spec) are looked up by name in the spec at `spec_path`, else the spec at $GANDISSECT_SPEC (default `gandissect.toml`).
     """
-    from compute.spec import ModelSpec
     from ingest import zoo
+    from ingest.spec import ModelSpec
 
     row = _model_row(model, store_path)
     path = _checkpoint_path(row["checkpoint"], store_path)

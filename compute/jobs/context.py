@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from compute.spec import AnalysisSpec, ModelSpec, SegmenterSpec
+from compute.spec import AnalysisSpec
+from ingest.spec import ModelSpec, SegmenterSpec
 
 
 @dataclass(frozen=True)
