@@ -85,15 +85,8 @@ class Spec:
 
 
 def _check_threshold(value: Any, err: Any) -> str:
-    if value in ("iqr", "iclr"):
+    if params_table.THRESHOLD.check(value) is None:  # the one parser of threshold modes
         return value
-    if isinstance(value, str) and value.startswith("q"):
-        try:
-            q = float(value[1:])
-        except ValueError:
-            q = -1.0
-        if 0.0 < q < 1.0:
-            return value
     raise err("threshold", f"{value!r} is not a threshold mode; allowed: {', '.join(THRESHOLD_MODES)}")
 
 
