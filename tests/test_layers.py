@@ -2,7 +2,9 @@
 
 Reads every .py file under compute/, ingest/, db/ and dashboard/ with `ast` (module-level imports and
 the ones inside functions, `if TYPE_CHECKING:` blocks included: a circle that only a lazy import keeps
-from failing is still a circle); writes nothing; imports none of them.
+from failing is still a circle; a package whose __init__.py imports project modules is a dependency of
+everything that imports one of its submodules, since Python runs that __init__ first); writes nothing;
+imports none of them.
 
 The top layers, lowest first: db < ingest < compute < dashboard. A module may import its own layer
 and the layers below it; db never imports torch. Inside compute, lowest first (docs/layout.md):
@@ -21,6 +23,7 @@ and the layers below it; db never imports torch. Inside compute, lowest first (d
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +85,12 @@ def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     for name, path in mods.items():
         raw[name] = imported_names(path, name)
         edges[name] = {o for n in raw[name] if (o := owner(n)) is not None and o != name}
+    # importing a.b.c runs a/__init__.py and a/b/__init__.py first: a package face that imports project
+    # modules itself is a dependency of every module importing one of its submodules
+    faces = {m for m, p in mods.items() if p.name == "__init__.py" and edges[m]}
+    for name in mods:
+        edges[name] |= {f for d in list(edges[name]) for f in faces
+                        if d.startswith(f + ".") and not name.startswith(f + ".") and f != name}
     return edges, raw
 
 
@@ -185,6 +194,18 @@ def test_the_walk_sees_lazy_imports(tmp_path: Path) -> None:
                  "def f():\n    import x.y\n    from . import sibling\n")
     names = imported_names(f, "pkg.m")
     assert {"a.b.C", "x.y", "pkg.sibling"} <= names
+
+
+def test_a_package_face_that_imports_counts(tmp_path: Path, monkeypatch) -> None:
+    """`import p.m` runs p/__init__.py: when that imports q, the importer depends on q through p."""
+    for rel, text in {"compute/__init__.py": "", "compute/p/__init__.py": "import compute.q\n",
+                      "compute/p/m.py": "", "compute/q.py": "from compute.p import m\n",
+                      "ingest/__init__.py": "", "db/__init__.py": "", "dashboard/__init__.py": ""}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    edges, _ = graph()
+    assert "compute.p" in edges["compute.q"] and cycles(edges) == [["compute.p", "compute.q", "compute.p"]]
 
 
 def test_cycles_finds_a_circle() -> None:
