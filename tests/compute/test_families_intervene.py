@@ -322,3 +322,48 @@ def test_a_run_that_never_started_reports_only_its_own_error(family_models, tiny
     monkeypatch.setattr(store, "start_run", refuse)
     out = run_spec_in(tmp_path, spec)
     assert [(o.state, o.error) for o in out] == [("failed", "RuntimeError: the store refused the run")]
+
+
+def test_hook_path_gives_the_fast_path_rows_on_a_sequential_generator(tiny_gan, tiny_seg, tmp_path, monkeypatch) -> None:
+    """The runner's intervention rows on a ProGAN (nn.Sequential: fast path) are those of the hook path."""
+    from compute.core import tap as tapmod
+    from ingest.models.progan import load_progan
+
+    entry = f"""
+        [[models]]
+        name = "tiny"
+        family = "progan"
+        checkpoint = "{tiny_gan}"
+        dataset = "village"
+        """
+    gen, seg = load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
+    concept = _common_concept(gen, seg)
+    real = tmp_path / "real.npy"
+    np.save(real, np.random.default_rng(0).integers(0, 256, (24, 64, 64, 3), dtype=np.uint8))
+    tables = {"ace_alpha": "concept, unit", "ace_epochs": "concept, epoch", "ablation_curves": "concept, ranking, n_units",
+              "causal_effects": "concept, unit_set", "insertion_maps": "concept, sample, y, x",
+              "trace_effects": "concept, target_layer, y, x", "repair_effects": "unit_set, draw"}
+    rows = {}
+    for path in ("fast", "hook"):
+        d = tmp_path / path
+        d.mkdir()
+        if path == "hook":
+            monkeypatch.setattr(tapmod, "sequential_path", lambda model, layer: False)
+
+            def no_fast_path(*args, **kwargs):
+                raise AssertionError("run_from used on the hook path")
+            monkeypatch.setattr(tapmod, "run_from", no_fast_path)
+        spec = write_spec(d, SPEC.format(db=d / "store.duckdb", entry=entry, seg=tiny_seg, model="tiny", layer="layer4",
+                                         concept=concept, real=real))
+        out = run_spec_in(d, spec)
+        assert [o.state for o in out] == ["done"] * 7, [(o.job.analysis.name, o.error) for o in out]
+        rows[path] = {t: store.read(f"select * exclude (run_key) from {t} order by {k}", path=str(d / "store.duckdb"))
+                      for t, k in tables.items()}
+    for t in tables:
+        fast, hook = rows["fast"][t], rows["hook"][t]
+        assert fast.columns == hook.columns and fast.height == hook.height > 0, t
+        for col in fast.columns:
+            if fast[col].dtype.is_float():
+                assert np.allclose(fast[col].to_numpy(), hook[col].to_numpy(), atol=1e-5, equal_nan=True), (t, col)
+            else:
+                assert fast[col].to_list() == hook[col].to_list(), (t, col)
