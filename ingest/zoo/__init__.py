@@ -79,6 +79,16 @@ def _spec_entry(kind: str, name: str, spec: "str | os.PathLike | Declarations | 
     return next((e for e in entries if e.name == name), None)
 
 
+def _bundled_weights(role: str, name: str, bundled: dict[str, Path]) -> Path:
+    """The weights file of a bundled segmenter or classifier; ZooError when unknown or not trained."""
+    if name not in bundled:
+        raise ZooError(f"unknown {role} {name!r}; bundled: {', '.join(bundled)}")
+    path = bundled[name]
+    if not path.exists():
+        raise ZooError(f"bundled {role} {name!r} has no weights at {path} (train it: gandissect train {role})")
+    return path
+
+
 def load_generator(name: str, spec: "str | os.PathLike | Declarations | None" = None,
                    device: torch.device | str = "cpu") -> torch.nn.Module:
     """A generator by name: a spec's model entry if the spec declares it, else a bundled model."""
@@ -105,11 +115,7 @@ def load_segmenter(name: str, spec: "str | os.PathLike | Declarations | None" = 
     entry = _spec_entry("segmenter", name, spec)
     if entry is not None:
         return load_segmenter_spec(entry, device)
-    if name not in BUNDLED_SEGMENTERS:
-        raise ZooError(f"unknown segmenter {name!r}; bundled: {', '.join(BUNDLED_SEGMENTERS)}")
-    path = BUNDLED_SEGMENTERS[name]
-    if not path.exists():
-        raise ZooError(f"bundled segmenter {name!r} has no weights at {path} (train it: gandissect train segmenter)")
+    path = _bundled_weights("segmenter", name, BUNDLED_SEGMENTERS)
     from ingest.models.village_seg import load_village_seg
 
     return load_village_seg(str(path), torch.device(device)).eval()
@@ -123,11 +129,7 @@ def load_classifier(name: str, spec: "str | os.PathLike | Declarations | None" =
     entry = _spec_entry("model", name, spec)
     if entry is not None and entry.option("role") == "classifier":
         return load_classifier_entry(entry, device)
-    if name not in BUNDLED_CLASSIFIERS:
-        raise ZooError(f"unknown classifier {name!r}; bundled: {', '.join(BUNDLED_CLASSIFIERS)}")
-    path = BUNDLED_CLASSIFIERS[name]
-    if not path.exists():
-        raise ZooError(f"bundled classifier {name!r} has no weights at {path} (train it: gandissect train classifier)")
+    path = _bundled_weights("classifier", name, BUNDLED_CLASSIFIERS)
     from ingest.models.classifier import load_village_cls
 
     return load_village_cls(str(path), torch.device(device)).eval()
