@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from ingest.roles import Generator, Segmenter
+from ingest.spec import ModelSpec, SegmenterSpec
 from ingest.zoo import file_sha256
 
 
-def _training_step(spec_model: Any, net: Any) -> int | None:
+def _training_step(spec_model: ModelSpec, net: Generator) -> int | None:
     step = getattr(net, "training_step", None)
     if step is not None:
         return int(step)
@@ -19,7 +21,7 @@ def _training_step(spec_model: Any, net: Any) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def model_row(spec_model: Any, net: Any) -> dict[str, Any]:
+def model_row(spec_model: ModelSpec, net: Generator) -> dict[str, Any]:
     return {
         "model": spec_model.name, "family": spec_model.family, "dataset": spec_model.dataset,
         "checkpoint": spec_model.checkpoint, "checkpoint_sha256": file_sha256(spec_model.checkpoint),
@@ -35,11 +37,11 @@ def layer_rows(model: str, layers: Sequence[str], shapes: dict[str, tuple[int, .
              "height": shapes[name][1], "width": shapes[name][2]} for i, name in enumerate(layers)]
 
 
-def segmenter_row(spec_seg: Any, seg: Any) -> dict[str, Any]:
+def segmenter_row(spec_seg: SegmenterSpec, seg: Segmenter) -> dict[str, Any]:
     return {"segmenter": spec_seg.name, "family": spec_seg.family, "checkpoint": spec_seg.checkpoint,
             "checkpoint_sha256": file_sha256(spec_seg.checkpoint), "resolution": int(seg.resolution)}
 
 
-def concept_rows(segmenter: str, seg: Any) -> list[dict[str, Any]]:
+def concept_rows(segmenter: str, seg: Segmenter) -> list[dict[str, Any]]:
     return [{"segmenter": segmenter, "concept": c.name, "category": c.category, "concept_index": k}
             for k, c in enumerate(seg.concepts) if k > 0]
