@@ -17,14 +17,14 @@ Binning (no threshold needed in advance). Values fall in fine log cells read fro
 cell open-ended); edges are tops of fine cells, so `a > edge` is exactly `cell(a) > cell(edge)`.
 The first batch (warm-up) fixes, per unit, E sorted edges:
 `bins - 1` equal-mass edges (the warm-up's i / bins quantiles) and `candidates` edges at ranks
-level - w .. level + w (the thresholds the null is counted at; w = max(window, 4 standard errors of
-the warm-up's estimate of the level, from its spread over the batch's images), at most 0.05). Values below the first or
+level - w .. level + w (the thresholds the null is counted at; w = max(window, 2.5 standard errors of
+the warm-up's estimate of the level, from its spread over the batch's images), at most MAX_WINDOW). Values below the first or
 above the last edge fall in two overflow bins, bounded by the exact running min / max. Bin b of a
 value = #{edges < value}, so |a > e_j| is a suffix sum and every count at an edge is an exact integer.
 
 Accuracy (stated bound, tested against exact order statistics). The threshold is the candidate edge
 whose exact rank 1 - |a > e| / n is nearest `level`: its rank error is at most half the largest mass
-between neighbouring candidates, nominally w / (candidates - 1) (>= 2.5e-4 by default -> 1.25e-4)
+between neighbouring candidates, nominally w / (candidates - 1): 9.4e-5 (w = 0.003) to 6.25e-4 (w = 0.02)
 and `rank_error()` reports the measured value; it exceeds the window only where the warm-up batch
 misjudged the unit's level by more than w in rank (reported, never hidden). Quantiles at other
 levels interpolate inside equal-mass bins of nominal mass 1 / bins (1024: 0.001, the bound the quantile
@@ -54,6 +54,7 @@ from compute.core.stats import PermutationNull, _check_finite
 
 __all__ = ["JointHist"]
 
+MAX_WINDOW = 0.02   # widest candidate window (rank half-width): 32 gaps of <= 1.25e-3, error <= 6.25e-4
 Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
 
 
@@ -61,7 +62,7 @@ class JointHist:
     """Per (unit, bin, concept) pixel counts, per unit histogram, and the permutation null at candidate
     thresholds around rank `level`; see the module docstring."""
 
-    def __init__(self, level: float = 0.99, bins: int = 1024, candidates: int = 33, window: float = 0.004,
+    def __init__(self, level: float = 0.99, bins: int = 1024, candidates: int = 33, window: float = 0.003,
                  block: int = 8, device: torch.device | str | None = None, chunk: int = 1 << 22) -> None:
         if not 0.0 < level < 1.0 or bins < 2 or candidates < 2 or not 0.0 < window < 0.5 or block < 2:
             raise ValueError(f"JointHist: need 0 < level < 1, bins >= 2, candidates >= 2, 0 < window < 0.5, "
@@ -83,8 +84,8 @@ class JointHist:
         """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it: per unit
         the fine-cell window (octaves below 2x the batch's max |a|), then edges = the tops of the cells
         holding the batch's values at the equal-mass and candidate ranks. The candidate window is, per
-        unit, the larger of `window` and 4 standard errors of the batch's rank-`level` value (from its
-        spread over the batch's images), at most 0.05."""
+        unit, the larger of `window` and 2.5 standard errors of the batch's rank-`level` value (from its
+        spread over the batch's images), at most MAX_WINDOW."""
         a = a.detach()
         self.device = self.device or a.device
         n = a.shape[0]
@@ -97,7 +98,7 @@ class JointHist:
             t0 = srt[:, min(last, int(self.level * last))]
             share = (v.view(v.shape[0], n, -1) > t0[:, None, None]).double().mean(2)           # [c, N]
             se = share.std(1) / math.sqrt(n) if n > 1 else torch.zeros(v.shape[0], dtype=torch.float64)
-            w = (4 * se.cpu()).clamp(min=self.window, max=0.05)                   # [c]
+            w = (2.5 * se.cpu()).clamp(min=self.window, max=MAX_WINDOW)           # [c]
             cand = (self.level + w[:, None] * unit[None, :]).clamp(0.0, 1.0)       # [c, L]
             ranks = torch.cat([eq[None, :].expand(v.shape[0], -1), cand], 1)       # [c, E]
             idx = (ranks * last).round().long().clamp(0, last).to(srt.device)
