@@ -45,7 +45,8 @@ def layer_categories(summary: pl.DataFrame, x: str = "layer", x_title: str = "la
         summary.sort("layer_index")[x].unique(maintain_order=True).to_list() if "layer_index" in summary.columns
         else None)
     return alt.Chart(_pd(long)).mark_bar().encode(
-        x=alt.X(f"{x}:N", title=x_title, sort=sort, axis=alt.Axis(labelAngle=-30, labelLimit=260)),
+        x=alt.X(f"{x}:N", title=x_title, sort=sort,
+                axis=alt.Axis(labelAngle=-30, labelLimit=0, labelOverlap=False)),  # every column named, in full
         y=alt.Y("sum(units):Q", title="interpretable units"),
         color=category_color(),
         order=alt.Order("category:N", sort="ascending"),
@@ -183,7 +184,8 @@ def emergence(frame: pl.DataFrame, value: str = "interpretable_units") -> alt.Ch
     return alt.Chart(_pd(frame)).mark_line(point=True).encode(
         x=alt.X("training_step:Q", title="training step"),
         y=alt.Y(f"{value}:Q", title=value.replace("_", " ")),
-        color=alt.Color("layer:N", sort=layers, scale=alt.Scale(scheme="viridis")),
+        color=alt.Color("layer:N", sort=layers, scale=alt.Scale(domain=layers, scheme="viridis"),
+                        legend=alt.Legend(values=layers, symbolLimit=0, labelLimit=0)),  # every layer, in order
         tooltip=["model:N", "layer:N", "training_step:Q", f"{value}:Q"],
     ).properties(height=300)
 
@@ -206,7 +208,7 @@ def concept_heatmap(frame: pl.DataFrame, x: str = "selection", value: str = "int
     concepts = (frame.group_by("concept").agg(pl.col(value).sum()).sort(value, descending=True)["concept"]
                 .to_list())
     base = alt.Chart(_pd(frame)).encode(
-        x=alt.X(f"{x}:N", title=None, sort=order, axis=alt.Axis(labelAngle=-20, labelLimit=260)),
+        x=alt.X(f"{x}:N", title=None, sort=order, axis=alt.Axis(labelAngle=-20, labelLimit=0, labelOverlap=False)),
         y=alt.Y("concept:N", sort=concepts, title=None, axis=alt.Axis(labelOverlap=False)))
     rect = base.mark_rect().encode(color=alt.Color(f"{value}:Q", title=value.replace("_", " "),
                                                    scale=alt.Scale(scheme="blues")),
@@ -249,8 +251,8 @@ def precision_recall(pr: pl.DataFrame, k_mark: int | None = None) -> alt.Chart:
     over the cut-off k (the k worst units), the point at `k_mark` marked and labelled."""
     unit_scale = alt.Scale(domain=[0, 1])
     base = alt.Chart(_pd(pr)).encode(
-        x=alt.X("recall:Q", title="recall (flagged units found)", scale=unit_scale),
-        y=alt.Y("precision:Q", title="precision (worst units that are flagged)", scale=unit_scale),
+        x=alt.X("recall:Q", title="recall (flagged units found)", scale=unit_scale, axis=alt.Axis(titleLimit=0)),
+        y=alt.Y("precision:Q", title="precision (flagged share)", scale=unit_scale, axis=alt.Axis(titleLimit=0)),
         tooltip=["k:Q", alt.Tooltip("frechet:Q", format=".2f", title="Fréchet ≥"),
                  alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
                  alt.Tooltip("flagged_in_k:Q", title="flagged among the k"), "n_flagged:Q"])

@@ -125,7 +125,8 @@ SELECT m.model, m.family, m.dataset, m.model_group, m.training_step, m.resolutio
        coalesce(m.role, 'generator') AS role
 FROM models m LEFT JOIN layers l USING (model)
 GROUP BY ALL
-ORDER BY m.model_group NULLS LAST, m.training_step DESC NULLS LAST, m.model  -- newest checkpoint first
+ORDER BY min(coalesce(m.role, 'generator')) <> 'generator', m.model_group NULLS LAST, m.training_step DESC NULLS LAST,
+         m.model  -- generators first; checkpoints by step, newest first
 """
 
 LAYERS_SQL = """
@@ -168,7 +169,8 @@ SELECT bench, metric, value, unit, params, created_at FROM benchmarks ORDER BY b
 LAYER_SUMMARY_SQL = """
 SELECT s.*, m.model_group, m.training_step
 FROM layer_summary s LEFT JOIN models m USING (model)
-ORDER BY s.model, s.layer_index, s.segmenter, s.threshold_mode DESC  -- quantile (PNAS) before iqr
+ORDER BY coalesce(m.role, 'generator') <> 'generator', m.model_group NULLS LAST, m.training_step DESC NULLS LAST,
+         s.model, s.layer_index, s.segmenter, s.threshold_mode DESC  -- as MODELS_SQL; quantile (PNAS) before iqr
 """
 
 DISSECTION_MODES_SQL = """
