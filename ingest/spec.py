@@ -21,11 +21,9 @@ from typing import Any, Protocol
 from db.errors import BadInput, did_you_mean
 from ingest.checks import Choice, Float, Int, IntList, Param, Str, StrList
 
-MODEL_FAMILIES = ("progan", "module", "stylegan2", "village-cls", "transformers")  # loaders: ingest.zoo (docs/own-models.md)
 MODEL_ROLES = ("generator", "classifier")  # role = "classifier": ingest.zoo.load_classifier_entry
 CLASSIFIER_FAMILIES = ("village-cls", "module", "transformers")
 GENERATOR_FAMILIES = ("progan", "module", "stylegan2")
-SEGMENTER_FAMILIES = ("village", "module", "transformers", "village-truth")  # loaders: ingest.zoo.SEGMENTER_LOADERS
 DEFAULT_SPEC = "gandissect.toml"
 
 
@@ -93,13 +91,13 @@ def freeze(value: Any) -> Any:
     return value
 
 
-# keys of [[models]] / [[segmenters]] entries per family (the loaders in ingest.zoo read them)
+# keys of [[models]] / [[segmenters]] entries per family (the loaders in ingest.zoo read them): the families
 MODEL_KEYS_COMMON = ("name", "family", "checkpoint", "dataset", "layers", "z_dim", "resolution")
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "progan": MODEL_KEYS_COMMON,
-    "stylegan2": (*MODEL_KEYS_COMMON, "key", "input", "truncation", "noise", "lr_mlp"),
     "module": (*MODEL_KEYS_COMMON, "factory", "kwargs", "state_key", "output", "output_index", "latent_shape",
                "role", "images", "classes"),
+    "stylegan2": (*MODEL_KEYS_COMMON, "key", "input", "truncation", "noise", "lr_mlp"),
     "village-cls": (*MODEL_KEYS_COMMON, "role", "images"),
     "transformers": (*MODEL_KEYS_COMMON, "role", "images", "input_range", "mean", "std"),
 }
@@ -111,6 +109,8 @@ SEGMENTER_KEYS: dict[str, tuple[str, ...]] = {
     "transformers": ("name", "family", "checkpoint", *_LABEL_SEG_KEYS),
     "village-truth": ("name", "family", "checkpoint"),
 }
+MODEL_FAMILIES = tuple(MODEL_KEYS)  # loaders: ingest.zoo (docs/own-models.md); tests/ingest/test_roles.py
+SEGMENTER_FAMILIES = tuple(SEGMENTER_KEYS)  # checks each has a loader
 TOP_KEYS = ("store", "models", "segmenters", "analyses")
 _SECTION_OF = {"models": "[[models]]", "segmenters": "[[segmenters]]", "analyses": "[[analyses]]", "store": "[store]"}
 

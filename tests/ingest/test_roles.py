@@ -1,4 +1,5 @@
-"""The role Protocols (ingest/roles.py) hold for the models the zoo loads, and tell the roles apart."""
+"""The role Protocols (ingest/roles.py) hold for the models the zoo loads and tell the roles apart; every
+family a spec may declare has a loader."""
 from __future__ import annotations
 
 import torch
@@ -23,3 +24,12 @@ def test_loaded_models_play_their_roles(tiny_gan) -> None:
     assert masks.dtype == torch.bool and masks.shape[:2] == (2, len(seg.concepts))
     assert seg.concepts[0].name == "none"
     assert clf(torch.zeros(1, 3, clf.resolution, clf.resolution)).shape == (1, len(clf.classes))
+
+
+def test_every_declared_family_has_a_loader() -> None:
+    """The spec's families (ingest.spec, torch-free) and the zoo's loaders name the same families."""
+    from ingest import spec
+
+    assert set(spec.GENERATOR_FAMILIES) == set(zoo.GENERATOR_LOADERS)
+    assert set(spec.SEGMENTER_FAMILIES) == set(zoo.SEGMENTER_LOADERS)
+    assert set(spec.GENERATOR_FAMILIES) | set(spec.CLASSIFIER_FAMILIES) == set(spec.MODEL_FAMILIES)
