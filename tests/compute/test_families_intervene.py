@@ -236,6 +236,8 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
     h, w = r.shape[2:]
     assert n["ace_alpha"] == r.shape[1] and n["ablation_curves"] == 3 * 3 and n["causal_effects"] == 3
     assert n["insertion_maps"] == h * w and n["trace_effects"] > 0 and n["repair_effects"] == 2  # realism + random
+    moved = store.read("select count(*) n from ace_alpha where alpha <> alpha_init", path=str(db))["n"][0]
+    assert moved > 0  # the gradient reached alpha through the hooked forward pass
     curve = store.read("select remaining from ablation_curves where n_units = 0", path=str(db))["remaining"]
     assert curve.to_list() == [1.0] * 3  # nothing ablated: every baseline pixel remains
 
