@@ -1,5 +1,6 @@
 """What the training scripts (gan, seg, cls) share: the --device / --threads arguments and the device
-they name.
+they name (`compute.runner.resolve_device`, the one the runs use: --device cuda without CUDA is bad
+input, exit status 2).
 
 Reads nothing, writes nothing. Each script's `parse_args` calls `add_device_arguments(p)` and its
 `main` calls `device_from(a)`.
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from compute.runner import resolve_device
+
 REPO = Path(__file__).resolve().parents[2]  # the repository: default outputs go under ingest/zoo and .cache
 
 
@@ -20,15 +23,6 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     """--device auto|cpu|cuda and --threads N (0: torch's default)."""
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto": CUDA where present, else the CPU; "cuda" where none is present is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device available")
-    return torch.device(name)
 
 
 def device_from(a: argparse.Namespace) -> torch.device:
