@@ -150,6 +150,34 @@ def strip_pngs(db: str, model: str, checkpoint_sha256: str | None, layer: str, r
     return out
 
 
+@st.cache_data(ttl=3600, max_entries=8, show_spinner=False)
+def generated_vs_rendered(db: str, model: str, checkpoint_sha256: str | None, resolution: int, n: int = 8,
+                          seed: int = 0) -> bytes:
+    """PNG bytes of a two-row grid: n generated images of `model` (seed, samples 0..n-1) above n rendered
+    village scenes (`ingest.village.render`, seeds 0..n-1) at the model's resolution, drawn at least
+    128 px each: how close the GAN's world is to the one it learned from."""
+    from ingest.village.render import render
+
+    size = display_size(resolution) or resolution
+    fake = samples(db, model, checkpoint_sha256, seed, tuple(range(n)), size)
+    real = [render(i, size=resolution).image for i in range(n)]
+    if size != resolution:
+        from PIL import Image
+
+        real = [np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in real]
+    gap = 4
+    white = np.full((size, gap, 3), 255, np.uint8)
+
+    def row(images: Sequence[np.ndarray]) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for i, im in enumerate(images):
+            parts += ([white] if i else []) + [np.asarray(im, np.uint8)]
+        return np.concatenate(parts, axis=1)
+
+    top, bottom = row(list(fake)), row(real)
+    return png(np.concatenate([top, np.full((gap * 2, top.shape[1], 3), 255, np.uint8), bottom], axis=0))
+
+
 def requests_for(units: Sequence[int], table: pl.DataFrame, topk: pl.DataFrame,
                  threshold_col: str = "threshold") -> tuple[list[int], tuple[Request, ...]]:
     """(units that can be drawn, their requests) from unit_table rows (thresholds) and topk rows."""

@@ -303,6 +303,29 @@ def enlarge(title: str, image: Any) -> None:
     st.image(image, width="stretch")
 
 
+@st.fragment
+def generated_vs_rendered(path: str, key: str) -> None:
+    """A toggle, then the grid of generated images above rendered village scenes for a village generator
+    (its own fragment: the toggle reruns only this; torch is imported only once it is switched on)."""
+    from dashboard import images
+
+    models = queries.models(path).filter((pl.col("role") == "generator") & (pl.col("dataset") == "village"))
+    if models.height == 0 or not images.enabled():
+        return
+    if not st.toggle("show generated images next to rendered scenes", key=f"{key}_gvr"):
+        return
+    name = pick("model", "gvr_model", models["model"].to_list(), f"{key}_gvr_model")
+    row = models.filter(pl.col("model") == name).row(0, named=True)
+    queries.release()  # no read connection held while the generator runs
+    try:
+        with st.spinner("drawing generated images and rendering scenes…"):
+            grid = images.generated_vs_rendered(path, name, row["checkpoint_sha256"], int(row["resolution"]))
+        st.image(grid, caption=f"top: {name}, seed 0, samples 0–7 · bottom: rendered village scenes, seeds 0–7",
+                 width="stretch")
+    except Exception as e:
+        st.caption(f"images unavailable: {images.error_text(e)}")
+
+
 # ---------------------------------------------------------------- flags
 
 def flag_form(path: str, model: str, layer: str, unit: int | None, key: str) -> None:

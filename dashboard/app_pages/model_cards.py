@@ -21,6 +21,7 @@ if not cards:
     st.info("No model cards yet: training a bundled model (`gandissect train gan`) writes one to ingest/zoo/.")
     st.stop()
 
+ui.generated_vs_rendered(ui.db(), "cards")
 card = st.selectbox("card", cards, format_func=lambda p: p.stem, key="cards_card")
 text = card.read_text(encoding="utf-8")
 pos = 0

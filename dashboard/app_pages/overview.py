@@ -23,6 +23,8 @@ with st.expander(f"Models ({models.height}) and segmenters", expanded=False):
     st.dataframe(models.drop("checkpoint_sha256", "registered_at"), hide_index=True)
     st.dataframe(queries.segmenters(db), hide_index=True)
 
+ui.generated_vs_rendered(db, "ov")
+
 st.subheader("Interpretable units per layer")
 summary = queries.layer_summary(db)
 if summary.height == 0:

@@ -53,3 +53,15 @@ def test_a_flag_on_a_unit_the_layer_lacks_is_refused(dash_store):
     assert ui.save_flag(db, TINY, TINY_LAYERS[0], width, "artifact", None) is False
     assert ui.save_flag(db, TINY, TINY_LAYERS[0], -1, "artifact", None) is False
     assert queries.flags(db).height == before
+
+
+def test_generated_next_to_rendered_scenes_on_the_overview(dash_store):
+    from tests.dashboard.apptest import assert_ok, open_page
+
+    at = open_page("overview")
+    assert not at.image  # off by default: the page opens without the generator
+    at.toggle(key="ov_gvr").set_value(True).run()
+    assert_ok(at)
+    at.selectbox(key="ov_gvr_model").set_value(TINY).run()
+    assert_ok(at)
+    assert len(at.image) == 1 and "images unavailable" not in "".join(c.value for c in at.caption)
