@@ -266,31 +266,35 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
     assert not torch.equal(s.featuremap, s.r0)
 
 
+def _dissect_spec(d: Path, entry: str, seg: Path, layers: list[str]) -> Path:
+    """A spec with one model entry, the tiny segmenter and one dissection of `layers` of model "branchy"."""
+    return write_spec(d, f"""
+        [store]
+        path = "{d / 'store.duckdb'}"
+        {entry}
+        [[segmenters]]
+        name = "seg"
+        family = "village"
+        checkpoint = "{seg}"
+
+        [[analyses]]
+        name = "d"
+        kind = "dissect"
+        models = ["branchy"]
+        segmenter = "seg"
+        layers = {json.dumps(layers)}
+        samples = 8
+        seed = 1
+        batch_size = 4
+        """)
+
+
 def test_two_branch_layers_in_any_order_dissect(family_models, tiny_seg, tmp_path) -> None:
     entry, _ = family_models["branchy"]
     for i, layers in enumerate((["side.4", "g.layer5"], ["g.layer5", "side.4"], ["g.layer2", "side.4", "g.layer5"])):
         d = tmp_path / f"order{i}"
         d.mkdir()
-        spec = write_spec(d, f"""
-            [store]
-            path = "{d / 'store.duckdb'}"
-            {entry}
-            [[segmenters]]
-            name = "seg"
-            family = "village"
-            checkpoint = "{tiny_seg}"
-
-            [[analyses]]
-            name = "d"
-            kind = "dissect"
-            models = ["branchy"]
-            segmenter = "seg"
-            layers = {json.dumps(layers)}
-            samples = 8
-            seed = 1
-            batch_size = 4
-            """)
-        out = run_spec_in(d, spec)
+        out = run_spec_in(d, _dissect_spec(d, entry, tiny_seg, layers))
         assert [o.state for o in out] == ["done"], [o.error for o in out]
         got = store.read("select distinct layer from unit_iou order by 1", path=str(d / "store.duckdb"))["layer"]
         assert got.to_list() == sorted(layers)
@@ -299,24 +303,7 @@ def test_two_branch_layers_in_any_order_dissect(family_models, tiny_seg, tmp_pat
 def test_a_run_that_never_started_reports_only_its_own_error(family_models, tiny_seg, tmp_path, monkeypatch) -> None:
     """A failure before the run's row exists is not followed by a failed attempt to record it ("no run ...")."""
     entry, _ = family_models["branchy"]
-    spec = write_spec(tmp_path, f"""
-        [store]
-        path = "{tmp_path / 'store.duckdb'}"
-        {entry}
-        [[segmenters]]
-        name = "seg"
-        family = "village"
-        checkpoint = "{tiny_seg}"
-
-        [[analyses]]
-        name = "d"
-        kind = "dissect"
-        models = ["branchy"]
-        segmenter = "seg"
-        layers = ["g.layer5"]
-        samples = 4
-        seed = 1
-        """)
+    spec = _dissect_spec(tmp_path, entry, tiny_seg, ["g.layer5"])
 
     def refuse(*args, **kwargs):
         raise RuntimeError("the store refused the run")
@@ -326,6 +313,7 @@ def test_a_run_that_never_started_reports_only_its_own_error(family_models, tiny
     assert [(o.state, o.error) for o in out] == [("failed", "RuntimeError: the store refused the run")]
 
 
+@pytest.mark.slow
 def test_hook_path_gives_the_fast_path_rows_on_a_sequential_generator(tiny_gan, tiny_seg, tmp_path, monkeypatch) -> None:
     """The runner's intervention rows on a ProGAN (nn.Sequential: fast path) are those of the hook path."""
     from compute.core import tap as tapmod
