@@ -17,7 +17,9 @@ hard segmentation's share of c in the location's pixel block:
     insertion = (E[s_c(x_i)] - E[s_c(x)]) / E[s_c(x)]       (E[s_c(x)] = c's pixel fraction)
     ace       = ablation + insertion
 The held-out set is samples 0..samples-1 of this analysis's seed, which must differ from the ACE
-run's seed. The generator below the layer runs once per sample; all edits run on stacked copies.
+run's seed. The generator below the layer runs once per sample (on an nn.Sequential generator; on
+StyleGAN2 and module generators each edited copy reruns the whole forward pass on its latent with the
+layer's output replaced: `compute.core.intervene.finish`); all edits run on stacked copies.
 
     gandissect run examples/intervene.toml --only ablate
 """

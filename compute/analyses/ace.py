@@ -7,7 +7,8 @@ state is checkpointed under `.cache/<run_key>/` after every epoch.
 
 Method, for each declared concept c and layer:
 
-1. Sample pool: `samples` latents of `seed`; the generator below the layer runs once per sample. The
+1. Sample pool: `samples` latents of `seed` (kept beside the featuremaps: `finish` on a non-sequential
+   generator reruns the forward pass on them); the generator below the layer runs once per sample. The
    insertion constants k (`compute.core.intervene.insertion_constants`) come from the same samples.
 2. Locations P (single featuremap locations): removal candidates where c covers at least `presence` of
    the location's pixel block; insertion candidates where c is absent (coverage 0) but covers at least

@@ -6,7 +6,8 @@ writes `insertion_contexts` (one row per inserted concept and context concept) a
 
 For each declared concept c and layer: the top-`units` units by alpha (ties by unit index) are set to
 the insertion constant k_c (S-6.4; estimated on this analysis's samples) at ONE featuremap location
-at a time, for every location of every sample (the generator below the layer runs once per sample;
+at a time, for every location of every sample (the generator below the layer runs once per sample,
+on an nn.Sequential generator; elsewhere each copy reruns the forward on its latent, layer replaced;
 edited copies are stacked `chunk` per pass). The effect is the number of pixels labelled c after the
 edit that were not before, within the pixel block of the location's (2*neighbourhood+1)^2 cells.
 
