@@ -19,13 +19,25 @@ if index.height == 0:
             "(`gandissect run examples/intervene.toml`; the demo spec has a smaller set).")
     st.stop()
 
+# a link (from a unit page) names model, layer and concept; they are imposed once, then the pickers rule
+qp = st.query_params
+url = {k: qp.get(k) for k in ("model", "layer", "concept") if qp.get(k) is not None}
+fresh = url != st.session_state.get("causal_url")
+st.session_state["causal_url"] = url
 top = st.columns(3)
-model = ui.pick_model(db, "causal", top[0], index["model"].unique(maintain_order=True).to_list())
+model = ui.pick_model(db, "causal", top[0], index["model"].unique(maintain_order=True).to_list(),
+                      force=url.get("model") if fresh else None)
 at_model = index.filter(pl.col("model") == model)
-layer = ui.pick_layer(db, model, "causal", top[1], at_model["layer"].unique(maintain_order=True).to_list())
+layer = ui.pick_layer(db, model, "causal", top[1], at_model["layer"].unique(maintain_order=True).to_list(),
+                      force=url.get("layer") if fresh else None)
 at_layer = at_model.filter(pl.col("layer") == layer)
 concept = ui.pick("concept", "concept", at_layer["concept"].unique(maintain_order=True).to_list(),
-                  "causal_concept", top[2])
+                  "causal_concept", top[2], force=url.get("concept") if fresh else None)
+if fresh and url and (model, layer, concept) != (url.get("model", model), url.get("layer", layer),
+                                                 url.get("concept", concept)):
+    st.warning("The link names " + ", ".join(f"{k} **{ui.md_escape(v)}**" for k, v in url.items())
+               + "; the store has no causal results for it, so the nearest available are shown.",
+               icon=":material/link_off:")
 have = set(at_layer.filter(pl.col("concept") == concept)["tbl"].to_list())
 st.caption(f"{model} · {layer} · {concept}: " + ", ".join(sorted(have)))
 

@@ -128,6 +128,9 @@ with left:
     alpha = queries.unit_alpha(db, model, layer, unit)
     if alpha.height:
         st.altair_chart(charts.alpha_per_concept(alpha), width="stretch")
+        best = alpha.sort("alpha", descending=True)["concept"][0]
+        st.page_link("app_pages/causal.py", label=f"causal effects in {layer}: {best} (ablation, insertion, trace)",
+                     icon=":material/target:", query_params={"model": model, "layer": layer, "concept": best})
     else:
         st.caption("No α optimisation covers this layer yet (an `ace` analysis).")
     realism = queries.unit_realism(db, model, layer, unit)

@@ -79,7 +79,8 @@ for start in range(0, len(rows), per_row):
             slots[row["unit"]] = ui.unit_card(row, model, layer, ranking, seg, mode)
 
 with st.expander("table of every unit"):
-    st.dataframe(table, hide_index=True, column_config=ui.number_columns(table))
+    linked, links = ui.with_unit_links(table, model, layer)
+    st.dataframe(linked, hide_index=True, column_config={**links, **ui.number_columns(table)})
     st.download_button("CSV", table.write_csv().encode(), f"{model}-{layer}-units.csv", "text/csv",
                        key="units_csv")
 

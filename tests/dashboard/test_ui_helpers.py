@@ -65,3 +65,16 @@ def test_generated_next_to_rendered_scenes_on_the_overview(dash_store):
     at.selectbox(key="ov_gvr_model").set_value(TINY).run()
     assert_ok(at)
     assert len(at.image) == 1 and "images unavailable" not in "".join(c.value for c in at.caption)
+
+
+def test_causal_page_follows_a_link_and_says_when_it_cannot(dash_store):
+    from tests.dashboard.apptest import assert_ok, open_page
+
+    at = open_page("causal", {"concept": "no-such-concept"})
+    assert_ok(at)
+    assert any("no causal results for it" in w.value for w in at.warning)
+    index = queries.causal_index(str(dash_store)).row(0, named=True)
+    at = open_page("causal", {"model": index["model"], "layer": index["layer"], "concept": index["concept"]})
+    assert_ok(at)
+    assert not at.warning
+    assert at.caption[0].value.startswith(f"{index['model']} · {index['layer']} · {index['concept']}")
