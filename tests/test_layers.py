@@ -26,6 +26,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LAYERS = ("db", "ingest", "compute", "dashboard")  # lowest first
 
@@ -158,7 +160,8 @@ def compute_layer(module: str) -> int:
     best, rank = -1, -1
     for i, (_, prefixes) in enumerate(COMPUTE_LAYERS):
         for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best:
+            covers = module == p or (module.startswith(p + ".") and p != "compute")  # the bare package only
+            if covers and len(p) > best:
                 best, rank = len(p), i
     assert rank >= 0, f"{module} is in no compute layer: add it to COMPUTE_LAYERS (and docs/layout.md)"
     return rank
@@ -180,6 +183,9 @@ def test_no_import_runs_up_a_top_layer() -> None:
 
 def test_compute_layers() -> None:
     edges, _ = graph()
+    for m in edges:
+        if m.split(".")[0] == "compute":
+            compute_layer(m)  # every module sits in a listed layer (a new folder is added to COMPUTE_LAYERS)
     names = [n for n, _ in COMPUTE_LAYERS]
     upward = [f"{m} ({names[compute_layer(m)]}) -> {d} ({names[compute_layer(d)]})"
               for m, ds in sorted(edges.items()) if m.split(".")[0] == "compute"
@@ -206,6 +212,16 @@ def test_a_package_face_that_imports_counts(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     edges, _ = graph()
     assert "compute.p" in edges["compute.q"] and cycles(edges) == [["compute.p", "compute.q", "compute.p"]]
+
+
+def test_layer_order_and_unlisted_folders() -> None:
+    assert compute_layer("compute.core.tap") < compute_layer("compute.spec") < compute_layer("compute.jobs.context") \
+        < compute_layer("compute.analyses.dissect") < compute_layer("compute.runner") \
+        < compute_layer("compute.paint.engine") < compute_layer("compute.cli")
+    assert compute_layer("compute.invert.encoder") == compute_layer("compute.core.tap")  # the longest prefix wins
+    assert compute_layer("compute.analyses.params") == compute_layer("compute.spec")
+    with pytest.raises(AssertionError, match="no compute layer"):
+        compute_layer("compute.newfolder.thing")
 
 
 def test_cycles_finds_a_circle() -> None:
