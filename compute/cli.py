@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--spec", default="gandissect.toml")
     b.add_argument("--only", help="one bench: dissect | edit | ace | insert | invert")
+    b.add_argument("--samples", type=int, help="samples of the dissect bench (default $GANDISSECT_BENCH_N or 256)")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="device of the dissect bench (cuda: bench 'dissect-cuda', skipped without CUDA)")
 
     e = sub.add_parser("edit", help="paint one edit onto a generated sample (GANPaint)")
     e.add_argument("--model", required=True)

@@ -12,9 +12,10 @@ computations in `tests/compute/test_onepass.py` (`python -m pytest -q tests/comp
     jh.quantiles([0.5, 0.99])          # [C, Q] (linear inside a bin)
     jh.counts_at(pos)                  # above [C, T], inter [C, T, K] at any edge position
 
-Binning (no threshold needed in advance). Values fall in fine log cells read from their float bits
-(2**8 per octave, 24 octaves below twice the warm-up's max |a|, one cell per sign under that, the top
-cell open-ended); edges are tops of fine cells, so `a > edge` is exactly `cell(a) > cell(edge)`.
+Binning (no threshold needed in advance). Values fall in 8192 uniform fine cells per unit spanning the
+warm-up batch's range widened by a quarter on each side, plus two open-ended overflow cells; the cell
+is 1 + floor((a - base) * scale) in float32, monotone in a, and every edge is the largest float of its
+cell (found by bisection with the same arithmetic), so `a > edge` is exactly `cell(a) > cell(edge)`.
 The first batch (warm-up) fixes, per unit, E sorted edges:
 `bins - 1` equal-mass edges (the warm-up's i / bins quantiles) and `candidates` edges at ranks
 level - w .. level + w (the thresholds the null is counted at; w = max(window, 2.5 standard errors of
@@ -54,6 +55,8 @@ from compute.core.stats import PermutationNull, _check_finite
 
 __all__ = ["JointHist"]
 
+FINE_CELLS = 8192   # uniform fine cells per unit over the warm-up's range widened by HEADROOM each side
+HEADROOM = 0.25
 MAX_WINDOW = 0.02   # widest candidate window (rank half-width): 32 gaps of <= 1.25e-3, error <= 6.25e-4
 Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
 
@@ -70,9 +73,10 @@ class JointHist:
         self.level, self.bins, self.candidates, self.window = float(level), int(bins), int(candidates), float(window)
         self.block, self.chunk = int(block), int(chunk)
         self.device = torch.device(device) if device is not None else None
-        self.mant, self.octaves = 8, 24             # fine cells: 2**8 per octave, 24 octaves under 2x the max
+        self.cells = FINE_CELLS                     # uniform fine cells over the warm-up's range (+ headroom)
         self.edges: torch.Tensor | None = None      # [C, E] float32 sorted (tops of fine cells)
-        self.edge_cells = self.field = None         # [C, E] int64 fine cells of the edges, [C] int64
+        self.edge_cells = self.grid = None          # [C, E] int64 fine cells of the edges, [C, 2] float32 (base, scale)
+        self.zeros: torch.Tensor | None = None      # [C] int64 values exactly 0 (ReLU)
         self.cand: torch.Tensor | None = None       # [C, L] int64: positions of the candidate edges in `edges`
         self.hist = self.joint = self.concept = None  # [C, E+1], [C, E+1, K], [K] int64
         self.null_mean = self.null_var = None       # [C, L, K] float64
@@ -82,7 +86,7 @@ class JointHist:
     # -- binning ----------------------------------------------------------------------------------
     def warm_up(self, a: torch.Tensor, lift: Lift | None = None) -> None:
         """Fix the edges from one batch a [N, C, h, w] (lifted by `lift`), without counting it: per unit
-        the fine-cell window (octaves below 2x the batch's max |a|), then edges = the tops of the cells
+        the fine-cell grid (the batch's range widened by HEADROOM each side), then edges = the tops of the cells
         holding the batch's values at the equal-mass and candidate ranks. The candidate window is, per
         unit, the larger of `window` and 2.5 standard errors of the batch's rank-`level` value (from its
         spread over the batch's images), at most MAX_WINDOW."""
@@ -91,7 +95,7 @@ class JointHist:
         n = a.shape[0]
         eq = torch.arange(1, self.bins, dtype=torch.float64) / self.bins
         unit = torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
-        fields, cells = [], []
+        grids, cells = [], []
         for _, v in self._chunks(a, lift):                                         # v [c, N HW]
             srt = v.sort(dim=1).values
             last = srt.shape[1] - 1
@@ -102,22 +106,23 @@ class JointHist:
             cand = (self.level + w[:, None] * unit[None, :]).clamp(0.0, 1.0)       # [c, L]
             ranks = torch.cat([eq[None, :].expand(v.shape[0], -1), cand], 1)       # [c, E]
             idx = (ranks * last).round().long().clamp(0, last).to(srt.device)
-            g = torch.frexp(srt.abs().amax(1).clamp(min=1e-30)).exponent.long()    # max |a| < 2**g
-            field = (g - self.octaves + 127).clamp(1, 254 - self.octaves)          # float exponent field
-            fields.append(field)
-            cells.append(_cells(srt.gather(1, idx), field, self.mant, self.octaves))
+            lo, hi = srt[:, 0].double(), srt[:, -1].double()
+            span = torch.maximum(hi - lo, 1e-6 * torch.maximum(hi.abs(), lo.abs()).clamp(min=1.0))
+            grid = torch.stack([lo - HEADROOM * span, self.cells / ((1 + 2 * HEADROOM) * span)], 1).float()
+            grids.append(grid)
+            cells.append(_cells(srt.gather(1, idx), grid, self.cells).long())
         cells_ = torch.cat(cells).to(self.device)                                  # [C, E]: equal-mass, candidates
         order = cells_.argsort(dim=1, stable=True)
         where = order.argsort(dim=1)                                               # old column -> position
-        self._set_edges(torch.cat(fields).to(self.device), cells_.gather(1, order).contiguous(),
+        self._set_edges(torch.cat(grids).to(self.device), cells_.gather(1, order).contiguous(),
                         where[:, self.bins - 1:].contiguous())
 
-    def _set_edges(self, field: torch.Tensor, cells: torch.Tensor, cand: torch.Tensor) -> None:
+    def _set_edges(self, grid: torch.Tensor, cells: torch.Tensor, cand: torch.Tensor) -> None:
         """Edges from their sorted fine cells [C, E], the candidates' positions among them [C, L] and the
-        units' exponent fields [C]; the lookup tables fine cell -> bin and fine cell -> candidates below."""
-        self.field, self.edge_cells, self.cand = field, cells, cand
-        self.edges = _cell_top(cells, field, self.mant, self.octaves)              # [C, E] float32
-        fine = torch.arange(2 * _half(self.mant, self.octaves), device=self.device)
+        units' grids [C, 2]; the lookup tables fine cell -> bin and fine cell -> candidates below."""
+        self.grid, self.edge_cells, self.cand = grid, cells, cand
+        self.edges = _cell_top(cells, grid, self.cells)                            # [C, E] float32
+        fine = torch.arange(self.cells + 2, device=self.device)
         fine = fine[None, :].expand(cells.shape[0], -1).contiguous()
         self._lut = torch.searchsorted(self.edge_cells, fine, side="left").to(torch.int16)     # #{edges < a}
         cand_cells = cells.gather(1, cand).contiguous()
@@ -143,6 +148,7 @@ class JointHist:
         self.concept = torch.zeros(k, dtype=torch.int64, device=d)
         self.null_mean = torch.zeros(c, L, k, dtype=torch.float64, device=d)
         self.null_var = torch.zeros(c, L, k, dtype=torch.float64, device=d)
+        self.zeros = torch.zeros(c, dtype=torch.int64, device=d)
         self.lo = torch.full((c,), math.inf, dtype=torch.float64, device=d)
         self.hi = torch.full((c,), -math.inf, dtype=torch.float64, device=d)
 
@@ -182,10 +188,11 @@ class JointHist:
                    table: torch.Tensor, mblocks: list[torch.Tensor]) -> None:
         """Count one chunk of units: v [c, N HW] float32 (image-major along dim 1). int32 throughout."""
         c, e = v.shape[0], self.edges.shape[1]
-        half2 = 2 * _half(self.mant, self.octaves)
+        half2 = self.cells + 2
         self.lo[units] = torch.minimum(self.lo[units], v.amin(1).double())
         self.hi[units] = torch.maximum(self.hi[units], v.amax(1).double())
-        fine = _cells(v, self.field[units], self.mant, self.octaves)               # [c, N HW] int32
+        self.zeros[units] += (v == 0).sum(1)
+        fine = _cells(v, self.grid[units], self.cells)                             # [c, N HW] int32
         fine += (torch.arange(c, device=v.device, dtype=torch.int32) * half2)[:, None]
         fine = fine.view(-1)
         lut = self._lut[units].reshape(-1)
@@ -305,10 +312,9 @@ class JointHist:
         upper = torch.minimum(bounds.gather(1, b + 1), self.hi[:, None])
         frac = ((target - cum.gather(1, b)) / counts.gather(1, b).clamp(min=1)).clamp(0, 1)
         value = lower + frac * (upper - lower).clamp(min=0)
-        # a bin inside the cells next to 0 (|a| < 2**-24 of the unit's window) answers 0: ReLU zeros
-        lump = _cell_top(torch.full_like(self.field[:, None], _half(self.mant, self.octaves)), self.field,
-                         self.mant, self.octaves).double()                          # [C, 1]
-        value = torch.where((lower.abs() <= lump) & (upper.abs() <= lump), torch.zeros_like(value), value)
+        # no negative values: ranks up to the share of exact zeros answer 0 (ReLU)
+        zero = (self.lo[:, None] >= 0) & (target <= self.zeros[:, None].double())
+        value = torch.where(zero, torch.zeros_like(value), value)
         return torch.minimum(torch.maximum(value, self.lo[:, None]), self.hi[:, None])
 
     # -- state ------------------------------------------------------------------------------------
@@ -317,7 +323,7 @@ class JointHist:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._check()
-        return {"config": self._config(), "field": self.field, "edge_cells": self.edge_cells,
+        return {"config": self._config(), "grid": self.grid, "zeros": self.zeros, "edge_cells": self.edge_cells,
                 "cand": self.cand, "hist": self.hist,
                 "joint": self.joint, "concept": self.concept, "null_mean": self.null_mean,
                 "null_var": self.null_var, "lo": self.lo, "hi": self.hi,
@@ -328,9 +334,9 @@ class JointHist:
             raise ValueError("JointHist: state has another level, bins, candidates, window or block")
         dev = self.device or d["hist"].device
         self.device = torch.device(dev)
-        self._set_edges(d["field"].to(dev, torch.int64), d["edge_cells"].to(dev, torch.int64),
+        self._set_edges(d["grid"].to(dev, torch.float32), d["edge_cells"].to(dev, torch.int64),
                         d["cand"].to(dev, torch.int64))
-        for name in ("hist", "joint", "concept"):
+        for name in ("hist", "joint", "concept", "zeros"):
             setattr(self, name, d[name].to(dev, torch.int64))
         for name in ("null_mean", "null_var", "lo", "hi"):
             setattr(self, name, d[name].to(dev, torch.float64))
@@ -346,7 +352,7 @@ class JointHist:
             raise ValueError("JointHist.merge: different config or edges")
         if self.hist is None:
             self._init(*other.joint.shape[::2])
-        for name in ("hist", "joint", "concept", "null_mean", "null_var"):
+        for name in ("hist", "joint", "concept", "zeros", "null_mean", "null_var"):
             setattr(self, name, getattr(self, name) + getattr(other, name).to(self.device))
         self.lo = torch.minimum(self.lo, other.lo.to(self.device))
         self.hi = torch.maximum(self.hi, other.hi.to(self.device))
@@ -357,46 +363,41 @@ class JointHist:
         """An empty stat with this one's config and edges (for merge)."""
         out = JointHist(self.level, self.bins, self.candidates, self.window, self.block, self.device, self.chunk)
         out.device = self.device
-        out.edges, out.cand, out.edge_cells, out.field = self.edges, self.cand, self.edge_cells, self.field
+        out.edges, out.cand, out.edge_cells, out.grid = self.edges, self.cand, self.edge_cells, self.grid
         out._lut, out._lutw = self._lut, self._lutw
         return out
 
 
-def _half(mant: int, octaves: int) -> int:
-    """Fine cells per sign: a lump under the window, (octaves + 1) * 2**mant log cells, the last open-ended."""
-    return ((octaves + 1) << mant) + 1
+def _cells(v: torch.Tensor, grid: torch.Tensor, cells: int) -> torch.Tensor:
+    """Fine cell [0, cells + 1] of every value, int32: v [c, M] float32, grid [c, 2] float32 (base,
+    scale): 1 + floor((v - base) * scale) clamped, 0 and cells + 1 the open-ended overflow cells. Each
+    step is a monotone float32 operation, so the cell never decreases with the value and
+    `_cell_top` finds the exact threshold of every cell (a > top(c) <=> cell(a) > c)."""
+    x = v - grid[:, :1]
+    x *= grid[:, 1:]
+    x = torch.floor_(x).clamp_(-1.0, float(cells))
+    return x.to(torch.int32) + 1
 
 
-def _cells(v: torch.Tensor, field: torch.Tensor, mant: int, octaves: int) -> torch.Tensor:
-    """Fine cell [0, 2R) of every value, ascending with the value, int32: v [c, M] float32, field [c]
-    the float exponent field where unit c's window starts. Read from the float bits (sign, exponent, top
-    `mant` mantissa bits), so a > top(cell) <=> cell(a) > cell exactly; magnitudes under
-    2**(field - 127) share one cell per sign, those at or over 2**(field - 127 + octaves + 1) the last."""
-    half = _half(mant, octaves)
-    bits = (v.float() + 0.0).contiguous().view(torch.int32)                       # -0.0 -> +0.0
-    sign = torch.bitwise_right_shift(bits, 31)                                     # -1 where a < 0, else 0
-    j = torch.bitwise_and(bits, 0x7FFFFFFF)
-    j >>= 23 - mant
-    j -= (field.to(torch.int32)[:, None] << mant) - 1                              # lump: <= 0
-    j.clamp_(0, half - 1)
-    j ^= sign                                                                      # a < 0: -1 - j
-    j += half
-    return j
+def _cell_top(cell: torch.Tensor, grid: torch.Tensor, cells: int) -> torch.Tensor:
+    """The largest float32 in each fine cell (cell [c, E] int, grid [c, 2]): found by bisection over the
+    floats in order (their bits as order-preserving integers), with `_cells`' own arithmetic, so it is
+    exact; +inf for the top overflow cell."""
+    def to_float(k: torch.Tensor) -> torch.Tensor:
+        k = k.to(torch.int32)
+        return torch.where(k < 0, k ^ 0x7FFFFFFF, k).view(torch.float32)
 
-
-def _cell_top(cells: torch.Tensor, field: torch.Tensor, mant: int, octaves: int) -> torch.Tensor:
-    """The largest float32 of each fine cell (cells [c, E], field [c]); +inf for the open-ended top."""
-    half = _half(mant, octaves)
-    neg = cells < half
-    j = torch.where(neg, half - 1 - cells, cells - half)
-    base = field[:, None] << mant
-    pos_bits = ((j + base) << (23 - mant)) - 1                                     # below the next cell
-    neg_bits = (((j - 1 + base) << (23 - mant)) | (1 << 31))                       # -(smallest magnitude)
-    neg_bits = torch.where(j == 0, torch.full_like(neg_bits, 0x80000001), neg_bits)   # -denorm_min: a >= 0
-    bits = torch.where(neg, neg_bits, pos_bits)
-    out = torch.where(bits >= 2 ** 31, bits - 2 ** 32, bits).to(torch.int32).view(torch.float32)
-    top = (j == half - 1) & ~neg
-    return torch.where(top, torch.full_like(out, math.inf), out)
+    big = torch.tensor(3.4028234663852886e38, dtype=torch.float32)
+    lo = torch.full(cell.shape, -int(big.view(torch.int32)), dtype=torch.int64, device=cell.device)  # -max
+    hi = torch.full(cell.shape, int(big.view(torch.int32)) + 1, dtype=torch.int64, device=cell.device)
+    expanded = lambda f: _cells(f.reshape(cell.shape[0], -1), grid, cells).long().view(cell.shape)  # noqa: E731
+    for _ in range(34):
+        mid = torch.div(lo + hi, 2, rounding_mode="floor")
+        ok = expanded(to_float(mid)) <= cell
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid)
+    top = to_float(lo)
+    return torch.where(cell >= cells + 1, torch.full_like(top, math.inf), top)
 
 
 def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
