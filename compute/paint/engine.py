@@ -55,7 +55,7 @@ from ingest.samples import latents
 __all__ = ["EditError", "Strength", "STRENGTHS", "Brush", "Catalog", "Stroke", "Frame", "EditResult",
            "Painter", "PaintSession", "resolve_strength", "parse_region", "box_mask", "cell_mask",
            "edit_layer", "label_map", "colorize", "PALETTE", "load_catalog", "default_layer", "load_models",
-           "open_painter", "edit_once", "canvas_region", "bench_edit"]
+           "open_painter", "edit_once", "bench_edit"]
 
 ACTIONS = ("draw", "remove")
 VALUE_MODES = ("q99", "k")
@@ -139,38 +139,6 @@ def _region_array(region: np.ndarray | Sequence[int] | str, size: int) -> np.nda
     if not m.any():
         raise EditError("the painted region is empty")
     return m
-
-
-def canvas_region(objects: Sequence[dict[str, Any]], canvas: int, size: int) -> np.ndarray:
-    """Fabric.js objects of a drawable canvas (`json_data["objects"]`: freehand "path" strokes and "rect"
-    boxes, in canvas pixels of a `canvas` x `canvas` canvas) -> bool [size, size] in image pixels.
-
-    Strokes are drawn at their width; a pixel belongs to the region when the strokes cover at least half
-    of it (any of it, for strokes thinner than that). Unknown object types are ignored."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("L", (canvas, canvas), 0)
-    draw = ImageDraw.Draw(img)
-    for o in objects:
-        kind = str(o.get("type", "")).lower()
-        if kind == "path" and o.get("path"):
-            pts = [tuple(float(v) for v in c[-2:]) for c in o["path"] if len(c) >= 3]
-            width = max(1, int(round(float(o.get("strokeWidth", 1)))))
-            if len(pts) == 1:
-                pts = pts * 2
-            draw.line(pts, fill=255, width=width, joint="curve")
-            for x, y in (pts[0], pts[-1]):  # round caps
-                draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
-        elif kind == "rect":
-            w = float(o.get("width", 0)) * float(o.get("scaleX", 1))
-            h = float(o.get("height", 0)) * float(o.get("scaleY", 1))
-            x0 = float(o.get("left", 0)) - {"center": 0.5, "right": 1.0}.get(o.get("originX", "left"), 0.0) * w
-            y0 = float(o.get("top", 0)) - {"center": 0.5, "bottom": 1.0}.get(o.get("originY", "top"), 0.0) * h
-            if w > 0 and h > 0:
-                draw.rectangle((x0, y0, x0 + w, y0 + h), fill=255)
-    cover = np.asarray(img.resize((size, size), Image.BOX), np.float32) / 255.0
-    mask = cover >= 0.5
-    return mask if mask.any() else cover > 0
 
 
 def cell_mask(region: np.ndarray | torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import images, queries, ui
+from dashboard.canvas import canvas_region
 
 CANVAS = 320  # canvas side in screen pixels (the image is scaled to it, nearest neighbour)
 GALLERY = 6   # samples in the gallery
@@ -251,7 +252,7 @@ def paint_area(painter: Any, brush: Any, action: str, strength: str, tool: str, 
     sent = st.session_state.get(f"paint_canvas_{st.session_state['paint_version']}") or {}
     objects = ((sent.get("drawing") or {}).get("raw") or {}).get("objects") or []
     if objects:
-        apply(paint.canvas_region(objects, CANVAS, painter.resolution))
+        apply(canvas_region(objects, CANVAS, painter.resolution))
     elif "paint_pending" in st.session_state:
         apply(st.session_state.pop("paint_pending"))
 
