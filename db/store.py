@@ -43,7 +43,6 @@ from db.tables import AUDITS_SQL, DIMENSIONS, RESULT_TABLES, SCHEMA_SQL, TABLES,
 DEFAULT_PATH = "gandissect.duckdb"
 DEFAULT_TIMEOUT_S = float(os.environ.get("GANDISSECT_DB_TIMEOUT", "30"))  # read-only connects
 WRITE_TIMEOUT_S = float(os.environ.get("GANDISSECT_DB_WRITE_TIMEOUT", "120"))  # write connects
-RUN_STATUSES = ("running", "done", "failed")
 # every connection: never download or auto-load an extension (a foreign file must not make DuckDB fetch
 # e.g. sqlite_scanner). One base configuration for all, since DuckDB refuses two connections of one
 # process to one file with different configurations.
@@ -589,17 +588,6 @@ def fail_run(run_key: str, error: str, seconds: float | None = None, *,
              path: str | os.PathLike | None = None, con: duckdb.DuckDBPyConnection | None = None) -> None:
     """`finish_run(run_key, 'failed', seconds, error)`."""
     finish_run(run_key, "failed", seconds, error, path=path, con=con)
-
-
-def delete_run(run_key: str, *, path: str | os.PathLike | None = None,
-               con: duckdb.DuckDBPyConnection | None = None) -> None:
-    """Forget a run: its result rows and its runs row."""
-    def work(c: duckdb.DuckDBPyConnection) -> None:
-        _delete_results(c, run_key)
-        c.execute("DELETE FROM runs WHERE run_key = ?", [run_key])
-
-    with _writer(path, con) as c:
-        _transaction(c, lambda: work(c))
 
 
 # ---------------------------------------------------------------- dimensions, flags, benchmarks
