@@ -314,6 +314,14 @@ UNIT_FLAGS_SQL = """
 SELECT flag, note, created_at FROM unit_flags WHERE model = ? AND layer = ? AND unit = ? ORDER BY flag
 """
 
+# grain: one row per interpretable unit (model, layer, unit) of the latest dissection of a segmenter and mode
+MATCHED_UNITS_SQL = """
+SELECT model, layer, unit, concept, category, iou
+FROM unit_labels
+WHERE segmenter = ? AND threshold_mode = ? AND interpretable
+ORDER BY concept, model, layer, iou DESC, unit
+"""
+
 # ---------------------------------------------------------------- SQL: causal analyses
 
 CAUSAL_INDEX_SQL = """
@@ -500,6 +508,13 @@ def dissection_modes(db: str, model: str, layer: str) -> pl.DataFrame:
 def layer_concepts(db: str, model: str, layer: str, segmenter: str, mode: str) -> pl.DataFrame:
     """Concept distribution of a layer's unit labels (paper Fig. 5)."""
     return _read(db, LAYER_CONCEPTS_SQL, [model, layer, segmenter, mode])
+
+
+@_cached()
+def matched_units(db: str, segmenter: str, mode: str) -> pl.DataFrame:
+    """Interpretable units of every model and layer with their label (one row per unit) for one
+    segmenter and threshold mode: Compare matches units across layers by concept."""
+    return _read(db, MATCHED_UNITS_SQL, [segmenter, mode])
 
 
 @_cached()

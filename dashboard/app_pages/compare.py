@@ -64,6 +64,23 @@ with right:
     else:
         st.caption("No labelled units in these layers.")
 
+st.subheader("Units matched by concept")
+matched = queries.matched_units(db, seg, mode).with_columns(
+    selection=pl.col("model") + " · " + pl.col("layer")).filter(pl.col("selection").is_in(chosen))
+if matched.height:
+    cells = (matched.group_by("concept", "category", "selection", maintain_order=True)
+             .agg(pl.format("{} ({})", pl.col("unit"), pl.col("iou").round(3)).str.join(", ").alias("units"))
+             .pivot(on="selection", index=["concept", "category"], values="units"))
+    shared = cells.select(pl.sum_horizontal(pl.col(c).is_not_null() for c in chosen if c in cells.columns)
+                          .alias("layers"))
+    cells = cells.with_columns(shared).sort(["layers", "concept"], descending=[True, False])
+    st.dataframe(cells.select("concept", "category", "layers", *[c for c in chosen if c in cells.columns]),
+                 hide_index=True)
+    st.caption("each cell: the layer's interpretable units labelled with the concept, as unit (IoU); concepts "
+               "that several of the compared layers detect come first; open one from Units or the unit page")
+else:
+    st.caption("No interpretable units in these layers.")
+
 st.subheader("Emergence across training checkpoints")
 emergence = queries.emergence(db).filter((pl.col("segmenter") == seg) & (pl.col("threshold_mode") == mode))
 if emergence.height == 0:

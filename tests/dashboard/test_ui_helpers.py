@@ -78,3 +78,17 @@ def test_causal_page_follows_a_link_and_says_when_it_cannot(dash_store):
     assert_ok(at)
     assert not at.warning
     assert at.caption[0].value.startswith(f"{index['model']} · {index['layer']} · {index['concept']}")
+
+
+def test_compare_matches_units_by_concept(dash_store):
+    from tests.dashboard.apptest import assert_ok, open_page
+
+    at = open_page("compare")
+    assert_ok(at)
+    frames = [d.value for d in at.dataframe if "layers" in d.value.columns]
+    assert frames, "no matched-units table"
+    table = frames[0]
+    assert list(table.columns[:3]) == ["concept", "category", "layers"] and len(table.columns) >= 4
+    assert table["layers"].is_monotonic_decreasing  # concepts shared by more layers first
+    cell = next(v for v in table.iloc[0, 3:] if isinstance(v, str))
+    assert "(" in cell  # unit (IoU)
