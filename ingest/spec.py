@@ -41,6 +41,9 @@ class SpecError(BadInput):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One declared model (a generator, or a classifier with role = "classifier"); `options` are the
+    entry's other keys, frozen (sorted tuples), read with `option(key)`."""
+
     name: str
     family: str
     checkpoint: str  # resolved path of one file
@@ -54,6 +57,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class SegmenterSpec:
+    """One declared segmenter; `options` as a ModelSpec's."""
+
     name: str
     family: str
     checkpoint: str
@@ -128,23 +133,22 @@ def check_keys(entry: dict, allowed: tuple[str, ...], what: str, err: Any,
         raise err(key, f"unknown key for {what}{hint}")
 
 
-def _model_option_checks() -> dict[str, Any]:
-    return {
-        "layers": StrList(()), "z_dim": Int(None, 1, 1 << 20), "resolution": Int(None, 1, 8192),
-        "key": Str(), "input": Choice("z", ("z", "w")), "truncation": Float(1.0, 0, 10),
-        "noise": Choice("fixed", ("fixed", "zero")), "lr_mlp": Float(0.01, 0, 10, lo_open=True),
-        "factory": Param('"module:function"', lambda v: None if isinstance(v, str) and ":" in v else f"got {v!r}"),
-        "kwargs": Param("a table", lambda v: None if isinstance(v, dict) else f"got {v!r}"),
-        "state_key": Str(),  # output: checked by the module loader (one of clamp, tanh, unit, byte)
-        "output_index": Int(0, 0, 64), "latent_shape": IntList(1),
-    }
+# the values a [[models]] option accepts (the keys each family allows: MODEL_KEYS)
+MODEL_OPTION_CHECKS: dict[str, Param] = {
+    "layers": StrList(()), "z_dim": Int(None, 1, 1 << 20), "resolution": Int(None, 1, 8192),
+    "key": Str(), "input": Choice("z", ("z", "w")), "truncation": Float(1.0, 0, 10),
+    "noise": Choice("fixed", ("fixed", "zero")), "lr_mlp": Float(0.01, 0, 10, lo_open=True),
+    "factory": Param('"module:function"', lambda v: None if isinstance(v, str) and ":" in v else f"got {v!r}"),
+    "kwargs": Param("a table", lambda v: None if isinstance(v, dict) else f"got {v!r}"),
+    "state_key": Str(),  # output: checked by the module loader (one of clamp, tanh, unit, byte)
+    "output_index": Int(0, 0, 64), "latent_shape": IntList(1),
+}
 
 
 def _check_model_options(entry: dict, err: Any) -> None:
-    checks = _model_option_checks()
     for key, value in entry.items():
-        if key in checks:
-            problem = checks[key].validate(value)
+        if key in MODEL_OPTION_CHECKS:
+            problem = MODEL_OPTION_CHECKS[key].validate(value)
             if problem is not None:
                 raise err(key, problem)
 
