@@ -26,6 +26,12 @@ class RealImagesError(ValueError):
     """Bad real-image source (one line, bad input: exit 2)."""
 
 
+# The smallest scene the village renderer is promised for: its layout needs room (sizes below 39 px fail
+# inside numpy with "low >= high"). Checked here, not in ingest/village/render.py, whose text is hashed into
+# the world hash that keys pools, checkpoints and village-truth runs.
+VILLAGE_MIN_SIZE = 48
+
+
 def village_images(n: int, seed: int = 0, *, size: int = 64, exclude: Sequence[str] = ()
                    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """n rendered scenes (held out from training: seeds from VILLAGE_REAL_SEED on), leaving out scenes
@@ -34,6 +40,9 @@ def village_images(n: int, seed: int = 0, *, size: int = 64, exclude: Sequence[s
     from ingest.village import CONCEPTS
     from ingest.village.render import render
 
+    if size < VILLAGE_MIN_SIZE:
+        raise RealImagesError(f"dataset = \"village\" renders scenes of at least {VILLAGE_MIN_SIZE} px, but this generator "
+                              f"makes {size} px images: use a folder of images (dataset = \"path/\") instead")
     known = {c.name for c in CONCEPTS}
     bad = [c for c in exclude if c not in known]
     if bad:

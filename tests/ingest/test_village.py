@@ -158,3 +158,16 @@ def test_render_speed() -> None:
         render(s)
     per_scene = (time.process_time() - t) / 100
     assert per_scene < 0.025, f"{per_scene * 1000:.1f} ms of CPU per scene"
+
+
+def test_too_small_scenes_are_refused_in_one_line():
+    """The renderer's layout needs room: a generator whose images are smaller than VILLAGE_MIN_SIZE gets
+    a bad-input error naming the way out (a folder dataset), not numpy's 'low >= high'."""
+    import pytest
+
+    from ingest.real import VILLAGE_MIN_SIZE, RealImagesError, real_images
+    from ingest.village.render import render
+
+    assert render(0, size=VILLAGE_MIN_SIZE).image.shape == (VILLAGE_MIN_SIZE, VILLAGE_MIN_SIZE, 3)
+    with pytest.raises(RealImagesError, match="folder of images"):
+        real_images("village", 2, size=16)
