@@ -113,3 +113,40 @@ def test_edit_needs_a_sample_or_a_photo(tmp_path, capsys) -> None:
     assert main(["edit", "--model", "village-gan", "--brush", "tree", "--action", "remove", "--region", "1,1,9,9",
                  "--out", str(out), "--db", str(tmp_path / "s.duckdb")]) == 2
     assert "--photo" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory, tiny_gan, tiny_seg):
+    from tests.compute.test_paint import build_paint_store
+
+    return build_paint_store(tmp_path_factory.mktemp("photo-paint"), tiny_gan, tiny_seg)
+
+
+def test_edit_photo_command_writes_the_composed_edit(photo_store, tiny_gan, tmp_path, capsys) -> None:
+    import json
+
+    from PIL import Image
+
+    from compute.cli import main
+    from ingest.models.progan import load_progan
+    from tests.compute.test_paint import ACE_LAYER, PAINT_MODEL
+
+    g = load_progan(str(tiny_gan), "cpu").eval()
+    with torch.no_grad():
+        photo = to_uint8(g(_z()))[0]
+    src = tmp_path / "photo.png"
+    Image.fromarray(photo).save(src)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = tmp_path / "edited.png"
+    args = ["edit", "--model", PAINT_MODEL, "--db", str(photo_store), "--layer", ACE_LAYER, "--brush", "tree",
+            "--action", "remove", "--region", "8,8,24,24", "--out", str(out), "--adapt-steps", "5", "--json"]
+    assert main(args + ["--photo", str(bad)]) == 2 and not out.exists()
+    capsys.readouterr()
+    assert main(args + ["--photo", str(src)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"before", "after", "psnr_inverted", "psnr_adapted", "adapt_seconds"} <= set(summary)
+    edited = np.asarray(Image.open(out))
+    diff = np.abs(edited.astype(int) - photo.astype(int)).max(2)
+    assert diff[8:24, 8:24].max() > 0
+    assert diff[28:, :].max() == 0 and diff[:, 28:].max() == 0  # >= 5 px from the stroke (pixels 8..23): the photo
