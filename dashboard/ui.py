@@ -159,11 +159,17 @@ def unit_link_params(model: str, layer: str, unit: int, segmenter: str | None = 
 def app_url() -> str | None:
     """The app's base URL as the browser sees it (scheme, host, port, path; no page, no query), or None
     where there is no browser (AppTest)."""
+    from urllib.parse import urlsplit
+
     try:
         url = st.context.url
     except Exception:  # no script run context
         return None
-    return url.rstrip("/") if url else None
+    if not url:
+        return None
+    parts = urlsplit(url)  # the browser's address may still hold the page's path: keep the app's root only
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"{parts.scheme}://{parts.netloc}" + (f"/{base}" if base else "")
 
 
 def permalink(params: dict[str, str], page: str = "unit", absolute: bool = False) -> str:

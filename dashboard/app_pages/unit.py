@@ -78,7 +78,8 @@ if badges:
 cols = st.columns(4)
 cols[0].metric("best IoU", ui.fmt_vs(info.get("iou"), info.get("interpretable_iou"))[0],
                help="digits enough to tell it from the interpretability cut-off")
-cols[1].metric("q-value (FDR)", ui.fmt_q(info.get("q_value"), info.get("log10_p")),
+cols[1].metric("q-value (FDR)", ui.fmt_q(info.get("q_value"), info.get("log10_p"),
+                                         none=ui.NOT_TESTED if info.get("label") else "–"),
                help="Benjamini-Hochberg q of the permutation-null test over the layer's unit x concept tests; "
                     "the unit beats chance when q < 0.05")
 cols[2].metric("null z", ui.fmt(info.get("z"), ".1f"))

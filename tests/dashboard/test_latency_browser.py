@@ -214,8 +214,11 @@ def test_every_page_answers_in_time_and_the_url_follows_the_unit(dash_store, out
             page.reload()
             page.locator("h1", has_text=f"unit {after_prev[1]}").first.wait_for(timeout=60_000)
             after_reload = (_unit_of(page), _url_unit(page.url))
+            page.evaluate(OBSERVER_JS)
+            wait_answer(page, page.evaluate("() => performance.now()"), expect_change=False)
+            permalink = page.locator("[data-testid='stCode'] code").first.inner_text().strip()
             url_checks = {"start": start, "after_next": after_next, "after_next_next_prev": after_prev,
-                          "after_reload": after_reload, "url": page.url}
+                          "after_reload": after_reload, "url": page.url, "permalink": permalink}
             page.close()
         finally:
             browser.close()
@@ -239,6 +242,7 @@ def test_every_page_answers_in_time_and_the_url_follows_the_unit(dash_store, out
     assert url_checks["after_next"] == (start + 1, start + 1), url_checks
     assert url_checks["after_next_next_prev"] == (start + 1, start + 1), url_checks
     assert url_checks["after_reload"] == (start + 1, start + 1), url_checks
+    assert url_checks["permalink"] == url_checks["url"], url_checks  # absolute, and the page's own address
     assert not misses, f"latency bounds missed (load average {report['load_average_after']}): {misses}"
 
 
