@@ -22,7 +22,7 @@ WORST_SHOWN = 8  # units drawn with their top images
 STRIP_K = 5  # images per strip
 PR_K = 20  # the cut-off: the 20 worst units
 REALISM_KIND, REPAIR_KIND, COVERAGE_KIND = "realism", "repair", "realism"  # analysis kinds in gandissect.toml
-UNIT_SETS = {"manual": "flagged by hand", "realism": "worst realism scores", "union": "manual ∪ realism",
+UNIT_SETS = {"manual": "units flagged artifact / watermark",  # manual = "flags"; another rule is named instead "realism": "worst realism scores", "union": "manual ∪ realism",
              "random": "random units"}
 FLAG_NOTE = ("Flags take effect in the repair table at the next `gandissect run` "
              "(the repair run key includes the flags).")
@@ -65,8 +65,8 @@ def repair_table(rep: pl.DataFrame) -> pl.DataFrame:
     for r in rep.iter_rows(named=True):
         after = _after(r, "fd_after")
         what = UNIT_SETS.get(r["unit_set"], r["unit_set"])
-        if r["unit_set"] == "manual" and r["manual_rule"] != "flags":  # e.g. "concept:watermark"
-            what = r["manual_rule"]
+        if r["unit_set"] == "manual" and r["manual_rule"] != "flags":  # e.g. "concept:watermark": not flags
+            what = f"rule {r['manual_rule']}, not the flags"
         rows.append({"unit set": f"{r['unit_set']} ({what})",
                      "units": units_text(r["units"], r["n_units"], r["draws"]),
                      "Fréchet before": ui.fmt(r["fd_before"], ".4g"), "after": after,
