@@ -1,8 +1,8 @@
 """Dissection (paper section 3.1): IoU of every unit of every layer with every concept, and a permutation test.
 
 Reads the job's generator and segmenter; writes `unit_quantiles`, `unit_topk`, `unit_iou` and
-`layer_null_iou`. `method` (runs.params; default "one-pass" for q<level> thresholds, "two-pass" for "iclr" and "iqr",
-whose thresholds are not a rank known before the pass):
+`layer_null_iou`. `method` (runs.params when "one-pass"; default "two-pass", measured faster on CPU; one-pass needs a
+q<level> threshold, a rank known before the pass):
 
 - "one-pass": one generator + segmenter pass per batch; per layer a `JointHist` (compute/core/joint_hist.py:
   unit x bin x concept-pattern counts on per-unit edges from the first batch, and the exact permutation
@@ -57,7 +57,8 @@ from compute.core.stats import IoUCounts, PermutationNull, TopK, bh_qvalues
 from compute.core.tap import Tap
 from ingest.samples import latents
 
-CODE_VERSION = "3"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts; 3: method
+CODE_VERSION = "2"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts
+# (method = "one-pass" is recorded in runs.params, so its runs get their own keys; two-pass rows are unchanged)
 NEEDS: tuple[str, ...] = ()
 TABLES = ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou")
 # recorded in runs.params (holdout_samples: max(64, samples // 2))
@@ -72,13 +73,16 @@ RANK_WARN = 1e-3                 # one-pass: warn where a threshold's exact rank
 
 
 def default_method(threshold: str) -> str:
-    """one-pass where the threshold is a rank q known before the pass (q<level>), else two-pass."""
-    return "one-pass" if threshold.startswith("q") else "two-pass"
+    """two-pass: measured faster on CPU than this one-pass implementation (README, dissection benchmark),
+    whose rows agree within the stated bound; one-pass is opt-in (q<level> thresholds only)."""
+    return "two-pass"
 
 
 def resolve(store: str, a: Any, model: str, layers: tuple[str, ...]) -> dict[str, Any]:
-    """Plan-time parameters: the method actually used (recorded in runs.params and the run key)."""
-    return {"method": str(a.param("method", default_method(a.threshold)))}
+    """Plan-time parameters: method = "one-pass" when chosen (recorded in runs.params and the run key);
+    nothing for the default two-pass, so its run keys and rows stay those of earlier runs."""
+    m = str(a.param("method", default_method(a.threshold)))
+    return {"method": m} if m != "two-pass" else {}
 
 
 def method_of(job: Job) -> str:

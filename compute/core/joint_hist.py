@@ -57,6 +57,7 @@ __all__ = ["JointHist"]
 
 FINE_CELLS = 8192   # uniform fine cells per unit over the warm-up's range widened by HEADROOM each side
 HEADROOM = 0.25
+WARM_VALUES = 1 << 14  # values per unit whose order statistics place the edges (a fixed random subsample + min / max)
 MAX_WINDOW = 0.02   # widest candidate window (rank half-width): 32 gaps of <= 1.25e-3, error <= 6.25e-4
 Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
 
@@ -97,7 +98,11 @@ class JointHist:
         unit = torch.linspace(-1.0, 1.0, self.candidates, dtype=torch.float64)
         grids, cells = [], []
         for _, v in self._chunks(a, lift):                                         # v [c, N HW]
-            srt = v.sort(dim=1).values
+            sub = v
+            if v.shape[1] > WARM_VALUES:                                           # a fixed random subsample
+                pick = torch.randperm(v.shape[1], generator=torch.Generator().manual_seed(0))[:WARM_VALUES]
+                sub = v.index_select(1, pick.to(v.device))
+            srt = torch.cat([sub, v.amin(1, keepdim=True), v.amax(1, keepdim=True)], 1).sort(dim=1).values
             last = srt.shape[1] - 1
             t0 = srt[:, min(last, int(self.level * last))]
             share = (v.view(v.shape[0], n, -1) > t0[:, None, None]).double().mean(2)           # [c, N]
@@ -178,7 +183,8 @@ class JointHist:
         mf = m.to(self.device).reshape(n, k, hw)
         self.concept += mf.sum((0, 2))
         pattern, table = _patterns(mf)                                             # [N HW], [P, K] int64
-        mblocks = [mf[s:s + self.block].float() for s in range(0, n, self.block)]
+        mblocks = [mf[s:s + self.block].float().permute(2, 0, 1).reshape(hw, -1)   # [HW, b K] per block
+                   for s in range(0, n, self.block)]
         for units, v in self._chunks(a, lift):
             self._add_chunk(units, v, n, hw, pattern, table, mblocks)
         self.samples += n
@@ -209,19 +215,19 @@ class JointHist:
         L = self.cand.shape[1]
         wbin = self._lutw[units].reshape(-1).index_select(0, fine).view(c, n, hw)  # [c, N, HW] in [0, L]
         s = 0
-        for mb in mblocks:
-            b = mb.shape[0]
-            self._null_block(units, wbin[:, s:s + b], mb, L)
+        k = self.concept.numel()
+        for mrow in mblocks:
+            b = mrow.shape[1] // k
+            self._null_block(units, wbin[:, s:s + b], mrow, k, L)
             s += b
 
-    def _null_block(self, units: slice, wbin: torch.Tensor, mb: torch.Tensor, L: int) -> None:
-        """wbin [c, b, HW] = number of candidate edges below each value (L: above all), mb [b, K, HW]
-        float masks: c_ij(l) = |(a_i > e_l) & M_j| for every candidate l, then PermutationNull's moments."""
+    def _null_block(self, units: slice, wbin: torch.Tensor, mrow: torch.Tensor, k: int, L: int) -> None:
+        """wbin [c, b, HW] = number of candidate edges below each value (L: above all), mrow [HW, b K]
+        float masks of the block: c_ij(l) = |(a_i > e_l) & M_j| for every candidate l, then
+        PermutationNull's moments."""
         c, b, hw = wbin.shape
-        k = mb.shape[1]
-        mrow = mb.permute(2, 0, 1).reshape(hw, b * k)                              # [HW, b K]
-        top = (wbin == L).to(torch.float32)                                        # a > every candidate
-        dense = (top.transpose(0, 1).reshape(b * c, hw) @ mrow).view(b, c, 1, b * k)   # [b, c, 1, bK]
+        top = (wbin == L).to(torch.float32).view(c * b, hw)                        # a > every candidate
+        dense = (top @ mrow).view(c, b, 1, b * k).transpose(0, 1)                  # [b, c, 1, bK]
         inside = (wbin > 0) & (wbin < L)                                           # above some candidates
         win = torch.zeros(b, c, L, b * k, dtype=torch.float32, device=wbin.device)
         u, i, px = inside.nonzero(as_tuple=True)

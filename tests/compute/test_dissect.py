@@ -63,31 +63,13 @@ def test_streaming_iou_equals_exact_full_batch(computed) -> None:
 
 
 def test_thresholds_are_the_q99_quantiles(computed) -> None:
-    """dq runs one-pass (the q<level> default): each threshold's exact rank among the upsampled values
-    is within 1e-3 of 0.99 (the stated bound: half a candidate spacing, nominally <= 6.3e-4, plus the
-    warm-up's misjudgement where the window missed), and unit_quantiles' 0.99 value is within rank 1e-3."""
     s, db = computed
-    assert '"method":"one-pass"' in store.read("select params from runs where name = 'dq'", path=db)["params"][0]
+    assert '"method"' not in store.read("select params from runs where name = 'dq'", path=db)["params"][0]  # two-pass
     df = store.read("""select distinct i.layer, i.unit, i.threshold, q.value from unit_iou i
         join runs r on r.run_key = i.run_key
         join unit_quantiles q on q.run_key = i.run_key and q.layer = i.layer and q.unit = i.unit
-        where r.name = 'dq' and q.q = 0.99 order by i.layer, i.unit""", path=db)
-    g = load_model_spec(s.model("tiny"))
-    with torch.no_grad(), Tap(g, ["layer3", "layer8"]) as tap:
-        g(latents(2, 40, g.z_dim))
-        acts = {l: tap[l] for l in ("layer3", "layer8")}
-    assert len(df) == sum(a.shape[1] for a in acts.values())
-    for layer, a in acts.items():
-        from compute.analyses.quantiles import upsample
-
-        flat = upsample(a, 64, "pnas").transpose(0, 1).reshape(a.shape[1], -1)
-        sub = df.filter(df["layer"] == layer)
-        for col in ("threshold", "value"):
-            t = torch.tensor(sub[col].to_numpy(), dtype=torch.float32)
-            below = (flat < t[:, None]).double().mean(1)
-            at_or_below = (flat <= t[:, None]).double().mean(1)
-            dist = torch.maximum(below - 0.99, 0.99 - at_or_below).clamp(min=0)
-            assert float(dist.max()) <= 1e-3, (layer, col, dist)
+        where r.name = 'dq' and q.q = 0.99""", path=db)
+    assert len(df) > 0 and np.allclose(df["threshold"].to_numpy(), df["value"].to_numpy(), atol=1e-5)
 
 
 def test_iqr_mode_and_null_baseline(computed) -> None:
@@ -369,3 +351,33 @@ def test_one_pass_rows_equal_two_pass_within_the_bound(both_methods: str) -> Non
             if best_a != best_b:
                 tie = abs(ia[best_a] - ia[best_b]) + abs(ib[best_a] - ib[best_b])
                 assert tie <= 2 * float(bound.max()), (layer, u, best_a, best_b)
+
+
+@pytest.mark.slow
+def test_one_pass_thresholds_within_rank_bound_of_exact_order_statistics(both_methods: str) -> None:
+    """One-pass thresholds and stored 0.99 quantiles against exact order statistics of the upsampled maps:
+    each within rank 1e-3 of 0.99 (the stated bound: half the widest candidate gap, nominally 9.4e-5 to
+    6.3e-4; the quantile rows interpolate inside equal-mass bins of mass ~1e-3)."""
+    from compute.analyses.quantiles import upsample
+    from ingest.models.progan import load_progan
+
+    db = both_methods
+    assert '"method":"one-pass"' in store.read("select params from runs where name = 'one-pass'", path=db)["params"][0]
+    df = store.read("""select distinct i.layer, i.unit, i.threshold, q.value from unit_iou i
+        join runs r on r.run_key = i.run_key
+        join unit_quantiles q on q.run_key = i.run_key and q.layer = i.layer and q.unit = i.unit
+        where r.name = 'one-pass' and q.q = 0.99 order by i.layer, i.unit""", path=db)
+    g = load_progan(str(Path(__file__).resolve().parents[2] / "ingest" / "zoo" / "village-gan.safetensors"))
+    with torch.no_grad(), Tap(g, ["layer2", "layer6"]) as tap:
+        g(latents(7, 96, g.z_dim))
+        acts = {l: tap[l] for l in ("layer2", "layer6")}
+    for layer, a in acts.items():
+        flat = upsample(a, 64, "pnas").transpose(0, 1).reshape(a.shape[1], -1)
+        sub = df.filter(df["layer"] == layer)
+        assert len(sub) == a.shape[1]
+        for col in ("threshold", "value"):
+            t = torch.tensor(sub[col].to_numpy(), dtype=torch.float32)
+            below = (flat < t[:, None]).double().mean(1)
+            at_or_below = (flat <= t[:, None]).double().mean(1)
+            dist = torch.maximum(below - 0.99, 0.99 - at_or_below).clamp(min=0)
+            assert float(dist.max()) <= 1e-3, (layer, col, float(dist.max()))
