@@ -36,7 +36,7 @@ st.caption("GANPaint: a brush is a set of units of one layer. **draw** forces th
 
 summary = queries.layer_summary(db)
 generators = queries.models(db).filter(pl.col("role") == "generator")["model"]
-summary = summary.filter(pl.col("model").is_in(generators))  # a classifier cannot be painted
+summary = summary.filter(pl.col("model").is_in(generators.implode()))  # a classifier cannot be painted
 if summary.height == 0:
     st.info("Painting needs brushes, and brushes need a dissection: add a `dissect` analysis to the spec and "
             "run `gandissect run`.")
