@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
-from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat_state
+from compute.jobs.context import Job, RunContext
+from compute.jobs.tally import batches  # noqa: F401 (re-exported: dissect reads it here)
 from compute.core.stats import Quantile, TopK
 from compute.core.tap import Tap
 from ingest.samples import latents
@@ -32,11 +33,6 @@ IQR_LEVELS: tuple[float, ...] = tuple(float(1.0 - 10.0 ** (-3.0 + 3.0 * i / 99))
 # Levels stored per unit in unit_quantiles.
 GRID: tuple[float, ...] = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998,
                            0.999, 1.0)
-
-
-def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """(start, count) of each batch of a sample set of size n."""
-    return [(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
 
 
 UPSAMPLE_MODES: tuple[str, ...] = ("pnas", "iclr", "align_corners")
@@ -107,21 +103,17 @@ def check_finite(act: torch.Tensor, layer: str, model: str) -> None:
         raise FloatingPointError(f"non-finite activation in model {model!r} layer {layer!r} unit {unit}")
 
 
-def activation_batches(job: Job, ctx: RunContext, seed: int, n: int, start_batch: int,
-                       desc: str) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-    """Yield (batch index, first sample, {layer: featuremap}) with the generator cut after the deepest layer."""
+def activations(job: Job, ctx: RunContext, seed: int, start: int, count: int) -> dict[str, torch.Tensor]:
+    """{layer: featuremap [count, C, h, w]} of samples [start, start + count) of the seed's sample set,
+    the generator cut after the job's layers; fails on a non-finite activation."""
     gen = ctx.generator(job)
-    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
-    todo = batches(n, bs)
-    for b in ctx.progress(range(start_batch, len(todo)), desc=desc, total=len(todo), initial=start_batch):
-        s, k = todo[b]
-        z = latents(seed, k, int(gen.z_dim), start=s).to(ctx.device)
-        with torch.no_grad(), Tap(gen, job.layers, stop_after=job.layers) as tap:
-            tap.run(z)
-            acts = {name: tap[name] for name in job.layers}
-        for name, a in acts.items():
-            check_finite(a, name, job.model.name)
-        yield b, s, acts
+    z = latents(seed, count, int(gen.z_dim), start=start).to(ctx.device)
+    with torch.no_grad(), Tap(gen, job.layers, stop_after=job.layers) as tap:
+        tap.run(z)
+        acts = {name: tap[name] for name in job.layers}
+    for name, a in acts.items():
+        check_finite(a, name, job.model.name)
+    return acts
 
 
 def upsample_mode(job: Job) -> str:
@@ -134,42 +126,35 @@ def upsample_mode(job: Job) -> str:
 
 def quantile_pass(job: Job, ctx: RunContext, size: int, seed: int, n: int, name: str = "quantiles",
                   raw: bool = False) -> tuple[dict[str, Quantile], dict[str, TopK], dict[str, Quantile] | None]:
-    """Streaming per-unit quantiles of the upsampled maps and top-k samples, resumable from checkpoints;
-    with raw=True also the quantiles of the featuremaps as the layer outputs them (the ICLR code's
-    thresholds), else None. Returns (quantiles, topk, raw quantiles)."""
+    """Streaming per-unit quantiles of the upsampled maps and top-k samples, one pass run by the context's
+    engine (resumable); with raw=True also the quantiles of the featuremaps as the layer outputs them
+    (the ICLR code's thresholds), else None. Returns (quantiles, topk, raw quantiles), by layer."""
     k = int(job.analysis.param("topk", DEFAULTS["topk"]))
     mode = upsample_mode(job)
-    ckpt = Checkpoint(ctx.cache_dir(job), name)
-    done, saved, _ = ckpt.load()
-    stats = _new_stats(job, ctx, k, raw)
-    if done:
-        _load(stats, saved)
-    for b, s, acts in activation_batches(job, ctx, seed, n, done, desc=f"{job.model.name} {name}"):
-        index = torch.arange(s, s + next(iter(acts.values())).shape[0], device=ctx.device)
-        for layer, a in acts.items():
-            stats["q"][layer].add(upsample(a, size, mode))
-            stats["t"][layer].add(a.flatten(2).amax(2), index)
+    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
+
+    def make(c: RunContext) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for l in job.layers:
+            stats[f"q.{l}"] = Quantile(device=c.device)
+            stats[f"t.{l}"] = TopK(k, device=c.device)
             if raw:
-                stats["r"][layer].add(a)
-        if (b + 1) % ctx.checkpoint_every == 0:
-            ckpt.save(b + 1, {key: v for pre, d in stats.items() for layer, st in d.items()
-                              for key, v in flat_state(f"{pre}.{layer}", st.state_dict()).items()})
-    return stats["q"], stats["t"], stats.get("r")
+                stats[f"r.{l}"] = Quantile(device=c.device)
+        return stats
 
+    def step(c: RunContext, stats: dict[str, Any], start: int, count: int) -> None:
+        acts = activations(job, c, seed, start, count)
+        index = torch.arange(start, start + count, device=c.device)
+        for layer, a in acts.items():
+            stats[f"q.{layer}"].add(upsample(a, size, mode))
+            stats[f"t.{layer}"].add(a.flatten(2).amax(2), index)
+            if raw:
+                stats[f"r.{layer}"].add(a)
 
-def _new_stats(job: Job, ctx: RunContext, k: int, raw: bool) -> dict[str, dict[str, Any]]:
-    """{"q": upsampled quantiles, "t": top-k, ["r": raw quantiles]} per layer."""
-    out: dict[str, dict[str, Any]] = {"q": {l: Quantile(device=ctx.device) for l in job.layers},
-                                      "t": {l: TopK(k, device=ctx.device) for l in job.layers}}
-    if raw:
-        out["r"] = {l: Quantile(device=ctx.device) for l in job.layers}
-    return out
-
-
-def _load(stats: dict[str, dict[str, Any]], saved: dict[str, torch.Tensor]) -> None:
-    for pre, d in stats.items():
-        for layer, st in d.items():
-            st.load_state_dict(unflat_state(f"{pre}.{layer}", saved))
+    stats = ctx.engine.run_pass(job, ctx, name, make, step, n, bs)
+    quant = {l: stats[f"q.{l}"] for l in job.layers}
+    topk = {l: stats[f"t.{l}"] for l in job.layers}
+    return quant, topk, ({l: stats[f"r.{l}"] for l in job.layers} if raw else None)
 
 
 class Quantiles(Protocol):

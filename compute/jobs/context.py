@@ -6,7 +6,6 @@ dependency results through short read-only store connections.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from compute.jobs.tally import Checkpoint, Engine, LocalEngine, flat_state, unflat_state  # noqa: F401 (re-exported)
 from compute.spec import AnalysisSpec
 from ingest.spec import ModelSpec, SegmenterSpec
 
@@ -57,6 +56,7 @@ class RunContext:
     cache_root: Path | None = None  # default: cache_root_for(store), i.e. .cache/ beside the store
     quiet: bool = False
     checkpoint_every: int = int(os.environ.get("GANDISSECT_CHECKPOINT_EVERY", "8"))
+    engine: Engine = field(default_factory=LocalEngine)  # runs streaming passes (compute.jobs.tally)
     _models: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,40 +93,3 @@ class RunContext:
         from db.store import read
 
         return read(sql, params, path=self.store)
-
-
-class Checkpoint:
-    """Streaming state of one pass of a run, saved atomically as `.cache/<run_key>/<name>.safetensors`.
-
-    `done` (the number of batches already folded into the state) and any small JSON extras travel in
-    the same file's metadata, replaced in one `os.replace`, so a kill at any instant leaves either the
-    old or the new checkpoint. A resumed run skips the batches already done.
-    """
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.path = directory / f"{name}.safetensors"
-
-    def load(self) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-        if not self.path.exists():
-            return 0, {}, {}
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
-        return int(meta.get("done", 0)), load_file(str(self.path)), json.loads(meta.get("extra", "{}"))
-
-    def save(self, done: int, tensors: dict[str, torch.Tensor], extra: dict[str, Any] | None = None) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"done": str(done), "extra": json.dumps(extra or {})})
-        os.replace(tmp, self.path)
-
-
-def flat_state(prefix: str, state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Prefix a Stat's state_dict tensors for one shared safetensors file."""
-    return {f"{prefix}.{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def unflat_state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    p = prefix + "."
-    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
