@@ -46,7 +46,7 @@ from compute.core.intervene import featuremap, finish
 from compute.paint.engine import EditError, Frame, Painter, PaintSession, _masks, label_map, to_uint8
 
 __all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "PhotoSession", "PhotoCanvas", "compose_weight",
-           "open_photo", "cmd_edit_photo", "evaluate_remove_tree", "main"]
+           "open_photo", "check_photo", "cmd_edit_photo", "evaluate_remove_tree", "main"]
 
 ADAPT_STEPS = 150     # fine-tuning steps of the image-specific adaptation
 ADAPT_LR = 0.002      # Adam learning rate of the adapted weights (equalised-lr weights are ~N(0, 1))
@@ -264,6 +264,22 @@ def _encoder(model: str, device: str) -> Any:
     return None if path is None else load_encoder(path, device)
 
 
+def check_photo(path: str | Path) -> None:
+    """PhotoError (one line, exit 2) unless `path` is one photo the Photos page would take.
+
+    The rules are `ingest.photos`' (a file, PNG or JPEG, not empty, at most MAX_PIXELS, decodes); the
+    photo is decoded once here, at its own size, before the generator's resolution is known.
+    """
+    from ingest.photos import PhotoError, load_photo
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise PhotoError(f"{p}: a folder; --photo takes one PNG or JPEG file")
+    if not p.is_file():
+        raise PhotoError(f"{p}: no such file")
+    load_photo(p, 1)  # every check of load_photo; the 1 x 1 square is thrown away
+
+
 def cmd_edit_photo(a: argparse.Namespace, db: str) -> int:
     """`gandissect edit --photo PHOTO`: invert, adapt, one stroke; the composed PNG to --out."""
     from compute.invert.encoder import matches
@@ -275,8 +291,9 @@ def cmd_edit_photo(a: argparse.Namespace, db: str) -> int:
     _check_out(a.out)
     if a.adapt_steps < 0:
         raise EditError(f"--adapt-steps must be >= 0 (got {a.adapt_steps})")
+    check_photo(a.photo)  # before the model loads: a bad photo costs nothing
     base = open_painter(a.model, db, a.layer, a.brush, a.spec, a.device)
-    photo = load_photo(a.photo, base.resolution)  # checked before anything is computed or written
+    photo = load_photo(a.photo, base.resolution)
     stroke = base.stroke(a.brush, a.action, a.region, a.strength)
     if stroke.brush.note:
         print(f"note: {stroke.brush.note}", file=sys.stderr)

@@ -150,3 +150,31 @@ def test_edit_photo_command_writes_the_composed_edit(photo_store, tiny_gan, tmp_
     diff = np.abs(edited.astype(int) - photo.astype(int)).max(2)
     assert diff[8:24, 8:24].max() > 0
     assert diff[28:, :].max() == 0 and diff[:, 28:].max() == 0  # >= 5 px from the stroke (pixels 8..23): the photo
+
+
+def test_edit_photo_refuses_a_bad_photo_before_loading_the_model(tmp_path, capsys, monkeypatch) -> None:
+    from PIL import Image
+
+    import compute.paint.engine as engine
+    from compute.cli import main
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the photo was checked")
+
+    monkeypatch.setattr(engine, "open_painter", no_model)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    gif = tmp_path / "a.gif"
+    Image.new("RGB", (8, 8)).save(gif)
+    cases = {tmp_path / "missing.png": "no such file", tmp_path: "a folder", empty: "empty file",
+             text: "not a PNG or JPEG", gif: "only PNG and JPEG"}
+    out = tmp_path / "e.png"
+    for photo, why in cases.items():
+        args = ["edit", "--model", "no-such-model", "--db", str(tmp_path / "s.duckdb"), "--brush", "tree",
+                "--action", "remove", "--region", "1,1,9,9", "--out", str(out), "--photo", str(photo)]
+        assert main(args) == 2, photo
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and str(photo) in err[0], err
+    assert not out.exists() and not (tmp_path / "s.duckdb").exists()
