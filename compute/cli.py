@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="when another process is computing a run, wait for it (default: skip it, exit 1)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process (default); ray: passes sharded over Ray workers (the ray extra)")
+    r.add_argument("--address", help="with --engine ray: an existing Ray cluster (default: start a local Ray)")
+    r.add_argument("--workers", type=int, help="with --engine ray: shards per pass / local Ray CPUs (default: all)")
 
     s = sub.add_parser("status", help="each declared analysis with its state")
     s.add_argument("spec", nargs="?", default="gandissect.toml")
@@ -116,7 +120,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from compute import runner, spec
 
     outcomes = runner.run(spec.load(a.spec), only=a.only, force=a.force, device=a.device, quiet=a.quiet,
-                          wait=a.wait)
+                          wait=a.wait, engine=a.engine, address=a.address, workers=a.workers)
     failed = [o for o in outcomes if o.state == "failed"]
     if failed and all(o.bad_input for o in failed):
         return 2  # bad input: every failure names what to change in the spec or its files

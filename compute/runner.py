@@ -14,6 +14,7 @@ may have been finished meanwhile); a failure marks failed only a run this proces
 run (bad spec, missing dependency) writes nothing, not even the store file.
 
     gandissect run gandissect.toml [--only NAME] [--force] [--wait] [--device auto|cpu|cuda]
+                                   [--engine local|ray [--address ADDR] [--workers N]]
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ except ImportError:  # not POSIX: no leases (one process at a time is then the u
     fcntl = None  # type: ignore[assignment]
 
 from compute import analyses
-from compute.jobs.context import Job, RunContext, cache_root_for
+from compute.jobs.context import Engine, Job, RunContext, cache_root_for
+from compute.jobs.ray_engine import engine_for
 from compute.spec import Spec, SpecError, canonical
 from db import store
 
@@ -201,8 +203,12 @@ def bad_input_errors() -> tuple[type[Exception], ...]:
 
 
 def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str = "auto",
-        quiet: bool = False, wait: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
+        quiet: bool = False, wait: bool = False, echo: Callable[[str], None] = print,
+        engine: str | Engine = "local", address: str | None = None, workers: int | None = None) -> list[Outcome]:
     """Materialise every missing run; returns one outcome per planned job.
+
+    `engine` runs the streaming passes: "local" (this process, no Ray), "ray" (shards as Ray tasks on a
+    local Ray with `workers` CPUs, or the cluster at `address`; compute.jobs.ray_engine), or an Engine.
 
     A run another process is computing (its lease is held) is skipped with the state "running
     elsewhere", or with `wait` waited for. Nothing is written (not even the store file) until a run
@@ -213,7 +219,8 @@ def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str
     jobs = plan(spec, only)
     store.check_store_path(spec.store)
     done_keys = _done_keys(spec.store, [j.run_key for j in jobs] + [k for j in jobs for _, k in j.deps])
-    ctx = RunContext(device=dev, store=spec.store, quiet=quiet)
+    eng = engine_for(engine, address, workers) if isinstance(engine, str) else engine
+    ctx = RunContext(device=dev, store=spec.store, quiet=quiet, engine=eng)
     _clean_done_caches(ctx, [j for j in jobs if j.run_key in done_keys])
     failed: set[str] = set()
     busy: set[str] = set()  # runs another process holds the lease of
