@@ -7,6 +7,7 @@ unless `--debug`.
 
     gandissect run [SPEC] [--only NAME] [--force] [--wait] [--device auto|cpu|cuda] [--quiet]
     gandissect status [SPEC]
+    gandissect watch [SPEC] [--every 10m] [--once] [--engine local|ray]   # compute/watch.py
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
     gandissect train segmenter|gan|classifier|encoder [ARGS...]
@@ -111,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     from compute.invert.cli import add_arguments as _invert_arguments
 
     _invert_arguments(sub.add_parser("invert", help="invert photos into a generator; what it cannot draw"))
+
+    from compute.watch import add_arguments as _watch_arguments
+
+    _watch_arguments(sub.add_parser("watch", help="re-plan the spec on an interval and run what is missing"))
 
     sub.add_parser("version", help="print the version")
     return p
@@ -225,6 +230,12 @@ def cmd_edit(a: argparse.Namespace) -> int:
     return paint.cmd_edit(a, store_path(a.db, a.spec))
 
 
+def cmd_watch(a: argparse.Namespace) -> int:
+    from compute.watch import main as watch
+
+    return watch(a)
+
+
 def cmd_invert(a: argparse.Namespace) -> int:
     from compute.invert.cli import run
 
@@ -259,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     handlers = {"run": cmd_run, "status": cmd_status, "sql": cmd_sql, "dashboard": cmd_dashboard,
                 "train": cmd_train, "bench": cmd_bench, "edit": cmd_edit,
-                "invert": cmd_invert}
+                "invert": cmd_invert, "watch": cmd_watch}
     try:
         return handlers[a.command](a)
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ COMPUTE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("analyses", ("compute.analyses",)),
     ("runner", ("compute.runner",)),
     ("tools", ("compute.paint", "compute.train", "compute.reports", "compute.bench", "compute.invert",
-               "compute.images")),
+               "compute.images", "compute.watch")),
     ("cli", ("compute.cli", "compute")),
 )
 
