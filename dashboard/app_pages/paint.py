@@ -7,6 +7,9 @@ imported only when the page runs, inside functions. Each stroke on the canvas (s
 freehand or rectangle) becomes one edit on the session's stack: the brush's units are forced to their
 draw value (or to 0 to remove) where the stroke touches the edited layer's featuremap, the generator runs
 on from that layer and the segmenter labels the result; undo / redo / reset walk the stack.
+
+URL query parameters model, layer[, unit] (the Unit page's "paint with this unit" link) open the page on
+that model and layer, with a one-unit brush `unit N` chosen (it stays among the brushes of that layer).
 """
 from __future__ import annotations
 
@@ -42,14 +45,25 @@ if summary.height == 0:
             "run `gandissect run`.")
     st.stop()
 
+# the URL imposes model / layer / unit when it changed since this page last read it (a link from a unit)
+url = {k: v for k in ("model", "layer", "unit") if (v := st.query_params.get(k)) is not None}
+from_url = bool(url) and url != st.session_state.get("paint_url")
+st.session_state["paint_url"] = url
 top = st.columns([2, 2, 1, 1, 1])
-model = ui.pick_model(db, "paint", top[0], summary["model"].unique(maintain_order=True).to_list())
+model = ui.pick_model(db, "paint", top[0], summary["model"].unique(maintain_order=True).to_list(),
+                      force=url.get("model") if from_url else None)
+if from_url and url.get("model") not in (None, model):
+    st.warning(ui.not_found("generator", url["model"], summary["model"].unique().to_list()), icon=":material/link_off:")
 msum = summary.filter(pl.col("model") == model).sort(pl.col("threshold_mode") != "quantile",
                                                       pl.col("interpretable_units"), descending=[False, True])
 # default layer: one with ACE brushes (the causal units) when a run has them, else the most interpretable one
 causal = queries.causal_index(db).filter((pl.col("model") == model) & (pl.col("tbl") == "ace_alpha"))
 default_layer = causal["layer"][0] if causal.height else (msum["layer"][0] if msum.height else None)
-layer = ui.pick_layer(db, model, "paint", top[1], default=default_layer)
+layer = ui.pick_layer(db, model, "paint", top[1], default=default_layer,
+                      force=url.get("layer") if from_url and url.get("model") == model else None)
+if from_url and url.get("model") == model and url.get("layer") not in (None, layer):
+    st.warning(ui.not_found("layer", url["layer"], ui.layer_names(db, model), f" in model {model}"),
+               icon=":material/link_off:")
 mrows = queries.models(db).filter(pl.col("model") == model)
 if layer is None or mrows.height == 0:
     st.info(f"{model} has no registered layers yet: run `gandissect run`.")
@@ -105,6 +119,7 @@ try:
 except Exception as e:  # EditError, a missing checkpoint, ...: one line, never a traceback
     st.error(f"cannot paint with {model}: {images.error_text(e)}")
     st.stop()
+from compute.paint import engine as paint  # noqa: E402  (the painter is loaded: torch is already imported)
 
 photo = st.session_state.get("paint_photo")  # the Photos page's "Open in Paint": compute.paint.photo.PhotoCanvas
 if photo is not None and photo.model == model:
@@ -118,7 +133,18 @@ if st.session_state.get("paint_session_key") != session_key:
     _bump()
 session = st.session_state["paint_session"]
 
-brushes = painter.catalog.brushes
+if from_url and "unit" in url and url.get("model") == model and url.get("layer") == layer:
+    n_layer_units = ui.layer_units(db, model, layer)
+    if url["unit"].isdigit() and int(url["unit"]) < n_layer_units:
+        st.session_state["paint_unit_brush"] = (model, layer, int(url["unit"]))
+    else:
+        st.warning(f"{layer} of {ui.md_escape(model)} has units 0–{n_layer_units - 1}: there is no unit "
+                   f"**{ui.md_escape(url['unit'])}** to paint with.", icon=":material/link_off:")
+brushes = dict(painter.catalog.brushes)  # the cached painter's catalog stays as the store has it
+unit_brush = st.session_state.get("paint_unit_brush")
+if unit_brush is not None and unit_brush[:2] == (model, layer):
+    u = unit_brush[2]
+    brushes[f"unit {u}"] = paint.Brush(f"unit {u}", layer, (u,), "unit", None)
 if not brushes:
     st.info(f"No brushes for {model} {layer}: this layer has no dissection (or no unit IoU above 0) and no flagged "
             "units. Pick another layer.")
@@ -127,7 +153,7 @@ if not brushes:
 
 def _brush_label(name: str) -> str:
     b = brushes[name]
-    return {"ace": f"{name} · α", "iou": f"{name} · IoU", "flag": f"{name}"}[b.source]
+    return {"ace": f"{name} · α", "iou": f"{name} · IoU", "flag": f"{name}", "unit": f"{name}"}[b.source]
 
 
 # ---------------------------------------------------------------- brush controls
@@ -136,18 +162,19 @@ row = st.columns([2, 2, 3, 3, 2])
 names = list(brushes)
 brush_name = ui.pick("brush", "paint_brush", names, "paint_brush", row[0], format_func=_brush_label,
                      default="tree" if "tree" in names else None,
-                     help="α: the concept's causal units (ACE); IoU: the units that best match it (no ACE run)")
+                     force=f"unit {unit_brush[2]}" if from_url and unit_brush is not None and "unit" in url else None,
+                     help="α: the concept's causal units (ACE); IoU: the units that best match it (no ACE run); "
+                          "unit N: one unit, opened from its Unit page")
 brush = brushes[brush_name]
 action = row[1].segmented_control("action", ["draw", "remove"], default="draw", key="paint_action") or "draw"
 strength = row[2].segmented_control("strength", ["low", "medium", "high"], default="high",
                                     key="paint_strength") or "high"
 tool = row[3].segmented_control("tool", ["freehand", "rectangle"], default="freehand", key="paint_tool") or "freehand"
 width = int(row[4].slider("brush size", 4, 60, 24, step=2, key="paint_width", disabled=tool != "freehand"))
-from compute.paint import engine as paint  # noqa: E402  (the painter is loaded: torch is already imported)
 
 n_units = len(brush.top(paint.resolve_strength(strength)))
 st.caption(f"brush **{ui.md_escape(brush.name)}** at {layer}: {n_units} units "
-           f"({ {'ace': 'ranked by α', 'iou': 'ranked by IoU', 'flag': 'flagged units'}[brush.source] }) · "
+           f"({ {'ace': 'ranked by α', 'iou': 'ranked by IoU', 'flag': 'flagged units', 'unit': 'from its Unit page'}[brush.source] }) · "
            f"{'draw value: each unit’s 0.99 activation quantile' if action == 'draw' else 'remove: units set to 0'}")
 if brush.note:
     st.caption(f":material/info: {ui.md_escape(brush.note)}")

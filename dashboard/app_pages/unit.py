@@ -97,6 +97,9 @@ nav[1].button(f"unit {unit + 1}", icon=":material/arrow_forward:", key="unit_nex
 with nav[2]:
     st.code(ui.permalink(params, absolute=True), language=None)  # st.code has a copy button
     st.caption(":material/link: permalink of this unit (copy button on the right)")
+if queries.models(db).filter((pl.col("model") == model) & (pl.col("role") == "generator")).height:
+    st.page_link("app_pages/paint.py", label=f"paint with unit {unit} (Paint at {layer}, this unit as the brush)",
+                 icon=":material/brush:", query_params={"model": model, "layer": layer, "unit": str(unit)})
 
 strip_slot = st.empty()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.compute.test_paint import ACE_LAYER, ACE_UNITS, PAINT_MODEL, build_paint_store
+from tests.compute.test_paint import ACE_LAYER, ACE_UNITS, IOU_LAYER, PAINT_MODEL, build_paint_store
 from tests.dashboard.apptest import assert_ok, open_page, texts
 
 
@@ -117,3 +117,38 @@ def test_paint_page_without_dissection(empty_store) -> None:
     at = open_page("paint")
     assert_ok(at)
     assert "Nothing computed yet" in texts(at) or "needs a dissection" in texts(at)
+
+
+def test_unit_page_links_to_paint_with_the_unit_as_the_brush(paint_db) -> None:
+    """Unit page -> Paint: the link carries model, layer and unit; Paint opens there with a one-unit brush
+    whose stroke edits that unit alone; an out-of-range unit is refused with a warning."""
+    params = {"model": PAINT_MODEL, "layer": IOU_LAYER, "unit": "3"}
+    at = open_page("unit", params, timeout=120)
+    assert_ok(at)
+    links = [p for p in at.page_link if "paint with unit 3" in p.proto.label]
+    assert len(links) == 1 and links[0].proto.page == "paint", [p.proto for p in at.page_link]
+    assert set(links[0].proto.query_string.split("&")) == {"model=tiny", "layer=layer3", "unit=3"}
+
+    at = open_page("paint", params, timeout=120)
+    assert_ok(at)
+    assert at.selectbox(key="paint_model").value == PAINT_MODEL
+    assert at.selectbox(key="paint_layer").value == IOU_LAYER  # not the default (most interpretable) layer
+    assert at.selectbox(key="paint_brush").value == "unit 3" and "from its Unit page" in texts(at)
+    at.segmented_control(key="paint_action").set_value("remove").run()
+    at.text_input(key="paint_box").input("0,0,64,64")
+    at.button(key="paint_apply_box").click().run()
+    assert_ok(at)
+    session = at.session_state["paint_session"]
+    assert [s.brush.units for s in session.strokes] == [(3,)]
+    r, r0 = session.featuremap[0], session.r0[0]
+    assert r[3].abs().sum() == 0 and r0[3].abs().sum() > 0
+    keep = [u for u in range(r.shape[0]) if u != 3]
+    assert (r[keep] == r0[keep]).all()
+    # another brush picked by hand stays picked on the next run (the URL is applied once)
+    at.selectbox(key="paint_brush").select("flag:artifact").run()
+    assert at.selectbox(key="paint_brush").value == "flag:artifact" and "unit 3" in at.selectbox(key="paint_brush").options
+
+    at = open_page("paint", {**params, "unit": "999"}, timeout=120)
+    assert_ok(at)
+    assert any("no unit **999**" in w.value for w in at.warning)
+    assert "unit 999" not in at.selectbox(key="paint_brush").options
