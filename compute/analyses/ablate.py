@@ -19,7 +19,8 @@ hard segmentation's share of c in the location's pixel block:
 The held-out set is samples 0..samples-1 of this analysis's seed, which must differ from the ACE
 run's seed. The generator below the layer runs once per sample (on an nn.Sequential generator; on
 StyleGAN2 and module generators each edited copy reruns the whole forward pass on its latent with the
-layer's output replaced: `compute.core.intervene.finish`); all edits run on stacked copies.
+layer's output replaced: `compute.core.intervene.finish`); all edits run on stacked copies. The held-out
+pool (`compute.core.pool.LayerPool`) and each concept's ablated pixel counts are resumable passes.
 
     gandissect run examples/intervene.toml --only ablate
 """
@@ -32,11 +33,10 @@ from typing import Any
 import torch
 
 from compute.analyses.ace import require_concepts
-from compute.jobs.context import Checkpoint, Job, RunContext
-from compute.core.intervene import (InterventionError, block_mean, concept_index, coverage, edit_featuremap,
-                               featuremap, finish, location_masks, unit_alpha)
-from compute.core.stats import ConditionalMean
-from ingest.samples import latents
+from compute.core.intervene import (InterventionError, block_mean, concept_index, edit_featuremap, location_masks,
+                                    unit_alpha)
+from compute.core.pool import LayerPool, PoolBatch, Sum
+from compute.jobs.context import Job, RunContext
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("dissect", "ace")
@@ -69,30 +69,24 @@ def random_orders(units: int, draws: int, seed: int, concept: int) -> list[list[
 
 
 class Samples:
-    """The held-out set's featuremaps and baseline masks at one layer (lower generator run once)."""
+    """The held-out set's featuremaps and baseline masks at one layer (lower generator run once), from a
+    `LayerPool` whose constants pass is resumable."""
 
-    def __init__(self, gen: torch.nn.Module, seg: Any, layer: str, seed: int, n: int, batch_size: int,
-                 device: torch.device) -> None:
-        self.r, self.z, masks = [], [], []  # per batch: featuremaps [B, C, h, w], latents [B, z_dim]
-        stat = ConditionalMean()
-        for s in range(0, n, batch_size):
-            z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
-            r = featuremap(gen, layer, z)
-            with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r, z))
-            stat.add(r, coverage(m, r.shape[2], r.shape[3]))
-            self.r.append(r)
-            self.z.append(z)
-            masks.append(m)
-        self.masks = torch.cat(masks)  # bool [N, K, H, W]
+    def __init__(self, job: Job, ctx: RunContext, layer: str, seed: int, n: int, batch_size: int) -> None:
+        self.pool = LayerPool.of(job, ctx, layer, seed)
+        self.k = self.pool.constants(ctx, job, n, batch_size, f"ablate.{layer}.k")  # [K, C]
+        self.parts = [self.pool.batch(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
+        self.r = [b.r for b in self.parts]  # per batch: featuremaps [B, C, h, w]
+        self.z = [b.z for b in self.parts]  # per batch: latents [B, z_dim]
+        self.masks = torch.cat([b.masks for b in self.parts])  # bool [N, K, H, W]
         self.counts = self.masks.sum((0, 2, 3)).double().cpu()  # [K] baseline pixels
-        self.k = stat.result().T.float()  # [K, C]
-        self.n = n
+        self.n, self.batch_size = n, batch_size
 
 
-def ablated_counts(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, sets: list[tuple[int, ...]],
+def ablated_counts(job: Job, ctx: RunContext, name: str, layer: str, data: Samples, sets: list[tuple[int, ...]],
                    chunk: int) -> dict[tuple[int, ...], torch.Tensor]:
-    """Pixels of every concept [K] over the held-out images with each unit set ablated everywhere.
+    """Pixels of every concept [K] over the held-out images with each unit set ablated everywhere (one
+    resumable pass `name` over the held-out batches).
 
     Several unit sets share a forward pass (about `chunk` edited featuremaps per pass); the empty set
     is the baseline.
@@ -101,22 +95,26 @@ def ablated_counts(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, se
     todo = [s for s in dict.fromkeys(sets) if s]
     units = data.r[0].shape[1]
     alphas = {us: unit_alpha(list(us), units, layer=layer, device=data.r[0].device) for us in todo}
-    totals = {us: torch.zeros_like(data.counts) for us in todo}
-    with torch.no_grad():
-        for r, z in zip(data.r, data.z):
-            group = max(1, chunk // r.shape[0])
+
+    def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
+        r, z = b.r, b.z
+        group = max(1, chunk // r.shape[0])
+        with torch.no_grad():
             for g in range(0, len(todo), group):
                 keys = todo[g:g + group]
                 edited = torch.cat([edit_featuremap(r, alphas[us], 0.0, None, layer) for us in keys])
-                counts = seg.concept_masks(finish(gen, layer, edited, z.repeat(len(keys), 1))
-                                           ).sum((2, 3)).double().cpu()  # [G*B, K]
+                counts = p.segment(p.finish(edited, z.repeat(len(keys), 1))).sum((2, 3)).double().cpu()  # [G*B, K]
                 for i, us in enumerate(keys):
-                    totals[us] += counts[i * r.shape[0]:(i + 1) * r.shape[0]].sum(0)
-    out.update(totals)
+                    st[str(g + i)].add(counts[i * r.shape[0]:(i + 1) * r.shape[0]].sum(0))
+
+    if todo:
+        totals = data.pool.stream(ctx, job, name, lambda _: {str(i): Sum() for i in range(len(todo))}, fold, data.n,
+                                  data.batch_size)
+        out.update({us: totals[str(i)].result() for i, us in enumerate(todo)})
     return out
 
 
-def insertion_share(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, units: tuple[int, ...], c: int,
+def insertion_share(layer: str, data: Samples, units: tuple[int, ...], c: int,
                     locations: torch.Tensor, chunk: int) -> tuple[float, float]:
     """Mean share of c in the pixel block of each (sample, location) before and after inserting `units`
     there (value k_c). locations [N, m, 2] -> (before, after)."""
@@ -133,16 +131,15 @@ def insertion_share(gen: torch.nn.Module, seg: Any, layer: str, data: Samples, u
         for s in range(0, flat.shape[0], chunk):
             idx = slice(s, s + chunk)
             masks = location_masks(h, w, flat[idx], device=r_all.device)
-            images = finish(gen, layer, edit_featuremap(r_all[sample[idx]], alpha, kc, masks, layer),
-                            z_all[sample[idx]])
-            share = block_mean(seg.concept_masks(images)[:, c].float(), h, w)
+            images = data.pool.finish(edit_featuremap(r_all[sample[idx]], alpha, kc, masks, layer), z_all[sample[idx]])
+            share = block_mean(data.pool.segment(images)[:, c].float(), h, w)
             after[idx] = share[torch.arange(share.shape[0]), flat[idx, 0], flat[idx, 1]]
     return float(before.mean()), float(after.mean())
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
-    gen, seg = ctx.generator(job), ctx.segmenter(job)
+    seg = ctx.segmenter(job)
     concepts = require_concepts(job)
     ace_run = ctx.read(RUN_SQL, [job.dep("ace")])
     if len(ace_run) and int(ace_run["seed"][0]) == a.seed:
@@ -154,7 +151,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for layer in job.layers:
-        data = Samples(gen, seg, layer, a.seed, a.samples, bs, ctx.device)
+        data = Samples(job, ctx, layer, a.seed, a.samples, bs)
         units = data.r[0].shape[1]
         grid = sorted({int(n) for n in a.param("n_units", range(0, n_max + 1)) if 0 <= int(n) <= units} | {0})
         h, w = data.r[0].shape[2:]
@@ -167,32 +164,26 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                 continue
             by_alpha, by_iou = rankings(ctx, job, layer, name, units)
             rand = random_orders(units, draws, a.seed, c)
-            ckpt = Checkpoint(ctx.cache_dir(job), f"ablate.{layer}.{name}")
-            done, saved, extra = ckpt.load()
-            if not done:
-                orders = {"ace": [by_alpha], "iou": [by_iou], "random": rand}
-                sets = [tuple(sorted(o[:n])) for os in orders.values() for o in os for n in grid]
-                sets += [tuple(sorted(o[:top])) for os in orders.values() for o in os]
-                counts = ablated_counts(gen, seg, layer, data, sets, chunk)
-                g = torch.Generator().manual_seed(a.seed * 7 + c)
-                locs = torch.stack([torch.randint(h, (data.n, n_loc), generator=g),
-                                    torch.randint(w, (data.n, n_loc), generator=g)], -1)
-                effects = {}
-                for kind, os in orders.items():
-                    vals = []
-                    for o in os:
-                        us = tuple(sorted(o[:top]))
-                        before, after = insertion_share(gen, seg, layer, data, us, c, locs, chunk)
-                        frac = float(data.counts[c]) / pixels
-                        ablation = 1 - float(counts[us][c] / data.counts[c])
-                        insertion = (after - before) / frac
-                        vals.append((ablation, insertion, list(o[:top])))
-                    effects[kind] = vals
-                curves = {kind: [[float(counts[tuple(sorted(o[:n]))][c] / data.counts[c]) for n in grid] for o in os]
-                          for kind, os in orders.items()}
-                extra = {"curves": curves, "effects": effects}
-                ckpt.save(1, {"done": torch.ones(1)}, extra)
-            curves, effects = extra["curves"], extra["effects"]
+            orders = {"ace": [by_alpha], "iou": [by_iou], "random": rand}
+            sets = [tuple(sorted(o[:n])) for os in orders.values() for o in os for n in grid]
+            sets += [tuple(sorted(o[:top])) for os in orders.values() for o in os]
+            counts = ablated_counts(job, ctx, f"ablate.{layer}.{name}.counts", layer, data, sets, chunk)
+            g = torch.Generator().manual_seed(a.seed * 7 + c)
+            locs = torch.stack([torch.randint(h, (data.n, n_loc), generator=g),
+                                torch.randint(w, (data.n, n_loc), generator=g)], -1)
+            effects = {}
+            for kind, os in orders.items():
+                vals = []
+                for o in os:
+                    us = tuple(sorted(o[:top]))
+                    before, after = insertion_share(layer, data, us, c, locs, chunk)
+                    frac = float(data.counts[c]) / pixels
+                    ablation = 1 - float(counts[us][c] / data.counts[c])
+                    insertion = (after - before) / frac
+                    vals.append((ablation, insertion, list(o[:top])))
+                effects[kind] = vals
+            curves = {kind: [[float(counts[tuple(sorted(o[:n]))][c] / data.counts[c]) for n in grid] for o in os]
+                      for kind, os in orders.items()}
             row = {**base, "layer": layer, "concept": name}
             for kind, per_draw in curves.items():
                 t = torch.tensor(per_draw, dtype=torch.float64)  # [draws, len(grid)]

@@ -2,14 +2,15 @@
 
 Reads the job's generator and segmenter and the IoU of the dissection it depends on (`unit_iou`, for
 the initialisation); writes `ace_alpha` (the final alpha per unit), `ace_epochs` (loss and effect after
-every epoch) and `ace_trajectory` (alpha of every unit after every epoch). Resumable: the optimiser's
-state is checkpointed under `.cache/<run_key>/` after every epoch.
+every epoch) and `ace_trajectory` (alpha of every unit after every epoch). Resumable: the sample pool is
+a resumable pass, and alpha with the optimiser's `state_dict()` is checkpointed by `tally` under
+`.cache/<run_key>/` after every epoch.
 
 Method, for each declared concept c and layer:
 
 1. Sample pool: `samples` latents of `seed` (kept beside the featuremaps: `finish` on a non-sequential
    generator reruns the forward pass on them); the generator below the layer runs once per sample. The
-   insertion constants k (`compute.core.intervene.insertion_constants`) come from the same samples.
+   insertion constants k (`compute.core.pool.LayerPool.constants`) come from the same samples.
 2. Locations P (single featuremap locations): removal candidates where c covers at least `presence` of
    the location's pixel block; insertion candidates where c is absent (coverage 0) but covers at least
    `presence` of it after setting ALL units to k_c there (`probe` random absent locations are tried per
@@ -46,11 +47,11 @@ from typing import Any
 
 import torch
 
+from compute.core.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap, finish,
+                                    location_masks)
+from compute.core.pool import LayerPool
 from compute.jobs.context import Checkpoint, Job, RunContext
-from compute.core.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap,
-                               featuremap, finish, location_masks)
-from compute.core.stats import ConditionalMean
-from ingest.samples import latents
+from compute.jobs.tally import tally
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("dissect",)
@@ -100,26 +101,14 @@ class Pool:
     n: int
 
 
-def build_pool(gen: torch.nn.Module, seg: Any, layer: str, seed: int, n: int, cfg: AceConfig,
-               device: torch.device, progress: Any = None) -> Pool:
-    """Featuremaps, coverage, block probabilities and insertion constants of samples 0..n-1 of `seed`."""
-    rs, zs, covers, probs = [], [], [], []
-    stat = ConditionalMean()
-    starts = range(0, n, cfg.batch_size)
-    for s in (progress(starts, desc=f"ace pool {layer}") if progress else starts):
-        z = latents(seed, min(cfg.batch_size, n - s), int(gen.z_dim), start=s).to(device)
-        r = featuremap(gen, layer, z)
-        h, w = r.shape[2:]
-        with torch.no_grad():
-            images = finish(gen, layer, r, z)
-            cov = coverage(seg.concept_masks(images), h, w)
-            p = torch.nn.functional.adaptive_avg_pool2d(seg.probs(images), (h, w))
-        stat.add(r, cov)
-        rs.append(r)
-        zs.append(z)
-        covers.append(cov)
-        probs.append(p)
-    return Pool(torch.cat(rs), torch.cat(zs), torch.cat(covers), torch.cat(probs), stat.result().T.float(), seed, n)
+def build_pool(lp: LayerPool, n: int, cfg: AceConfig, ctx: RunContext | None = None, job: Job | None = None
+               ) -> Pool:
+    """Featuremaps, coverage, block probabilities and insertion constants of samples 0..n-1 of the layer
+    pool's seed (a resumable pass of the job when ctx and job are given); the pool must segment with probs."""
+    k = lp.constants(ctx, job, n, cfg.batch_size, f"ace.{lp.layer}.pool")
+    held = lp.all(n, cfg.batch_size)
+    h, w = held.r.shape[2:]
+    return Pool(held.r, held.z, coverage(held.masks, h, w), held.probs, k, int(lp.seed), n)
 
 
 def candidates(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, cfg: AceConfig,
@@ -218,6 +207,48 @@ def penalty(alpha: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown ACE penalty {kind!r}; allowed: {', '.join(map(repr, PENALTIES))}")
 
 
+EPOCH_KEYS: tuple[str, ...] = ("epoch", "loss", "effect", "alpha_l1", "alpha_l2")
+
+
+class AlphaState:
+    """The alpha optimisation's resumable state, checkpointed by `tally` after every epoch: alpha [C], the
+    optimiser's `state_dict()`, alpha after every epoch so far and the per-epoch rows. `add` records one
+    epoch's evaluation. The optimisation is sequential: two states do not merge."""
+
+    def __init__(self, alpha: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        self.alpha, self.opt = alpha, opt
+        self.trajectory: list[torch.Tensor] = []
+        self.epochs: list[dict[str, float]] = []
+
+    def add(self, row: dict[str, float]) -> None:
+        self.epochs.append(row)
+        self.trajectory.append(self.alpha.detach().cpu().clone())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        d = {"alpha": self.alpha.detach(), "trajectory": torch.stack(self.trajectory),
+             "epochs": torch.tensor([[float(e[k]) for k in EPOCH_KEYS] for e in self.epochs], dtype=torch.float64)}
+        for pid, st in self.opt.state_dict()["state"].items():
+            d.update({f"opt.{pid}.{k}": torch.as_tensor(v) for k, v in st.items()})
+        return d
+
+    def load_state_dict(self, d: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(d["alpha"].to(self.alpha.device))
+        self.trajectory = list(d["trajectory"].unbind(0))
+        self.epochs = [{k: (int(v) if k == "epoch" else float(v)) for k, v in zip(EPOCH_KEYS, row.tolist())}
+                       for row in d["epochs"]]
+        opt = self.opt.state_dict()
+        opt["state"] = {}
+        for key, v in d.items():
+            if key.startswith("opt."):
+                _, pid, name = key.split(".", 2)
+                opt["state"].setdefault(int(pid), {})[name] = v
+        self.opt.load_state_dict(opt)
+
+    def merge(self, other: "AlphaState") -> None:
+        raise TypeError("an ACE alpha optimisation is sequential: its states do not merge")
+
+
 def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: int, init: torch.Tensor,
                    cfg: AceConfig, ckpt: Checkpoint | None = None, progress: Any = None,
                    cands: tuple[torch.Tensor, torch.Tensor] | None = None) -> AlphaResult:
@@ -240,34 +271,18 @@ def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: in
     eval_rem, eval_ins = _draw(rem, e_rem, ge), _draw(ins, e_ins, ge)
     device = pool.r.device
     alpha = init.clone().float().to(device).clamp(0, 1).requires_grad_(True)
-    opt = torch.optim.Adam([alpha], lr=cfg.lr)
-    trajectory: list[torch.Tensor] = []
-    epochs: list[dict[str, float]] = []
-    done = 0
-    if ckpt is not None:
-        done, saved, extra = ckpt.load()
-        if done:
-            with torch.no_grad():
-                alpha.copy_(saved["alpha"].to(device))
-            trajectory = list(saved["trajectory"].unbind(0))
-            epochs = extra["epochs"]
-            if "exp_avg" in saved:
-                opt.state[alpha] = {"step": saved["step"].cpu(), "exp_avg": saved["exp_avg"].to(device),
-                                    "exp_avg_sq": saved["exp_avg_sq"].to(device)}
+    state = AlphaState(alpha, torch.optim.Adam([alpha], lr=cfg.lr))
 
     def evaluate(epoch: int) -> None:
         with torch.no_grad():
             d = float(effect(gen, seg, layer, pool, c, alpha, eval_rem, eval_ins, (s_rem, s_ins), norm))
             l2 = float(_l2(alpha))
             pen = float(penalty(alpha, cfg.penalty))
-        epochs.append({"epoch": epoch, "loss": -d + cfg.l2 * pen, "effect": d,
-                       "alpha_l1": float(alpha.detach().sum()), "alpha_l2": l2})
-        trajectory.append(alpha.detach().cpu().clone())
+        state.add({"epoch": epoch, "loss": -d + cfg.l2 * pen, "effect": d, "alpha_l1": float(alpha.detach().sum()),
+                   "alpha_l2": l2})
 
-    if not done:
-        evaluate(0)
-    todo = range(done, cfg.epochs)
-    for epoch in (progress(todo, desc=f"ace {name}", total=cfg.epochs, initial=done) if progress else todo):
+    evaluate(0)  # replaced by the checkpoint's rows when `tally` resumes one
+    for epoch in tally({"ace": state}, list(range(cfg.epochs)), ckpt, every=1, progress=progress, desc=f"ace {name}"):
         for step in range(cfg.steps_per_epoch):
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 10_007 + epoch * cfg.steps_per_epoch + step)
             b_rem, b_ins = _draw(rem, m_rem, g), _draw(ins, m_ins, g)
@@ -275,15 +290,11 @@ def optimise_alpha(gen: torch.nn.Module, seg: Any, layer: str, pool: Pool, c: in
             loss = -d + cfg.l2 * penalty(alpha, cfg.penalty)
             (grad,) = torch.autograd.grad(loss, [alpha])  # no weight gradients of the generator or segmenter
             alpha.grad = grad
-            opt.step()
+            state.opt.step()
             with torch.no_grad():
                 alpha.clamp_(0.0, 1.0)
         evaluate(epoch + 1)
-        if ckpt is not None:
-            st = opt.state[alpha]
-            ckpt.save(epoch + 1, {"alpha": alpha.detach(), "trajectory": torch.stack(trajectory),
-                                  "step": torch.as_tensor(st["step"]).float(), "exp_avg": st["exp_avg"],
-                                  "exp_avg_sq": st["exp_avg_sq"]}, {"epochs": epochs})
+    trajectory, epochs = state.trajectory, state.epochs
     notes = []
     if not ins.shape[0]:
         notes.append(f"{name}: no insertion candidates (removal locations only)")
@@ -317,12 +328,13 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     base = {"run_key": job.run_key, "model": job.model.name}
     for layer in job.layers:
-        pool = build_pool(gen, seg, layer, job.analysis.seed, job.analysis.samples, cfg, ctx.device, ctx.progress)
+        pool = build_pool(LayerPool.of(job, ctx, layer, job.analysis.seed, probs=True), job.analysis.samples, cfg,
+                          ctx, job)
         units = pool.r.shape[1]
         for name in concepts:
             c = concept_index(seg, name)
             init = iou_init(ctx, job.dep("dissect"), layer, name, units)
-            ckpt = Checkpoint(ctx.cache_dir(job), f"ace.{layer}.{name}")
+            ckpt = Checkpoint(ctx.cache_dir(job), f"ace.{layer}.{name}.alpha")
             res = optimise_alpha(gen, seg, layer, pool, c, init, cfg, ckpt, ctx.progress)
             for note in res.notes:
                 print(f"note: {job.analysis.name} [{job.model.name}] {layer}: {note}")

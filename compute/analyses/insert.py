@@ -10,6 +10,8 @@ at a time, for every location of every sample (the generator below the layer run
 on an nn.Sequential generator; elsewhere each copy reruns the forward on its latent, layer replaced;
 edited copies are stacked `chunk` per pass). The effect is the number of pixels labelled c after the
 edit that were not before, within the pixel block of the location's (2*neighbourhood+1)^2 cells.
+The constants and the effects are resumable passes of a `compute.core.pool.LayerPool` (checkpointed
+under `.cache/<run_key>/`).
 
 Context = what the unedited image shows at the location: per segmenter category (object, part,
 material), the concept covering the largest share of the location's pixel block (unless most of it
@@ -26,11 +28,10 @@ from typing import Any
 import torch
 
 from compute.analyses.ace import require_concepts
-from compute.jobs.context import Checkpoint, Job, RunContext
-from compute.core.intervene import (InterventionError, cell_contexts, concept_index, constant_for, coverage,
-                               featuremap, finish, insertion_effects, map_context, unit_alpha)
-from compute.core.stats import ConditionalMean
-from ingest.samples import latents
+from compute.core.intervene import (InterventionError, cell_contexts, concept_index, constant_for, insertion_effects,
+                                    map_context, unit_alpha)
+from compute.core.pool import Gather, LayerPool, PoolBatch
+from compute.jobs.context import Job, RunContext
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("ace",)
@@ -65,7 +66,7 @@ def context_rows(seg: Any, effects: torch.Tensor, contexts: dict[str, torch.Tens
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
-    gen, seg = ctx.generator(job), ctx.segmenter(job)
+    seg = ctx.segmenter(job)
     concepts = require_concepts(job)
     d = {k: a.param(k, v) for k, v in DEFAULTS.items()}
     n_units, radius, hood = int(d["units"]), int(d["radius"]), int(d["neighbourhood"])
@@ -73,35 +74,24 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     base = {"run_key": job.run_key, "model": job.model.name}
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
     for layer in job.layers:
-        rs, zs, masks, stat = [], [], [], ConditionalMean()
-        for s in range(0, a.samples, bs):
-            z = latents(a.seed, min(bs, a.samples - s), int(gen.z_dim), start=s).to(ctx.device)
-            r = featuremap(gen, layer, z)
-            with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r, z))
-            stat.add(r, coverage(m, r.shape[2], r.shape[3]))
-            rs.append(r)
-            zs.append(z)
-            masks.append(m)
-        r_all, m_all = torch.cat(rs), torch.cat(masks)
-        n, units, h, w = r_all.shape
-        k = stat.result().T.float()
-        contexts = cell_contexts(seg, m_all, h, w)
+        pool = LayerPool.of(job, ctx, layer, a.seed)
+        k = pool.constants(ctx, job, a.samples, bs, f"insert.{layer}.k")
+        held = pool.all(a.samples, bs)
+        n, units, h, w = held.r.shape
+        contexts = cell_contexts(seg, held.masks, h, w)
         single = map_context(contexts).cpu()
         for name in concepts:
             c = concept_index(seg, name)
-            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(r_all.device)
+            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(held.r.device)
             alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer,
-                               device=r_all.device)
-            ckpt = Checkpoint(ctx.cache_dir(job), f"insert.{layer}.{name}")
-            done, saved, _ = ckpt.load()
-            parts = [saved[f"b{i}"] for i in range(done)]
-            for i in ctx.progress(range(done, len(rs)), desc=f"insert {name}", total=len(rs), initial=done):
-                sl = slice(i * bs, i * bs + rs[i].shape[0])
-                parts.append(insertion_effects(gen, seg, layer, rs[i], zs[i], m_all[sl, c], alpha, kc, c, radius=radius,
-                                               neighbourhood=hood, chunk=chunk).view(-1, h, w).cpu())
-                ckpt.save(i + 1, {f"b{j}": p for j, p in enumerate(parts)})
-            effects = torch.cat(parts)  # [N, h, w]
+                               device=held.r.device)
+
+            def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
+                st["effects"].add(insertion_effects(p.gen, p.seg, layer, b.r, b.z, b.masks[:, c], alpha, kc, c,
+                                                    radius=radius, neighbourhood=hood, chunk=chunk).view(-1, h, w))
+
+            effects = pool.stream(ctx, job, f"insert.{layer}.{name}.effects", lambda _: {"effects": Gather()}, fold,
+                                  a.samples, bs)["effects"].result()  # [N, h, w]
             row = {**base, "layer": layer, "concept": name}
             out["insertion_contexts"] += [{**row, **cr} for cr in context_rows(seg, effects, contexts)]
             for i in range(n):

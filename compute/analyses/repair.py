@@ -22,6 +22,8 @@ real_seed, real_exclude — e.g. ["watermark"] for the watermark-free real scene
 inception_weights, batch_size). Scoring only against watermark-free scenes rewards removing
 watermarks by construction, though real scenes carry them too (15 % of rendered village scenes): the
 full-distribution columns say whether the repair still helps when the real watermarks count.
+The generated sample's features and coverage, before and after each ablation, are one resumable pass of a
+`compute.core.pool.LayerPool` (checkpointed under `.cache/<run_key>/`).
 
     gandissect run gandissect.toml --only repair
 """
@@ -35,11 +37,11 @@ import numpy as np
 import torch
 
 from compute.analyses.realism import Coverage, real_set
-from compute.jobs.context import Checkpoint, Job, RunContext
 from compute.core.features import check_count, extractor, features_and_masks
 from compute.core.frechet import feature_stats, frechet_from_stats
-from compute.core.intervene import edit_featuremap, featuremap, finish, unit_alpha
-from ingest.samples import latents
+from compute.core.intervene import edit_featuremap, unit_alpha
+from compute.core.pool import Gather, LayerPool, PoolBatch
+from compute.jobs.context import Job, RunContext
 
 CODE_VERSION = "2"  # 2: fd_before_full / fd_after_full
 NEEDS: tuple[str, ...] = ("realism",)
@@ -127,30 +129,33 @@ def flag_pr(scores: list[float], flagged: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def ablated_features(gen: torch.nn.Module, seg: Any, feat: Any, layer: str, seed: int, n: int, batch_size: int,
-                     sets: list[list[int]], device: torch.device, progress: Any = None
-                     ) -> tuple[np.ndarray, Coverage, list[np.ndarray], list[Coverage]]:
-    """Features [n, D] and coverage of the sample before, and after ablating each unit set (the generator
-    below the layer runs once per batch; each set's edit runs the rest)."""
+def ablated_features(job: Job, ctx: RunContext, feat: Any, layer: str, seed: int, n: int, batch_size: int,
+                     sets: list[list[int]]) -> tuple[np.ndarray, Coverage, list[np.ndarray], list[Coverage]]:
+    """Features [n, D] and coverage of the sample before, and after ablating each unit set: one resumable
+    pass of a `LayerPool` (the generator below the layer runs once per batch; each set's edit runs the rest)."""
+    pool = LayerPool.of(job, ctx, layer, seed, segment=False)
+    seg = ctx.segmenter(job)
     k = len(seg.concepts)
-    base_f: list[np.ndarray] = []
-    base_c = Coverage(k)
-    set_f: list[list[np.ndarray]] = [[] for _ in sets]
-    set_c = [Coverage(k) for _ in sets]
-    starts = list(range(0, n, batch_size))
-    for s in (progress(starts, desc=f"repair: {layer}") if progress else starts):
-        z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
-        r = featuremap(gen, layer, z)
+
+    def make(_: Any) -> dict[str, Any]:
+        return {"f": Gather(), "c": Coverage(k), **{f"f{i}": Gather() for i in range(len(sets))},
+                **{f"c{i}": Coverage(k) for i in range(len(sets))}}
+
+    def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
         with torch.no_grad():
-            f, m = features_and_masks(feat, seg, finish(gen, layer, r, z))
-            base_f.append(f)
-            base_c.add(m)
+            f, m = features_and_masks(feat, seg, p.finish(b.r, b.z))
+            st["f"].add(torch.from_numpy(f))
+            st["c"].add(m)
             for i, us in enumerate(sets):
-                alpha = unit_alpha(us, r.shape[1], layer=layer, device=r.device)
-                f, m = features_and_masks(feat, seg, finish(gen, layer, edit_featuremap(r, alpha, 0.0, None, layer), z))
-                set_f[i].append(f)
-                set_c[i].add(m)
-    return np.concatenate(base_f), base_c, [np.concatenate(f) for f in set_f], set_c
+                alpha = unit_alpha(us, b.r.shape[1], layer=layer, device=b.r.device)
+                f, m = features_and_masks(feat, seg, p.finish(edit_featuremap(b.r, alpha, 0.0, None, layer), b.z))
+                st[f"f{i}"].add(torch.from_numpy(f))
+                st[f"c{i}"].add(m)
+
+    pool.keep = False  # each batch is used once
+    st = pool.stream(ctx, job, f"repair.{layer}", make, fold, n, batch_size)
+    return (st["f"].result().numpy(), st["c"], [st[f"f{i}"].result().numpy() for i in range(len(sets))],
+            [st[f"c{i}"] for i in range(len(sets))])
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
@@ -184,19 +189,15 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             print(f"note: {a.name} [{job.model.name}] {layer}: no manual units (manual = {param(job, 'manual')!r}); "
                   f"only the realism and random sets are ablated")
         sets = unit_sets(manual, scores, n_units, draws, a.seed, li)
-        ckpt = Checkpoint(ctx.cache_dir(job), f"repair.{layer}")
-        done, _, extra = ckpt.load()
-        if not done:
-            f0, c0, fs, cs = ablated_features(gen, seg, feat, layer, a.seed, a.samples, int(param(job, "batch_size")),
-                                              [us for _, _, us in sets], ctx.device, ctx.progress)
-            st0 = feature_stats(f0)
-            sts = [feature_stats(f) for f in fs]
-            extra = {"fd_before": frechet_from_stats(*st0, mu_r, s_r),
-                     "fd_before_full": frechet_from_stats(*st0, mu_full, s_full),
-                     "before": c0.state_dict()["pixels"].tolist(), "total": c0.total,
-                     "after": [(frechet_from_stats(*st, mu_r, s_r), c.pixels.tolist()) for st, c in zip(sts, cs)],
-                     "after_full": [frechet_from_stats(*st, mu_full, s_full) for st in sts]}
-            ckpt.save(1, {"done": torch.ones(1)}, extra)
+        f0, c0, fs, cs = ablated_features(job, ctx, feat, layer, a.seed, a.samples, int(param(job, "batch_size")),
+                                          [us for _, _, us in sets])
+        st0 = feature_stats(f0)
+        sts = [feature_stats(f) for f in fs]
+        extra = {"fd_before": frechet_from_stats(*st0, mu_r, s_r),
+                 "fd_before_full": frechet_from_stats(*st0, mu_full, s_full),
+                 "before": c0.state_dict()["pixels"].tolist(), "total": c0.total,
+                 "after": [(frechet_from_stats(*st, mu_r, s_r), c.pixels.tolist()) for st, c in zip(sts, cs)],
+                 "after_full": [frechet_from_stats(*st, mu_full, s_full) for st in sts]}
         for (name, draw, us), (fd, pixels), fd_full in zip(sets, extra["after"], extra["after_full"]):
             row = {**base, "layer": layer, "unit_set": name, "draw": draw}
             out["repair_effects"].append({**row, "n_units": len(us), "units": json.dumps(us),

@@ -8,7 +8,8 @@ on this analysis's samples) at one featuremap location `location = [y, x]` (defa
 the bottom third, where buildings' walls and doors usually stand in the village world) of every
 sample. At every later layer the change |edited - unedited| of each channel is divided by that
 channel's mean |activation| over the unedited samples, averaged over channels and then over samples:
-one value per location of the later layer's featuremap.
+one value per location of the later layer's featuremap. The sample pool (constants and channel scales)
+and each concept's changes are resumable passes of a `compute.core.pool.LayerPool`.
 
     gandissect run examples/intervene.toml --only trace
 """
@@ -20,11 +21,11 @@ import torch
 
 from compute.analyses.ace import require_concepts
 from compute.analyses.insert import top_units
-from compute.jobs.context import Job, RunContext
-from compute.core.intervene import (InterventionError, channel_scales, concept_index, constant_for, coverage,
-                               featuremap, finish, later_layers, trace_insertion, unit_alpha)
+from compute.core.intervene import (InterventionError, channel_scales, concept_index, constant_for, later_layers,
+                                    trace_insertion, unit_alpha)
+from compute.core.pool import LayerPool, PoolBatch, Sum
 from compute.core.stats import ConditionalMean
-from ingest.samples import latents
+from compute.jobs.context import Job, RunContext
 
 CODE_VERSION = "1"
 NEEDS: tuple[str, ...] = ("ace",)
@@ -45,39 +46,44 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
     base = {"run_key": job.run_key, "model": job.model.name}
     rows: list[dict[str, Any]] = []
+    n = a.samples
     for layer in job.layers:
         targets = later_layers(gen, layer)
-        rs, zs, stat = [], [], ConditionalMean()
-        for s in range(0, a.samples, bs):
-            z = latents(a.seed, min(bs, a.samples - s), int(gen.z_dim), start=s).to(ctx.device)
-            r = featuremap(gen, layer, z)
-            with torch.no_grad():
-                m = seg.concept_masks(finish(gen, layer, r, z))
-            stat.add(r, coverage(m, r.shape[2], r.shape[3]))
-            rs.append(r)
-            zs.append(z)
-        n = sum(r.shape[0] for r in rs)
-        units, h, w = rs[0].shape[1:]
+        pool = LayerPool.of(job, ctx, layer, a.seed)
+
+        def make(_: Any) -> dict[str, Any]:
+            return {"k": ConditionalMean(), **{f"scale.{t}": Sum() for t in targets}}
+
+        def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
+            p.fold_constants(st["k"], b)
+            # mean |activation| over all samples (equal spatial sizes: weight by sample count)
+            for t, v in channel_scales(p.gen, layer, b.r, b.z, targets).items():
+                st[f"scale.{t}"].add(v * (b.r.shape[0] / n))
+
+        stats = pool.stream(ctx, job, f"trace.{layer}.pool", make, fold, n, bs)
+        first = pool.batch(0, min(bs, n))
+        device = first.r.device
+        units, h, w = first.r.shape[1:]
         loc = a.param("location", None)
         y, x = (int(loc[0]), int(loc[1])) if loc is not None else default_location(h, w)
         if not (0 <= y < h and 0 <= x < w):
             raise InterventionError(f"trace location ({y}, {x}) is outside the {h}x{w} featuremap of {layer!r}")
-        scales: dict[str, torch.Tensor] = {}
-        for r, z in zip(rs, zs):  # mean |activation| over all samples (equal spatial sizes: weight by sample count)
-            for t, v in channel_scales(gen, layer, r, z, targets).items():
-                scales[t] = scales.get(t, 0) + v * (r.shape[0] / n)
-        k = stat.result().T.float()
+        scales = {t: stats[f"scale.{t}"].result().to(device) for t in targets}
+        k = stats["k"].result().T.float()
         for name in concepts:
             c = concept_index(seg, name)
-            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(rs[0].device)
-            alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer,
-                               device=rs[0].device)
-            sums: dict[str, torch.Tensor] = {}
-            for r, z in zip(rs, zs):
-                for t, ch in trace_insertion(gen, layer, r, z, alpha, kc, (y, x), targets, scales, radius).items():
-                    sums[t] = sums.get(t, 0) + ch.sum(0).cpu()
-            for t, total in sums.items():
-                mean = (total / n).double()
+            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(device)
+            alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer, device=device)
+
+            def fold_change(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
+                for t, ch in trace_insertion(p.gen, layer, b.r, b.z, alpha, kc, (y, x), targets, scales,
+                                             radius).items():
+                    st[t].add(ch.sum(0))
+
+            sums = pool.stream(ctx, job, f"trace.{layer}.{name}", lambda _: {t: Sum() for t in targets}, fold_change,
+                               n, bs)
+            for t in targets:
+                mean = (sums[t].result() / n).double()
                 rows += [{**base, "layer": layer, "concept": name, "target_layer": t, "y": yy, "x": xx,
                           "effect": float(mean[yy, xx])}
                          for yy in range(mean.shape[0]) for xx in range(mean.shape[1])]

@@ -16,10 +16,8 @@ from typing import Any
 import torch
 
 from compute.analyses.ace import AceConfig, build_pool, candidates, optimise_alpha
-from compute.core.intervene import (cell_contexts, concept_index, constant_for, coverage, featuremap, finish,
-                                    insertion_effects, unit_alpha)
-from compute.core.stats import ConditionalMean
-from ingest.samples import latents
+from compute.core.intervene import cell_contexts, concept_index, constant_for, insertion_effects, unit_alpha
+from compute.core.pool import LayerPool
 from ingest.zoo import load_generator, load_segmenter
 
 __all__ = ["bench_ace", "bench_insert"]
@@ -44,7 +42,7 @@ def bench_ace(device: torch.device | str = "cpu", gen: torch.nn.Module | None = 
     cfg = AceConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, eval_items=eval_items, seed=1)
     c = concept_index(s, concept)
     t0 = time.perf_counter()
-    pool = build_pool(g, s, layer, seed=1, n=samples, cfg=cfg, device=device)
+    pool = build_pool(LayerPool(g, layer, s, seed=1, device=device, probs=True), samples, cfg)
     cands = candidates(g, s, layer, pool, c, cfg)
     t1 = time.perf_counter()
     optimise_alpha(g, s, layer, pool, c, torch.full((pool.r.shape[1],), 0.5), cfg, cands=cands)
@@ -70,13 +68,10 @@ def bench_insert(device: torch.device | str = "cpu", gen: torch.nn.Module | None
     g, s, gname, sname = _bundled(gen, seg, device)
     c = concept_index(s, concept)
     t0 = time.perf_counter()
-    z = latents(2, samples, int(g.z_dim)).to(device)
-    r = featuremap(g, layer, z)
-    with torch.no_grad():
-        masks = s.concept_masks(finish(g, layer, r, z))
-    stat = ConditionalMean()
-    stat.add(r, coverage(masks, r.shape[2], r.shape[3]))
-    k = stat.result().T.float()
+    lp = LayerPool(g, layer, s, seed=2, device=device)
+    k = lp.constants(None, None, samples, samples)
+    held = lp.batch(0, samples)
+    r, z, masks = held.r, held.z, held.masks
     kc = constant_for(k, s, concept, f"the {samples} bench samples")
     units = torch.argsort(kc, descending=True)[:n_units]  # a fixed unit set: the units with the largest k_c
     alpha = unit_alpha(units, r.shape[1], layer=layer, device=device)

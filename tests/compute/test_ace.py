@@ -9,6 +9,7 @@ import torch
 
 from compute.analyses import ace
 from compute.jobs.context import Checkpoint
+from compute.core.pool import LayerPool
 from compute.core.intervene import ConceptAbsentError, block_mean, concept_index, edit_featuremap, finish, location_masks
 from ingest.models.progan import load_progan
 from ingest.models.village_seg import load_village_seg
@@ -20,7 +21,7 @@ CFG = ace.AceConfig(epochs=2, steps_per_epoch=1, batch=4, eval_items=4, lr=0.3, 
 @pytest.fixture(scope="module")
 def setup(tiny_gan: Path, tiny_seg: Path):
     gen, seg = load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
-    pool = ace.build_pool(gen, seg, LAYER, seed=2, n=12, cfg=CFG, device=torch.device("cpu"))
+    pool = ace.build_pool(LayerPool(gen, LAYER, seg, seed=2, device=torch.device("cpu"), probs=True), 12, CFG)
     c = concept_index(seg, "tree")
     cands = ace.candidates(gen, seg, LAYER, pool, c, CFG)
     return gen, seg, pool, c, cands
