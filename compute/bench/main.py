@@ -4,7 +4,7 @@ Reads the bundled (or spec-declared) village-gan and village-seg; writes rows (b
 unit, params, created_at) to the store named by the spec / $GANDISSECT_DB. Each dissection
 measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    gandissect bench [--json] [--only dissect|edit|ace|insert] [--samples N] [--device cpu|cuda]
+    gandissect bench [--json] [--only dissect|edit|ace|insert|invert|scale] [--samples N] [--device cpu|cuda]
     python -m compute.bench.main --child N [--method one-pass|two-pass] [--device D]   # internal
     python -m compute.bench.main --width C      # JointHist peak RSS at layer width C (internal)
 
@@ -217,6 +217,12 @@ def main(a: argparse.Namespace) -> int:
         rows += _optional("insert", "compute.bench.ace", "bench_insert")
     if only in (None, "invert"):
         rows += _optional("invert", "compute.invert.cli", "bench_invert")
+    if only in (None, "adapt"):
+        rows += _optional("adapt", "compute.paint.photo", "bench_adapt")
+    if only in (None, "scale"):  # compute/bench/scale.py: checkpoint sweep, local vs Ray (skipped without Ray)
+        from compute.bench.scale import SAMPLES, bench_scale
+
+        rows += bench_scale(getattr(a, "samples", None) or SAMPLES)
     path = store_path(None, a.spec)
     with store.session(path) as con:
         store.ensure_schema(con)

@@ -1,0 +1,63 @@
+"""`gandissect bench --only scale`: the sweep's spec, the store comparison behind rows_equal, and (slow, with
+Ray) one whole small sweep local vs Ray whose rows must be equal.
+
+Reads the bundled training checkpoints; writes temporary stores.
+
+    .venv/bin/python -m pytest -q tests/compute/test_bench_scale.py
+    .venv/bin/python -m pytest -q -m slow tests/compute/test_bench_scale.py     # the sweep (needs Ray)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from compute import spec as specmod
+from compute.bench import scale
+
+
+def test_sweep_spec_is_one_model_per_training_checkpoint(tmp_path: Path) -> None:
+    files = sorted(scale.ZOO.glob(scale.CHECKPOINTS))
+    assert files, "no bundled training checkpoints"
+    path = tmp_path / "sweep.toml"
+    path.write_text(scale.spec_text(tmp_path / "s.duckdb", 8))
+    s = specmod.load(path)
+    assert sorted(m.name for m in s.models) == sorted(f"sweep@{f.name.split('.')[0]}" for f in files)
+    assert sorted(m.checkpoint for m in s.models) == sorted(str(f) for f in files)
+    (a,) = s.analyses
+    assert a.kind == "dissect" and a.samples == 8 and len(a.models) == len(files)
+
+
+def _store(path: Path, rows: list[tuple[str, float, str]]) -> Path:
+    con = duckdb.connect(str(path))
+    con.execute("create table t (name varchar, value double, created_at varchar)")
+    con.executemany("insert into t values (?, ?, ?)", rows)
+    con.execute("create table u (k integer)")
+    con.close()
+    return path
+
+
+def test_differing_tables(tmp_path: Path) -> None:
+    a = _store(tmp_path / "a.duckdb", [("x", 1.0, "t0"), ("y", 2.0, "t0")])
+    b = _store(tmp_path / "b.duckdb", [("y", 2.0, "t1"), ("x", 1.0, "t1")])  # order and time columns ignored
+    c = _store(tmp_path / "c.duckdb", [("x", 1.0, "t0"), ("y", 2.5, "t0")])
+    assert scale.differing_tables(a, b) == []
+    assert scale.differing_tables(a, c) == ["t"]
+    con = duckdb.connect(str(c))
+    con.execute("create table extra (k integer)")
+    con.close()
+    assert scale.differing_tables(a, c) == ["extra", "t"]
+
+
+@pytest.mark.slow
+def test_sweep_local_vs_ray(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    rows = {r["metric"]: r for r in scale.bench_scale(samples=32, workers=2)}
+    params = json.loads(rows["speedup"]["params"])
+    assert params["runs"] == len(params["checkpoints"]) == len(list(scale.ZOO.glob(scale.CHECKPOINTS)))
+    assert params["tables_differing"] == [] and rows["rows_equal"]["value"] == 1.0
+    ray_s, local_s = rows["ray_2workers_s"]["value"], rows["local_1thread_s"]["value"]
+    assert rows["speedup"]["value"] == pytest.approx(local_s / ray_s)
+    assert rows["speedup_vs_threads"]["value"] == pytest.approx(rows["local_2threads_s"]["value"] / ray_s)
