@@ -46,7 +46,7 @@ from compute.core.intervene import featuremap, finish
 from compute.paint.engine import EditError, Frame, Painter, PaintSession, _masks, label_map, to_uint8
 
 __all__ = ["Residual", "Adapted", "adapt", "PhotoPainter", "PhotoSession", "PhotoCanvas", "compose_weight",
-           "open_photo", "check_photo", "cmd_edit_photo", "evaluate_remove_tree", "main"]
+           "open_photo", "check_photo", "cmd_edit_photo", "evaluate_remove_tree", "bench_adapt", "main"]
 
 ADAPT_STEPS = 150     # fine-tuning steps of the image-specific adaptation
 ADAPT_LR = 0.002      # Adam learning rate of the adapted weights (equalised-lr weights are ~N(0, 1))
@@ -408,6 +408,42 @@ def evaluate_remove_tree(base: Painter, n: int = 20, seed: int = 0, strength: st
             "stroke_ms_median": float(np.median(col("stroke_ms"))) if r.size else None,
             "generated_stroke_ms_median": float(np.median(gen_ms)) if gen_ms else None,
             "scenes": rows}
+
+
+def bench_adapt(device: Any) -> list[dict[str, Any]]:
+    """`gandissect bench --only adapt`: the bundled model adapted to one rendered 64x64 scene (the `invert`
+    row's scene, inverted with the CLI's defaults first, not timed), then one remove stroke of 4 units at
+    the inversion layer on the adapted generator and on a generated sample. Rows adapt/seconds (the
+    ADAPT_STEPS fine-tuning, bar < 60 s), adapt/stroke_ms_photo and adapt/stroke_ms_generated; 1 thread."""
+    from compute.invert.cli import DEFAULT_LAYER, load_models
+    from compute.invert.optimise import invert
+    from compute.paint.engine import Brush, Catalog
+    from ingest.real import to_input
+    from ingest.village.render import render
+
+    gen, enc, seg = load_models("village-gan", None, "village-seg", None, str(device), warn=lambda s: None)
+    photo = render(30_000_000, size=int(gen.resolution)).image
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI
+    try:
+        x = to_input(photo[None]).to(device)
+        inv = invert(gen, x, encoder=enc, segmenter=seg, layer=DEFAULT_LAYER, z_steps=150, layer_steps=250)
+        ad = adapt(gen, x, inv.z, inv.features, inv.layer, segmenter=seg)
+        brush = Brush("units 0-3", DEFAULT_LAYER, (0, 1, 2, 3), "flag", None)
+        base = Painter(gen, seg, DEFAULT_LAYER, Catalog("village-gan", DEFAULT_LAYER, {brush.name: brush}, {}, None),
+                       device)
+        painter = PhotoPainter.on(base, ad, photo)
+        stroke = painter.stroke(brush.name, "remove", (16, 16, 48, 48))
+        photo_ms = [painter.session().apply(stroke).ms for _ in range(3)]
+        gen_ms = [base.session(seed=1, sample=0).apply(stroke).ms for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    params = json.dumps({"model": "village-gan", "adapt_steps": ad.steps, "layer": DEFAULT_LAYER,
+                         "encoder": enc is not None, "threads": 1, "psnr_inverted": round(float(inv.psnr[0]), 2),
+                         "psnr_adapted": round(ad.psnr_adapted, 2), "stroke": "remove 4 units, 32x32 px, median of 3"})
+    return [{"metric": "seconds", "value": ad.seconds, "unit": "s", "params": params},
+            {"metric": "stroke_ms_photo", "value": float(np.median(photo_ms)), "unit": "ms", "params": params},
+            {"metric": "stroke_ms_generated", "value": float(np.median(gen_ms)), "unit": "ms", "params": params}]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
