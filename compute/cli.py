@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from compute.spec import store_path
-from db.errors import BadInput, one_line
+from db.errors import BadInput, is_bad_input, one_line
 
 BAD_INPUT = 2
 
@@ -280,12 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.debug:
             raise
         print(f"error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
-        return BAD_INPUT if _is_bad_input(e) else 1
-
-
-def _is_bad_input(e: Exception) -> bool:
-    names = {"ZooError", "EditError", "RealImagesError", "FeatureError"}  # bad-input types defined elsewhere
-    return isinstance(e, (BadInput, FileNotFoundError)) or type(e).__name__ in names
+        return BAD_INPUT if is_bad_input(e) else 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ class BadInput(ValueError):
     """Bad input: the message is one line naming what to change; the CLI exits with status 2."""
 
 
+def is_bad_input(e: BaseException) -> bool:
+    """Whether `e` means the user's input is wrong (exit status 2; a failed run's `bad_input`): a
+    `BadInput`, or a file that is not there. The one place that decides it."""
+    return isinstance(e, (BadInput, FileNotFoundError))
+
+
 def nearest(word: str, options: Iterable[str], cutoff: float = 0.6) -> str | None:
     """The option closest to `word` (difflib ratio >= cutoff), else None."""
     found = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)

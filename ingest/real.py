@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from db.errors import BadInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VILLAGE_REAL_SEED = 40_000_000  # real village scenes: seeds VILLAGE_REAL_SEED + seed * 1_000_000 + i
 
 
-class RealImagesError(ValueError):
+class RealImagesError(BadInput):
     """Bad real-image source (one line, bad input: exit 2)."""
 
 

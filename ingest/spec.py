@@ -27,7 +27,7 @@ GENERATOR_FAMILIES = ("progan", "module", "stylegan2")
 DEFAULT_SPEC = "gandissect.toml"
 
 
-class ZooError(ValueError):
+class ZooError(BadInput):
     """A model cannot be loaded: one clear line (the CLI exits with status 2)."""
 
 

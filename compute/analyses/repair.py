@@ -42,6 +42,7 @@ from compute.core.frechet import feature_stats, frechet_from_stats
 from compute.core.intervene import edit_featuremap, unit_alpha
 from compute.core.pool import Gather, LayerPool, PoolBatch
 from compute.jobs.context import Job, RunContext
+from db.errors import BadInput
 
 CODE_VERSION = "2"  # 2: fd_before_full / fd_after_full
 NEEDS: tuple[str, ...] = ("realism",)
@@ -57,7 +58,7 @@ CONCEPT_SQL = ("select unit from unit_iou where run_key = ? and layer = ? and co
                "order by iou desc, unit limit ?")
 
 
-class RepairError(ValueError):
+class RepairError(BadInput):
     """Bad repair input (one line)."""
 
 

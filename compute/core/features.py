@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from ingest.roles import Segmenter
+from db.errors import BadInput
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DEFAULT_INCEPTION_WEIGHTS = Path("~/.cache/gandissect") / INCEPTION_FILE
 EXTRACTORS = ("segmenter", "inception")
 
 
-class FeatureError(ValueError):
+class FeatureError(BadInput):
     """Bad input for a Fréchet distance: missing weights, too few images, NaN features (one line)."""
 
 

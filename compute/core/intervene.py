@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from compute.core.probe import run_order
 from compute.core.stats import ConditionalMean
 from compute.core.tap import Edit, Tap, apply_edit, forward_from
+from db.errors import BadInput
 
 __all__ = [
     "InterventionError", "UnitRangeError", "EmptyUnitSetError", "MaskShapeError", "ConceptAbsentError",
@@ -55,7 +56,7 @@ CONTEXT_PREFERENCE: tuple[str, ...] = ("part", "object", "material")
 
 # ----------------------------------------------------------------------------------------- errors
 
-class InterventionError(ValueError):
+class InterventionError(BadInput):
     """Bad input to an intervention (the message is one line, meant for the user)."""
 
 

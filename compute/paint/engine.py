@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from compute.core.intervene import edit_featuremap, featuremap, finish, insertion_constants, unit_alpha
 from db import store
+from db.errors import BadInput
 from ingest.samples import latents
 
 __all__ = ["EditError", "Strength", "STRENGTHS", "Brush", "Catalog", "Stroke", "Frame", "EditResult",
@@ -62,7 +63,7 @@ VALUE_MODES = ("q99", "k")
 FLAG_BRUSHES = ("artifact", "watermark", "interesting")
 
 
-class EditError(ValueError):
+class EditError(BadInput):
     """A bad edit (region, brush, layer, strength, model): one clear line; the CLI exits with status 2."""
 
 
