@@ -25,8 +25,9 @@ import shutil
 import time
 import traceback
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -36,34 +37,32 @@ except ImportError:  # not POSIX: no leases (one process at a time is then the u
     fcntl = None  # type: ignore[assignment]
 
 from compute import analyses
+from compute.analyses import PACKAGE_VERSION  # noqa: F401 (re-exported: `gandissect version`)
+from compute.core.device import resolve_device
 from compute.jobs.context import Engine, Job, RunContext, cache_root_for
 from compute.jobs.ray_engine import engine_for
 from compute.spec import Spec, SpecError, canonical
 from db import store
-
-PACKAGE_VERSION = "0.1.0"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("--device", "argument", None, "cuda requested but no CUDA device is available")
-    return torch.device(name)
+from db.errors import is_bad_input
 
 
-def _job_params(spec: Spec, a, model_name: str, layers: tuple[str, ...]) -> dict:
-    """The run's parameters: the module's DEFAULTS under the spec's keys, plus what the module resolves
-    from the store at plan time (e.g. the hand-flagged units of a repair run)."""
-    mod = analyses.module(a.kind)
+def _job_params(spec: Spec, a, model_name: str, layers: tuple[str, ...]) -> dict[str, Any]:
+    """The run's parameters: the kind's recorded defaults under the spec's keys, plus what the kind
+    resolves at plan time (e.g. the hand-flagged units of a repair run)."""
+    kind = analyses.kind(a.kind)
     params = {
-        **getattr(mod, "DEFAULTS", {}),
+        **kind.defaults,
         "kind": a.kind, "name": a.name, "layers": list(layers), "segmenter": a.segmenter,
         "samples": a.samples, "seed": a.seed, "threshold": a.threshold, "concepts": list(a.concepts),
         **{k: v for k, v in a.params},
     }
-    if hasattr(mod, "resolve"):
-        params.update(mod.resolve(spec.store, a, model_name, layers))
+    if kind.resolves:
+        resolved = analyses.module(a.kind).resolve(spec.store, a, model_name, layers)
+        extra = sorted(set(resolved) - set(kind.resolved))
+        if extra:
+            raise KeyError(f"{a.kind}.resolve returned undeclared key(s) {', '.join(extra)}: add them to the "
+                           f"kind's `resolved` in compute/analyses/__init__.py")
+        params.update(resolved)
     return params
 
 
@@ -75,39 +74,52 @@ def plan(spec: Spec, only: str | None = None) -> list[Job]:
         raise SpecError(spec.path, "--only", None,
                         f"no analysis named {only!r}; declared: {', '.join(a.name for a in spec.analyses)}")
     jobs: dict[tuple[str, str], Job] = {}  # (analysis name, model) -> job
-    order = sorted(spec.analyses, key=lambda a: _depth(a.kind))
+    generation = kind_generations()
+    order = sorted(spec.analyses, key=lambda a: generation[a.kind])  # stable: the spec's order within one
     for a in order:
-        mod = analyses.module(a.kind)
+        kind = analyses.kind(a.kind)
         for mn in a.models:
             m = spec.model(mn)
             layers = tuple(describe_model(m).layers) if a.layers == "all" else tuple(a.layers)
             seg = spec.segmenter(a.segmenter) if a.segmenter else None
             deps = []
-            for need in getattr(mod, "NEEDS", ()):
+            for need in kind.needs:
                 dep = _find_dependency(spec, jobs, need, a, mn, layers)
                 deps.append((need, dep.run_key))
-            for need in getattr(mod, "OPTIONAL_NEEDS", ()):  # read when declared (e.g. repair's dissect)
+            for need in kind.optional_needs:  # read when declared (e.g. repair's dissect)
                 try:
                     deps.append((need, _find_dependency(spec, jobs, need, a, mn, layers).run_key))
                 except SpecError:
                     pass
             params = _job_params(spec, a, mn, layers)
-            code_version = f"{PACKAGE_VERSION}+{a.kind}.{mod.CODE_VERSION}"
+            code_version = kind.version
             key_src = canonical({
                 "params": params, "model": file_sha256(m.checkpoint), "model_family": m.family,
                 "model_options": m.options, "segmenter": file_sha256(seg.checkpoint) if seg else None,
                 "deps": deps, "code_version": code_version,
             })
             run_key = hashlib.sha256(key_src.encode()).hexdigest()
-            jobs[(a.name, mn)] = Job(a, m, seg, layers, run_key, tuple(deps), canonical(params), code_version)
+            jobs[(a.name, mn)] = Job(a, m, seg, layers, run_key, tuple(deps), canonical(params), code_version,
+                                     analyses.config(a.kind, params))
     selected = [j for j in jobs.values() if only is None or j.analysis.name == only]
     return selected
 
 
-def _depth(kind: str) -> int:
-    mod = analyses.module(kind)
-    needs = (*getattr(mod, "NEEDS", ()), *getattr(mod, "OPTIONAL_NEEDS", ()))
-    return 1 + max((_depth(k) for k in needs), default=0)
+def kind_generations(kinds: dict[str, analyses.Kind] | None = None) -> dict[str, int]:
+    """Each kind's generation in the dependency graph (graphlib): 0 for kinds that need none, else one
+    more than the latest kind it needs or optionally reads. Runs are planned generation by generation;
+    a circle among the kinds' needs raises graphlib.CycleError."""
+    kinds = analyses.KINDS if kinds is None else kinds
+    order = TopologicalSorter({k.name: {*k.needs, *k.optional_needs} for k in kinds.values()})
+    order.prepare()
+    generation: dict[str, int] = {}
+    while order.is_active():
+        ready = order.get_ready()
+        for name in ready:
+            kind = kinds[name]
+            generation[name] = 1 + max((generation[n] for n in (*kind.needs, *kind.optional_needs)), default=-1)
+        order.done(*ready)
+    return generation
 
 
 def _find_dependency(spec: Spec, jobs: dict, need: str, a, model: str, layers: tuple[str, ...]) -> Job:
@@ -188,18 +200,6 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     bad_input: bool = False  # failed on bad input (too few images, missing weights, bad units): exit 2
-
-
-def bad_input_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean the declaration or its files are wrong, not the code (CLI exit status 2)."""
-    from compute.core.features import FeatureError
-    from compute.core.intervene import InterventionError
-    from ingest.real import RealImagesError
-    from ingest.zoo import ZooError
-
-    from compute.analyses.repair import RepairError
-
-    return (SpecError, FeatureError, InterventionError, RealImagesError, ZooError, RepairError)
 
 
 def run(spec: Spec, *, only: str | None = None, force: bool = False, device: str = "auto",
@@ -332,6 +332,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
                         code_version=job.code_version, device=str(ctx.device), path=ctx.store)
         started = True  # its runs row exists: a failure from here on is recorded there
         results = analyses.module(job.analysis.kind).compute(job, ctx)
+        check_tables(job, results)
         seconds = time.time() - t0
         # one transaction: delete the run's slice, insert, audit, mark done
         store.publish_many(job.run_key, results, finish={"status": "done", "seconds": seconds}, path=ctx.store)
@@ -344,11 +345,25 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
             except Exception as e2:  # the store itself failed: report both
                 msg += f" (and recording the failure failed: {' '.join(str(e2).split())})"
         echo(f"failed: {label}: {msg}")
-        return Outcome(job, "failed", seconds, msg, bad_input=isinstance(e, bad_input_errors()))
+        return Outcome(job, "failed", seconds, msg, bad_input=is_bad_input(e))
     if cache.exists():
         shutil.rmtree(cache, ignore_errors=True)
     echo(f"done: {label} in {seconds:.1f} s")
     return Outcome(job, "done", seconds)
+
+
+class UndeclaredTableError(RuntimeError):
+    """An analysis returned a table its kind does not declare (a code error, not bad input)."""
+
+
+def check_tables(job: Job, results: dict[str, Any]) -> None:
+    """Every table an analysis returns must be one its kind declares (`Kind.tables`)."""
+    kind = analyses.kind(job.analysis.kind)
+    extra = sorted(set(results) - set(kind.tables))
+    if extra:
+        raise UndeclaredTableError(
+            f"the {kind.name} analysis returned table(s) {', '.join(extra)} that its kind does not declare "
+            f"(declared: {', '.join(kind.tables)}): add them to the kind's tables in compute/analyses/__init__.py")
 
 
 def _register(job: Job, ctx: RunContext) -> None:

@@ -17,25 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compute import analyses as registry
 from compute.analyses import params as params_table
 from compute.analyses.params import MAX_SAMPLES, MAX_SEED
 from db.errors import did_you_mean
 from ingest.spec import (DEFAULT_SPEC, ModelSpec, SegmenterSpec, SpecError, check_keys, freeze, need, parse_models,
                          parse_segmenters, read, resolve_path, table, tables)
 
-ANALYSIS_KINDS: dict[str, str] = {
-    "quantiles": "per-unit activation quantiles and top-k samples (no segmenter)",
-    "dissect": "quantiles + IoU of every unit with every concept, null baseline",
-    "ace": "alpha optimisation of the causal unit set of a concept",
-    "ablate": "ablation curves (ace / iou / random rankings)",
-    "insert": "insertion effect by context, and where-to-insert maps",
-    "trace": "effect of one insertion on every later layer",
-    "realism": "per-unit realism (Frechet distance of top images) and concept coverage vs real images",
-    "repair": "ablate artifact unit sets (manual, worst realism, union, random) and measure the Frechet distance",
-    "invert": "invert photos or rendered scenes into the generator; PSNR and omitted concepts per image",
-    "unit_roles": "per-class accuracy of a classifier with each unit ablated; top-k vs random ablation curves",
-}
-NO_SEGMENTER_KINDS = ("quantiles", "unit_roles")  # kinds that read no segmentation
+ANALYSIS_KINDS: dict[str, str] = {k.name: k.summary for k in registry.KINDS.values()}  # kind -> one line
+NO_SEGMENTER_KINDS = tuple(k.name for k in registry.KINDS.values() if not k.segmenter)  # read no segmentation
 THRESHOLD_MODES = ("q<level> (e.g. q0.99)", "iqr", "iclr")
 STORE_KEYS = ("path",)
 

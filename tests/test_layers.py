@@ -11,7 +11,8 @@ and the layers below it; db never imports torch. Inside compute, lowest first (d
 
     core      torch primitives (Tap, Stats, interventions, features, Frechet, the layer probe) and the
               inversion primitives (compute/invert/{encoder,optimise,omissions}.py)
-    spec      the job file and each analysis's parameter table (compute/spec.py, analyses/params.py)
+    spec      the job file, the registry of analysis kinds and each kind's parameter table
+              (compute/spec.py, analyses/__init__.py, analyses/params.py)
     jobs      one (analysis, model, layer) job's context: models, store, resume
     analyses  one module per analysis kind
     runner    plans and runs a spec's jobs
@@ -34,7 +35,7 @@ TOP_LAYERS = ("db", "ingest", "compute", "dashboard")  # lowest first
 # compute's layers, lowest first: module-name prefixes (the longest matching prefix decides)
 COMPUTE_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("compute.core", "compute.invert.encoder", "compute.invert.optimise", "compute.invert.omissions")),
-    ("spec", ("compute.spec", "compute.analyses.params")),
+    ("spec", ("compute.spec", "compute.analyses.params", "=compute.analyses")),  # =: the package face only
     ("jobs", ("compute.jobs",)),
     ("analyses", ("compute.analyses",)),
     ("runner", ("compute.runner",)),
@@ -160,7 +161,11 @@ def compute_layer(module: str) -> int:
     best, rank = -1, -1
     for i, (_, prefixes) in enumerate(COMPUTE_LAYERS):
         for p in prefixes:
-            covers = module == p or (module.startswith(p + ".") and p != "compute")  # the bare package only
+            exact = p.startswith("=") or p == "compute"  # the bare module only (a package face)
+            p = p.lstrip("=")
+            covers = module == p or (module.startswith(p + ".") and not exact)
+            if exact and covers:
+                return i
             if covers and len(p) > best:
                 best, rank = len(p), i
     assert rank >= 0, f"{module} is in no compute layer: add it to COMPUTE_LAYERS (and docs/layout.md)"
@@ -220,6 +225,7 @@ def test_layer_order_and_unlisted_folders() -> None:
         < compute_layer("compute.paint.engine") < compute_layer("compute.cli")
     assert compute_layer("compute.invert.encoder") == compute_layer("compute.core.tap")  # the longest prefix wins
     assert compute_layer("compute.analyses.params") == compute_layer("compute.spec")
+    assert compute_layer("compute.analyses") == compute_layer("compute.spec")  # the registry: no torch, no modules
     with pytest.raises(AssertionError, match="no compute layer"):
         compute_layer("compute.newfolder.thing")
 

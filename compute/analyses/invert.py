@@ -13,7 +13,9 @@ an image is `village:<seed>` or its file's sha256, plus its path.
 Resumable: rows of finished batches are checkpointed under `.cache/<run_key>/`.
 
 Parameters (spec keys, defaults): images "village", layer "layer4", z_steps 150, layer_steps 250,
-perceptual 0.1, reg 0.01, presence_share 0.005, omit_recall 0.5, batch_size 16, encoder (a path).
+perceptual 0.1, reg 0.01, presence_share 0.005, omit_recall 0.5, batch_size 16, encoder (a path); read
+from `job.config` (defaults in compute/analyses/params.py; code version and tables in the registry,
+compute/analyses/__init__.py).
 
     [[analyses]]
     kind = "invert"
@@ -33,18 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from compute import analyses
 from compute.jobs.context import Checkpoint, Job, RunContext
-
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ()
-TABLES = ("inversions", "inversion_concepts")
-DEFAULTS: dict[str, Any] = {"images": "village", "layer": "layer4", "z_steps": 150, "layer_steps": 250,
-                            "perceptual": 0.1, "reg": 0.01, "presence_share": 0.005, "omit_recall": 0.5,
-                            "batch_size": 16, "encoder": None}
-
-
-def param(job: Job, key: str) -> Any:
-    return job.analysis.param(key, DEFAULTS.get(key))
 
 
 def encoder_path(model: str, encoder: str | None) -> Path:
@@ -64,12 +56,12 @@ def resolve(store: str, a: Any, model: str, layers: tuple[str, ...]) -> dict[str
 def image_set(job: Job, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """uint8 [N, size, size, 3] images and per image its identity (image, image_sha256, path,
     village_seed, width, height)."""
-    src = param(job, "images")
-    n = int(job.analysis.samples)
+    src = job.config.images
+    n = int(job.config.samples)
     if src == "village":
         from ingest.real import village_images
 
-        images, _, seeds = village_images(n, int(job.analysis.seed), size=size)
+        images, _, seeds = village_images(n, int(job.config.seed), size=size)
         ids = [{"image": f"village:{s}", "image_sha256": hashlib.sha256(images[i].tobytes()).hexdigest(),
                 "path": None, "village_seed": int(s), "width": size, "height": size} for i, s in enumerate(seeds)]
         return images, ids
@@ -94,7 +86,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     from ingest.real import to_input
 
     gen, seg = ctx.generator(job), ctx.segmenter(job)
-    layer = str(param(job, "layer"))
+    cfg = job.config
+    layer = str(cfg.layer)
     names = [n for n, _ in gen.named_children()]
     if "output" not in names:
         raise ValueError(f"analysis {job.analysis.name!r}: invert needs a progan-family generator")
@@ -105,20 +98,19 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     if enc is not None and not matches(enc, gen):
         enc = None
     images, ids = image_set(job, int(gen.resolution))
-    bs = int(param(job, "batch_size"))
+    bs = int(cfg.batch_size)
     ckpt = Checkpoint(ctx.cache_dir(job), "invert.rows")
     done, _, extra = ckpt.load()
-    out: dict[str, list[dict[str, Any]]] = {t: list(extra.get(t, [])) for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: list(extra.get(t, [])) for t in analyses.kind("invert").tables}
     base = {"run_key": job.run_key, "model": job.model.name}
     seg_name = job.segmenter.name if job.segmenter else "?"
     starts = list(range(0, len(ids), bs))
     for b, s in enumerate(ctx.progress(starts[done:], desc="invert", total=len(starts), initial=done), start=done):
         x = to_input(images[s:s + bs]).to(ctx.device)
-        inv = invert(gen, x, encoder=enc, segmenter=seg, layer=layer, z_steps=int(param(job, "z_steps")),
-                     layer_steps=int(param(job, "layer_steps")), perceptual=float(param(job, "perceptual")),
-                     reg=float(param(job, "reg")))
-        rows, _, _ = concept_rows(seg, x, inv.reconstruction.to(ctx.device), float(param(job, "presence_share")),
-                                  float(param(job, "omit_recall")))
+        inv = invert(gen, x, encoder=enc, segmenter=seg, layer=layer, z_steps=int(cfg.z_steps),
+                     layer_steps=int(cfg.layer_steps), perceptual=float(cfg.perceptual), reg=float(cfg.reg))
+        rows, _, _ = concept_rows(seg, x, inv.reconstruction.to(ctx.device), float(cfg.presence_share),
+                                  float(cfg.omit_recall))
         for i in range(x.shape[0]):
             om = omitted(rows[i])
             out["inversions"].append({**base, "layer": inv.layer, **ids[s + i], "psnr": float(inv.psnr[i]),

@@ -19,6 +19,9 @@ Units are ranked and curves measured on the same held-out images (as in the pape
 `forward_from(layer, featuremap)` method (village-cls) runs only the layers after the ablated one;
 others are run whole with a `Tap` edit.
 
+Its parameters (k_max, draws, labelled, batch_size) are `job.config`'s; the kind's code version, tables
+and defaults are declared in the registry (compute/analyses/__init__.py).
+
     gandissect run gandissect.toml --only cls-roles         # kind = "unit_roles"
 """
 from __future__ import annotations
@@ -30,16 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compute.jobs.context import Job, RunContext
 from compute.core.tap import Edit, Tap
-
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ()
-TABLES = ("class_unit_effects", "class_ablation_curves")
-DEFAULTS: dict[str, Any] = {"k_max": 8, "draws": 20, "labelled": None, "batch_size": 250}
+from compute.jobs.context import Job, RunContext
+from db.errors import BadInput
 
 
-class UnitRolesError(ValueError):
+class UnitRolesError(BadInput):
     """Bad input for a unit_roles run (not a classifier, no labelled images): one line, exit 2."""
 
 
@@ -59,7 +58,7 @@ def held_out(job: Job, classifier: Any, source: Any) -> tuple[Tensor, Tensor]:
     from ingest.real import to_input
     from ingest.village.scenes import POOL_DIR, load_split
 
-    images, labels, _ = load_split(HELDOUT_SEED_START, a.samples, POOL_DIR)
+    images, labels, _ = load_split(HELDOUT_SEED_START, int(job.config.samples), POOL_DIR)
     return to_input(images), torch.as_tensor(labels)
 
 
@@ -187,8 +186,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     if classifier is None:
         raise UnitRolesError(f"{a.name}: model {job.model.name!r} is not a classifier (declare role = \"classifier\")")
     images, labels = held_out(job, classifier, getattr(model, "source", None))
-    bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
-    k_max, draws = int(a.param("k_max", DEFAULTS["k_max"])), int(a.param("draws", DEFAULTS["draws"]))
+    cfg = job.config
+    bs, k_max, draws = int(cfg.batch_size), int(cfg.k_max), int(cfg.draws)
     effects: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     for layer in ctx.progress(job.layers, desc=f"{job.model.name} unit roles"):
@@ -199,7 +198,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         def run(masks: Tensor, layer: str = layer) -> Tensor:
             return ablated_logits(classifier, layer, images, masks, bs, ctx.device)
 
-        e, c = layer_rows(job, layer, run, units, labels, tuple(classifier.classes), k_max, draws, a.seed)
+        e, c = layer_rows(job, layer, run, units, labels, tuple(classifier.classes), k_max, draws, int(cfg.seed))
         effects += e
         curves += c
     return {"class_unit_effects": effects, "class_ablation_curves": curves}

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compute.jobs.tally import Checkpoint, Engine, LocalEngine, flat_state, unflat_state  # noqa: F401 (re-exported)
+from compute.analyses import Config
 from compute.spec import AnalysisSpec
 from ingest.spec import ModelSpec, SegmenterSpec
 
@@ -32,6 +33,7 @@ class Job:
     deps: tuple[tuple[str, str], ...]  # (kind, run_key) of the runs this one reads
     params: str  # canonical JSON recorded in runs.params
     code_version: str
+    config: Config  # the resolved parameters, frozen (attribute access); canonical(config.recorded()) == params
 
     @property
     def layer_label(self) -> str:

@@ -1,6 +1,6 @@
 """What the training scripts (gan, seg, cls) share: the --device / --threads arguments and the device
-they name (`compute.runner.resolve_device`, the one the runs use: --device cuda without CUDA is bad
-input, exit status 2).
+they name (`compute.core.device.resolve_device`, the one the runs use: --device cuda without CUDA is
+bad input, exit status 2).
 
 Reads nothing, writes nothing. Each script's `parse_args` calls `add_device_arguments(p)` and its
 `main` calls `device_from(a)`.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from compute.runner import resolve_device
+from compute.core.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[2]  # the repository: default outputs go under ingest/zoo and .cache
 

@@ -130,8 +130,8 @@ def test_runs_params_record_every_default_of_the_analysis(quantile_spec) -> None
     p = _job_params(spec, a, "tiny", ("layer2",))
     assert p["topk"] == 20 and p["batch_size"] == 16  # the default, and the spec's value over the default
     for kind in ("quantiles", "dissect", "ace", "ablate", "insert", "trace", "realism", "repair"):
-        assert analyses.module(kind).DEFAULTS, kind
-    assert {"lr", "l2", "epochs", "steps_per_epoch", "batch"} <= set(analyses.module("ace").DEFAULTS)
+        assert analyses.kind(kind).defaults, kind
+    assert {"lr", "l2", "epochs", "steps_per_epoch", "batch"} <= set(analyses.kind("ace").defaults)
     key = runner.plan(spec)[0].run_key
     runner.run(spec, quiet=True, echo=lambda s: None)
     recorded = json.loads(store.read("select params from runs where run_key = ?", [key], path=spec.store)["params"][0])

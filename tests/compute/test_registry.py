@@ -1,0 +1,114 @@
+"""The typed registry of analysis kinds (compute/analyses/__init__.py) is the one list of kinds: the spec,
+the parameter tables and the modules agree with it; the runner plans in its dependency order (graphlib),
+builds each run's frozen configuration from it, and refuses a table a kind does not declare."""
+from __future__ import annotations
+
+import dataclasses
+import graphlib
+import json
+from pathlib import Path
+
+import pytest
+
+from compute import analyses, runner, spec as specmod
+from compute.analyses import params
+from compute.spec import canonical
+from db import store
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "gandissect.toml", *(ROOT / "examples").glob("*.toml")])
+
+
+def test_every_list_of_kinds_is_the_registry() -> None:
+    assert list(params.KINDS) == list(analyses.KINDS)
+    assert list(specmod.ANALYSIS_KINDS) == list(analyses.KINDS)
+    assert set(specmod.NO_SEGMENTER_KINDS) == {k.name for k in analyses.KINDS.values() if not k.segmenter}
+    for name, k in analyses.KINDS.items():
+        assert k.name == name and k.module == f"compute.analyses.{name}"
+        assert {*k.needs, *k.optional_needs} <= set(analyses.KINDS), name
+        assert set(k.unrecorded) <= set(params.KINDS[name]), name  # unrecorded keys are real parameters
+
+
+@pytest.mark.parametrize("name", list(analyses.KINDS))
+def test_a_module_agrees_with_its_kind(name: str) -> None:
+    """A module may still carry its own copies of the registry's facts (other engineers' files): they
+    must agree, and its `resolve` exists exactly when the kind declares resolved keys."""
+    k = analyses.kind(name)
+    mod = analyses.module(name)
+    assert callable(mod.compute)
+    assert hasattr(mod, "resolve") == k.resolves, name
+    assert getattr(mod, "CODE_VERSION", k.code_version) == k.code_version
+    assert tuple(getattr(mod, "NEEDS", k.needs)) == k.needs
+    assert tuple(getattr(mod, "OPTIONAL_NEEDS", k.optional_needs)) == k.optional_needs
+    assert tuple(getattr(mod, "TABLES", k.tables)) == k.tables
+    assert canonical(getattr(mod, "DEFAULTS", k.defaults)) == canonical(k.defaults)
+
+
+def test_the_registry_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, compute.analyses, compute.spec; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+
+
+def _depth(kind: str) -> int:  # the runner's former hand-written order, kept here as the reference
+    k = analyses.kind(kind)
+    return 1 + max((_depth(n) for n in (*k.needs, *k.optional_needs)), default=0)
+
+
+def test_generations_are_the_former_depths() -> None:
+    gen = runner.kind_generations()
+    assert {k: g + 1 for k, g in gen.items()} == {k: _depth(k) for k in analyses.KINDS}
+    assert gen["dissect"] == 0 and gen["ace"] == 1 and gen["repair"] == 1 and gen["insert"] == 2
+
+
+def test_a_circle_among_needs_is_refused() -> None:
+    a = analyses.Kind("a", "m.a", "1", "", (), needs=("b",))
+    b = analyses.Kind("b", "m.b", "1", "", (), optional_needs=("a",))
+    with pytest.raises(graphlib.CycleError):
+        runner.kind_generations({"a": a, "b": b})
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_config_records_exactly_the_run_params(path: str, monkeypatch) -> None:
+    """job.config is frozen, reads every parameter by attribute, and its recorded part is runs.params."""
+    monkeypatch.delenv("GANDISSECT_DB", raising=False)
+    jobs = runner.plan(specmod.load(ROOT / path))
+    assert jobs
+    for job in jobs:
+        cfg = job.config
+        assert canonical(cfg.recorded()) == job.params
+        assert cfg.kind == job.analysis.kind and cfg.samples == job.analysis.samples
+        assert job.code_version == analyses.kind(job.analysis.kind).version
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.samples = 1  # type: ignore[misc]
+        for key in params.table(job.analysis.kind):
+            getattr(cfg, key)  # every parameter has an attribute
+
+
+def test_config_fills_unrecorded_keys_without_recording_them() -> None:
+    cfg = analyses.config("dissect", {"kind": "dissect", "samples": 10, "topk": 5})
+    assert cfg.holdout_samples is None and cfg.method is None and cfg.null_block == 8  # table defaults
+    assert cfg.recorded() == {"kind": "dissect", "samples": 10, "topk": 5}
+    with pytest.raises(KeyError, match="no key"):
+        analyses.config("dissect", {"nonsense": 1})
+
+
+def test_an_undeclared_table_fails_the_run_and_publishes_nothing(quantile_spec: Path, monkeypatch) -> None:
+    mod = analyses.module("quantiles")
+    real = mod.compute
+
+    def compute(job, ctx):
+        return {**real(job, ctx), "unit_iou": []}
+
+    monkeypatch.setattr(mod, "compute", compute)
+    spec = specmod.load(quantile_spec)
+    lines: list[str] = []
+    [out] = runner.run(spec, quiet=True, echo=lines.append)
+    assert out.state == "failed" and not out.bad_input
+    assert "UndeclaredTableError" in out.error and "unit_iou" in out.error and "does not declare" in out.error
+    runs = store.read("select status, params from runs", path=spec.store)
+    assert runs["status"].to_list() == ["failed"]
+    assert store.read("select count(*) n from unit_quantiles", path=spec.store)["n"][0] == 0
+    assert json.loads(runs["params"][0])["topk"] == 20
