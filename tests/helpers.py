@@ -86,3 +86,16 @@ def run_spec_in(directory: Path, spec_path: Path) -> list:
 
     with contextlib.chdir(directory):
         return runner.run(specmod.load(spec_path), quiet=True, echo=lambda m: None)
+
+
+INTERVENTION_NAMES = {"dissect": "d", "ace": "a", "ablate": "ab", "insert": "ins", "trace": "tr", "realism": "real",
+                      "repair": "rep"}
+
+
+def intervention_analyses(model_name: str, segmenter_name: str, layer: str, **kinds: Mapping[str, Any]
+                          ) -> list[dict[str, Any]]:
+    """The intervention chain of one model at one layer as [[analyses]] entries, in the order given: one
+    entry per keyword (dissect, ace, ablate, insert, trace, realism, repair) named d, a, ab, ins, tr, real,
+    rep, with that kind's keys, e.g. `intervention_analyses("tiny", "seg", "layer4", dissect={...}, ace={...})`."""
+    return [analysis(INTERVENTION_NAMES[kind], kind, model_name, segmenter=segmenter_name, layers=[layer], **keys)
+            for kind, keys in kinds.items()]

@@ -26,6 +26,7 @@ from ingest.models.village_seg import load_village_seg
 from ingest.samples import latents
 from ingest.zoo import load_model_spec
 from tests.conftest import run_spec_in, write_spec
+from tests.helpers import Entry, analysis, intervention_analyses, model, segmenter, spec_text
 from tests.ingest.test_adapters import narrow_stylegan2
 
 
@@ -60,38 +61,24 @@ def make_branchy(z: int = 8, width: int = 8) -> nn.Module:
 
 # ------------------------------------------------------------------ the two families
 @pytest.fixture(scope="module")
-def family_models(tmp_path_factory, tiny_seg: Path) -> dict[str, tuple[str, str]]:
+def family_models(tmp_path_factory, tiny_seg: Path) -> dict[str, tuple[Entry, str]]:
     """model name -> (spec entry, intervened layer)."""
     d = tmp_path_factory.mktemp("families")
     narrow_stylegan2(d / "sg32.pt")
     torch.manual_seed(2)
     torch.save(make_branchy().state_dict(), d / "branchy.pth")
     return {
-        "sg": (f"""
-            [[models]]
-            name = "sg"
-            family = "stylegan2"
-            checkpoint = "{d / 'sg32.pt'}"
-            dataset = "village"
-            truncation = 0.7
-            """, "convs.1"),
-        "branchy": (f"""
-            [[models]]
-            name = "branchy"
-            family = "module"
-            checkpoint = "{d / 'branchy.pth'}"
-            dataset = "village"
-            factory = "tests.compute.test_families_intervene:make_branchy"
-            kwargs = {{ z = 8, width = 8 }}
-            layers = ["side.4", "g.layer5", "g.layer2"]
-            latent_shape = [8, 1, 1]
-            output = "tanh"
-            """, "g.layer2"),
+        "sg": (model("sg", d / "sg32.pt", family="stylegan2", dataset="village", truncation=0.7), "convs.1"),
+        "branchy": (model("branchy", d / "branchy.pth", family="module", dataset="village",
+                          factory="tests.compute.test_families_intervene:make_branchy", kwargs={"z": 8, "width": 8},
+                          layers=["side.4", "g.layer5", "g.layer2"], latent_shape=[8, 1, 1], output="tanh"),
+                    "g.layer2"),
     }
 
 
-def _load(entry: str, name: str, tmp_path: Path) -> nn.Module:
-    return load_model_spec(specmod.load(write_spec(tmp_path, entry, f"{name}-only.toml"), check_files=False).model(name))
+def _load(entry: Entry, name: str, tmp_path: Path) -> nn.Module:
+    spec = write_spec(tmp_path, spec_text(tmp_path / "store.duckdb", models=[entry]), f"{name}-only.toml")
+    return load_model_spec(specmod.load(spec, check_files=False).model(name))
 
 
 def _common_concept(gen: nn.Module, seg: nn.Module) -> str:
@@ -103,103 +90,17 @@ def _common_concept(gen: nn.Module, seg: nn.Module) -> str:
     return seg.concepts[int(counts.argmax())].name
 
 
-SPEC = """
-[store]
-path = "{db}"
-{entry}
-[[segmenters]]
-name = "seg"
-family = "village"
-checkpoint = "{seg}"
-
-[[analyses]]
-name = "d"
-kind = "dissect"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 8
-seed = 2
-batch_size = 8
-
-[[analyses]]
-name = "a"
-kind = "ace"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 6
-seed = 2
-concepts = ["{concept}"]
-epochs = 1
-steps_per_epoch = 1
-batch = 4
-eval_items = 4
-
-[[analyses]]
-name = "ab"
-kind = "ablate"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 4
-seed = 3
-concepts = ["{concept}"]
-n_max = 2
-draws = 2
-effect_units = 2
-insert_locations = 1
-
-[[analyses]]
-name = "ins"
-kind = "insert"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 1
-seed = 3
-concepts = ["{concept}"]
-units = 2
-
-[[analyses]]
-name = "tr"
-kind = "trace"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 2
-seed = 3
-concepts = ["{concept}"]
-units = 2
-location = [1, 1]
-
-[[analyses]]
-name = "real"
-kind = "realism"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 40
-seed = 4
-top_fraction = 0.5
-real = "{real}"
-real_samples = 20
-batch_size = 20
-
-[[analyses]]
-name = "rep"
-kind = "repair"
-models = ["{model}"]
-segmenter = "seg"
-layers = ["{layer}"]
-samples = 20
-seed = 5
-n_units = 2
-draws = 1
-real = "{real}"
-real_samples = 20
-batch_size = 20
-"""
+def family_spec(db: Path, entry: Entry, seg: Path, model_name: str, layer: str, concept: str, real: Path) -> str:
+    """The spec: dissect -> ace -> ablate / insert / trace and realism -> repair of one model at one layer."""
+    return spec_text(db, models=[entry], segmenters=[segmenter("seg", seg)], analyses=intervention_analyses(
+        model_name, "seg", layer,
+        dissect=dict(samples=8, seed=2, batch_size=8),
+        ace=dict(samples=6, seed=2, concepts=[concept], epochs=1, steps_per_epoch=1, batch=4, eval_items=4),
+        ablate=dict(samples=4, seed=3, concepts=[concept], n_max=2, draws=2, effect_units=2, insert_locations=1),
+        insert=dict(samples=1, seed=3, concepts=[concept], units=2),
+        trace=dict(samples=2, seed=3, concepts=[concept], units=2, location=[1, 1]),
+        realism=dict(samples=40, seed=4, top_fraction=0.5, real=real, real_samples=20, batch_size=20),
+        repair=dict(samples=20, seed=5, n_units=2, draws=1, real=real, real_samples=20, batch_size=20)))
 
 
 @pytest.mark.parametrize("model", ["sg", "branchy"])
@@ -225,8 +126,7 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
 
     db, real = tmp_path / "store.duckdb", tmp_path / "real.npy"  # "real" images: noise at the generator's size
     np.save(real, np.random.default_rng(0).integers(0, 256, (24, gen.resolution, gen.resolution, 3), dtype=np.uint8))
-    spec = write_spec(tmp_path, SPEC.format(db=db, entry=entry, seg=tiny_seg, model=model, layer=layer, concept=concept,
-                                            real=real))
+    spec = write_spec(tmp_path, family_spec(db, entry, tiny_seg, model, layer, concept, real))
     out = run_spec_in(tmp_path, spec)
     assert [o.state for o in out] == ["done"] * 7, [(o.job.analysis.name, o.error) for o in out]
     assert store.run_audits(str(db)) == []
@@ -266,27 +166,11 @@ def test_interventions_and_edit_on_the_family(model, family_models, tiny_seg, tm
     assert not torch.equal(s.featuremap, s.r0)
 
 
-def _dissect_spec(d: Path, entry: str, seg: Path, layers: list[str]) -> Path:
+def _dissect_spec(d: Path, entry: Entry, seg: Path, layers: list[str]) -> Path:
     """A spec with one model entry, the tiny segmenter and one dissection of `layers` of model "branchy"."""
-    return write_spec(d, f"""
-        [store]
-        path = "{d / 'store.duckdb'}"
-        {entry}
-        [[segmenters]]
-        name = "seg"
-        family = "village"
-        checkpoint = "{seg}"
-
-        [[analyses]]
-        name = "d"
-        kind = "dissect"
-        models = ["branchy"]
-        segmenter = "seg"
-        layers = {json.dumps(layers)}
-        samples = 8
-        seed = 1
-        batch_size = 4
-        """)
+    return write_spec(d, spec_text(d / "store.duckdb", models=[entry], segmenters=[segmenter("seg", seg)],
+                                   analyses=[analysis("d", "dissect", "branchy", segmenter="seg", layers=layers,
+                                                      samples=8, seed=1, batch_size=4)]))
 
 
 def test_two_branch_layers_in_any_order_dissect(family_models, tiny_seg, tmp_path) -> None:
@@ -319,13 +203,7 @@ def test_hook_path_gives_the_fast_path_rows_on_a_sequential_generator(tiny_gan, 
     from compute.core import tap as tapmod
     from ingest.models.progan import load_progan
 
-    entry = f"""
-        [[models]]
-        name = "tiny"
-        family = "progan"
-        checkpoint = "{tiny_gan}"
-        dataset = "village"
-        """
+    entry = model("tiny", tiny_gan, dataset="village")
     gen, seg = load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
     concept = _common_concept(gen, seg)
     real = tmp_path / "real.npy"
@@ -343,8 +221,7 @@ def test_hook_path_gives_the_fast_path_rows_on_a_sequential_generator(tiny_gan, 
             def no_fast_path(*args, **kwargs):
                 raise AssertionError("run_from used on the hook path")
             monkeypatch.setattr(tapmod, "run_from", no_fast_path)
-        spec = write_spec(d, SPEC.format(db=d / "store.duckdb", entry=entry, seg=tiny_seg, model="tiny", layer="layer4",
-                                         concept=concept, real=real))
+        spec = write_spec(d, family_spec(d / "store.duckdb", entry, tiny_seg, "tiny", "layer4", concept, real))
         out = run_spec_in(d, spec)
         assert [o.state for o in out] == ["done"] * 7, [(o.job.analysis.name, o.error) for o in out]
         rows[path] = {t: store.read(f"select * exclude (run_key) from {t} order by {k}", path=str(d / "store.duckdb"))

@@ -11,90 +11,26 @@ import pytest
 from compute import runner, spec as specmod
 from db import store
 from tests.conftest import run_spec_in, write_spec
+from tests.helpers import intervention_analyses, model, segmenter, spec_text
 
-BODY = """
-[store]
-path = "{dir}/store.duckdb"
-
-[[models]]
-name = "tiny"
-family = "progan"
-checkpoint = "{gan}"
-
-[[segmenters]]
-name = "tiny-seg"
-family = "village"
-checkpoint = "{seg}"
-
-[[analyses]]
-name = "d"
-kind = "dissect"
-models = ["tiny"]
-segmenter = "tiny-seg"
-layers = ["layer4"]
-samples = 16
-seed = 2
-batch_size = 16
-
-[[analyses]]
-name = "a"
-kind = "ace"
-models = ["tiny"]
-segmenter = "tiny-seg"
-layers = ["layer4"]
-samples = 10
-seed = 2
-concepts = ["tree", "watermark"]
-epochs = 1
-steps_per_epoch = 1
-batch = 4
-eval_items = 4
-lr = 0.05
-l2 = 0.01
-
-[[analyses]]
-name = "ab"
-kind = "ablate"
-models = ["tiny"]
-segmenter = "tiny-seg"
-layers = ["layer4"]
-samples = 6
-seed = {ablate_seed}
-concepts = ["tree"]
-n_max = 3
-draws = 2
-effect_units = 3
-insert_locations = 1
-
-[[analyses]]
-name = "ins"
-kind = "insert"
-models = ["tiny"]
-segmenter = "tiny-seg"
-layers = ["layer4"]
-samples = 2
-seed = 3
-concepts = ["tree"]
-units = 3
-
-[[analyses]]
-name = "tr"
-kind = "trace"
-models = ["tiny"]
-segmenter = "tiny-seg"
-layers = ["layer4"]
-samples = 2
-seed = 3
-concepts = ["tree"]
-units = 3
-location = [2, 3]
-"""
+def body(d: Path, gan: Path, seg: Path, ablate_seed: int) -> str:
+    """The spec: dissect -> ace -> ablate / insert / trace of the tiny generator at layer4."""
+    return spec_text(d / "store.duckdb", models=[model("tiny", gan)], segmenters=[segmenter("tiny-seg", seg)],
+                     analyses=intervention_analyses(
+                         "tiny", "tiny-seg", "layer4",
+                         dissect=dict(samples=16, seed=2, batch_size=16),
+                         ace=dict(samples=10, seed=2, concepts=["tree", "watermark"], epochs=1, steps_per_epoch=1,
+                                  batch=4, eval_items=4, lr=0.05, l2=0.01),
+                         ablate=dict(samples=6, seed=ablate_seed, concepts=["tree"], n_max=3, draws=2, effect_units=3,
+                                     insert_locations=1),
+                         insert=dict(samples=2, seed=3, concepts=["tree"], units=3),
+                         trace=dict(samples=2, seed=3, concepts=["tree"], units=3, location=[2, 3])))
 
 
 @pytest.fixture(scope="module")
 def computed(tmp_path_factory, tiny_gan: Path, tiny_seg: Path) -> tuple[Path, str]:
     d = tmp_path_factory.mktemp("intervene")
-    path = write_spec(d, BODY.format(dir=d, gan=tiny_gan, seg=tiny_seg, ablate_seed=3))
+    path = write_spec(d, body(d, tiny_gan, tiny_seg, 3))
     out = run_spec_in(d, path)
     assert [o.state for o in out] == ["done"] * 5, [o.error for o in out]
     return path, str(d / "store.duckdb")
@@ -166,7 +102,7 @@ def test_trace_effects_start_near_the_insertion(computed) -> None:
 def test_ablation_on_the_ace_samples_is_refused(computed, tmp_path: Path, tiny_gan: Path, tiny_seg: Path) -> None:
     path, db = computed
     d = path.parent
-    bad = write_spec(d, BODY.format(dir=d, gan=tiny_gan, seg=tiny_seg, ablate_seed=2), name="bad.toml")
+    bad = write_spec(d, body(d, tiny_gan, tiny_seg, 2), name="bad.toml")
     cwd = os.getcwd()
     os.chdir(d)
     try:
