@@ -25,6 +25,11 @@ from db import store
 from tests.helpers import ROOT, analysis, model, write_spec_of
 
 
+@pytest.fixture(autouse=True)
+def _own_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GANDISSECT_DB", raising=False)  # each spec's store, not the caller's
+
+
 def _tiny_gan(path: Path, seed: int) -> Path:
     """A tiny random ProGAN; another seed gives other weights (so another checkpoint hash, another run)."""
     from ingest.models.progan import Generator, save_progan
@@ -135,3 +140,43 @@ def test_watcher_ticks_locks_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert _done_models(tmp_path) == ["run@a", "run@b"]
     # the lock died with its holder: a new watcher runs
     assert cli.main(["watch", str(spec), "--once"]) == 0
+
+
+def test_sigterm_mid_run_abandons_it_and_the_next_tick_resumes(tmp_path: Path) -> None:
+    from compute import runner, spec as specmod
+
+    (tmp_path / "ckpts").mkdir()
+    _tiny_gan(tmp_path / "ckpts" / "a.safetensors", 0)
+    spec = write_spec_of(tmp_path, store=tmp_path / "store.duckdb", models=[model("run", "ckpts/*.safetensors")],
+                         analyses=[analysis("q", "quantiles", "run", layers=["layer2"], samples=4096, seed=1,
+                                            batch_size=32)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+               GANDISSECT_CHECKPOINT_EVERY="1")
+    env.pop("GANDISSECT_DB", None)
+    proc = subprocess.Popen([sys.executable, "-m", "compute.cli", "watch", str(spec), "--every", "1h"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        q = _lines(proc)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / ".cache").glob("*/*.safetensors")):  # the run has checkpointed a batch
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never checkpointed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _wait_for(q, "stopped (SIGTERM)", timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ((job, state, _),) = runner.status(specmod.load(spec))
+    assert state == "stopped"  # its runs row says running, no process holds its lease
+    assert store.read("select count(*) as n from unit_quantiles", path=str(tmp_path / "store.duckdb"))["n"][0] == 0
+    (ckpt,) = (tmp_path / ".cache" / job.run_key).glob("*.safetensors")
+    from compute.jobs.tally import Checkpoint
+
+    done, _, _ = Checkpoint(ckpt.parent, ckpt.stem).load()
+    assert 0 < done < 4096 // 32  # part of the pass is kept for the resume
+
+    assert cli.main(["watch", str(spec), "--once"]) == 0  # resumes from the checkpoint and finishes
+    ((_, state, _),) = runner.status(specmod.load(spec))
+    assert state == "done"
