@@ -1,0 +1,143 @@
+"""LayerPool on tiny random models: a batch is the generator cut at the layer and the segmenter on its
+finished images, batches are kept, the constants equal `insertion_constants`, a streamed pass killed
+midway resumes to the uninterrupted statistics; Gather and Sum against the whole-batch computation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compute.core import intervene as iv
+from compute.core.pool import Gather, LayerPool, Sum
+from compute.core.stats import ConditionalMean
+from compute.jobs.tally import Checkpoint, LocalEngine
+from ingest.models.progan import load_progan
+from ingest.models.village_seg import load_village_seg
+from ingest.samples import latents
+
+LAYER = "layer4"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_gan: Path, tiny_seg: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    return load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
+
+
+class _Ctx:
+    """A run context for one model pair (what LayerPool.of and stream read)."""
+
+    checkpoint_every = 1
+    device = torch.device("cpu")
+
+    def __init__(self, root: Path, gen: torch.nn.Module, seg: torch.nn.Module) -> None:
+        self.root, self.gen, self.seg, self.engine = root, gen, seg, LocalEngine()
+
+    def generator(self, job) -> torch.nn.Module:
+        return self.gen
+
+    def segmenter(self, job) -> torch.nn.Module:
+        return self.seg
+
+    def cache_dir(self, job) -> Path:
+        d = self.root / job.run_key
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def progress(self, it=None, **kw):
+        return it
+
+
+class _Job:
+    run_key = "k"
+
+    class model:
+        name = "m"
+
+
+def test_batch_is_the_cut_generator_and_the_segmenter(models) -> None:
+    gen, seg = models
+    pool = LayerPool(gen, LAYER, seg, seed=3, probs=True)
+    b = pool.batch(2, 3)
+    z = latents(3, 3, int(gen.z_dim), start=2)
+    r = iv.featuremap(gen, LAYER, z)
+    with torch.no_grad():
+        images = gen(z)
+    assert torch.equal(b.z, z) and torch.equal(b.r, r)
+    assert torch.equal(b.masks, seg.concept_masks(images))
+    assert torch.allclose(b.probs, torch.nn.functional.adaptive_avg_pool2d(seg.probs(images), r.shape[2:]))
+    assert pool.batch(2, 3) is b  # kept
+    fresh = LayerPool(gen, LAYER, seg, seed=3, keep=False)
+    assert fresh.batch(2, 3) is not fresh.batch(2, 3)
+    whole = pool.all(5, 2)
+    assert whole.r.shape[0] == 5  # other batch sizes: equal up to float rounding of the convolutions
+    assert torch.allclose(whole.r, iv.featuremap(gen, LAYER, latents(3, 5, int(gen.z_dim))), atol=1e-5)
+    with pytest.raises(ValueError, match="exactly one of seed"):
+        LayerPool(gen, LAYER, seg)
+
+
+def test_constants_equal_insertion_constants(models) -> None:
+    gen, seg = models
+    z = latents(4, 10, int(gen.z_dim))
+    want = iv.insertion_constants(gen, seg, LAYER, z, batch_size=4)
+    got = LayerPool(gen, LAYER, seg, z=z).constants(None, None, 10, 4)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.allclose(got.nan_to_num(), want.nan_to_num(), atol=1e-6)
+
+
+def test_stream_resumes_to_the_uninterrupted_pass(models, tmp_path: Path) -> None:
+    gen, seg = models
+    n, bs = 9, 2
+
+    def make(_):
+        return {"k": ConditionalMean(), "count": Sum(), "r": Gather()}
+
+    def fold(p, st, b):
+        p.fold_constants(st["k"], b)
+        st["count"].add(b.masks.sum((0, 2, 3)).double())
+        st["r"].add(b.r.amax((2, 3)))
+
+    full_ctx = _Ctx(tmp_path / "full", gen, seg)
+    full = LayerPool.of(_Job(), full_ctx, LAYER, seed=5).stream(full_ctx, _Job(), "p", make, fold, n, bs)
+
+    ctx = _Ctx(tmp_path / "killed", gen, seg)
+    calls = []
+
+    def dying(p, st, b):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        fold(p, st, b)
+
+    with pytest.raises(KeyboardInterrupt):
+        LayerPool.of(_Job(), ctx, LAYER, seed=5).stream(ctx, _Job(), "p", make, dying, n, bs)
+    assert Checkpoint(tmp_path / "killed" / "k", "p").load()[0] == 3
+    got = LayerPool.of(_Job(), ctx, LAYER, seed=5).stream(ctx, _Job(), "p", make, fold, n, bs)
+    assert torch.equal(got["k"].result().nan_to_num(), full["k"].result().nan_to_num())
+    assert torch.equal(got["count"].result(), full["count"].result())
+    assert torch.equal(got["r"].result(), full["r"].result())
+    assert got["r"].result().shape[0] == n
+
+
+def test_gather_and_sum_equal_the_whole_batch() -> None:
+    x = torch.randn(11, 3, dtype=torch.float64)
+    g, s = Gather(), Sum()
+    for i in range(0, 11, 4):
+        g.add(x[i:i + 4])
+        s.add(x[i:i + 4].sum(0))
+    assert torch.equal(g.result(), x)
+    assert torch.allclose(s.result(), x.sum(0))
+    a, b, sa, sb = Gather(), Gather(), Sum(), Sum()  # two shards merged in order
+    a.add(x[:5])
+    b.add(x[5:])
+    sa.add(x[:5].sum(0))
+    sb.add(x[5:].sum(0))
+    a.merge(b)
+    sa.merge(sb)
+    assert torch.equal(a.result(), x) and torch.allclose(sa.result(), x.sum(0))
+    g2, s2 = Gather(), Sum()  # the state round-trips
+    g2.load_state_dict(g.state_dict())
+    s2.load_state_dict(s.state_dict())
+    assert torch.equal(g2.result(), x) and torch.equal(s2.result(), s.result())
+    with pytest.raises(ValueError, match="nothing was added"):
+        Sum().result()
