@@ -7,6 +7,7 @@ unless `--debug`.
 
     gandissect run [SPEC] [--only NAME] [--force] [--wait] [--device auto|cpu|cuda] [--quiet]
     gandissect status [SPEC]
+    gandissect plan [SPEC] [--json]
     gandissect watch [SPEC] [--every 10m] [--once] [--engine local|ray]   # compute/watch.py
     gandissect sql "QUERY" [--format table|csv|json] [--db PATH]
     gandissect dashboard [--port P] [--host H]
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="each declared analysis with its state")
     s.add_argument("spec", nargs="?", default="gandissect.toml")
+
+    pl = sub.add_parser("plan", help="the runs a spec declares, in run order, with run keys and parameters")
+    pl.add_argument("spec", nargs="?", default="gandissect.toml")
+    pl.add_argument("--json", action="store_true", help="one JSON object per run (params: runs.params)")
 
     q = sub.add_parser("sql", help="read-only SQL over the store")
     q.add_argument("query")
@@ -142,6 +147,25 @@ def cmd_status(a: argparse.Namespace) -> int:
         if error:
             line += "  " + error.splitlines()[0]
         print(line)
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    """Every planned run in order: name [model], kind, run key, the runs it reads (nothing is written)."""
+    import json
+
+    from compute import runner, spec
+
+    for job in runner.plan(spec.load(a.spec)):
+        if a.json:
+            print(json.dumps({"name": job.analysis.name, "model": job.model.name, "kind": job.analysis.kind,
+                              "run_key": job.run_key, "code_version": job.code_version,
+                              "deps": [{"kind": k, "run_key": key} for k, key in job.deps],
+                              "params": json.loads(job.params)}))
+        else:
+            deps = ", ".join(f"{k} {key[:12]}" for k, key in job.deps)
+            print(f"{job.analysis.name} [{job.model.name}]  {job.analysis.kind}  {job.run_key[:12]}"
+                  + (f"  reads {deps}" if deps else ""))
     return 0
 
 
@@ -268,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"gandissect {PACKAGE_VERSION}")
         return 0
-    handlers = {"run": cmd_run, "status": cmd_status, "sql": cmd_sql, "dashboard": cmd_dashboard,
+    handlers = {"run": cmd_run, "status": cmd_status, "plan": cmd_plan, "sql": cmd_sql, "dashboard": cmd_dashboard,
                 "train": cmd_train, "bench": cmd_bench, "edit": cmd_edit,
                 "invert": cmd_invert, "watch": cmd_watch}
     try:

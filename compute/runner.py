@@ -319,7 +319,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
     cache = ctx.cache_root / job.run_key
     if force and cache.exists():
         shutil.rmtree(cache)
-    echo(f"running: {label} (run {job.run_key[:12]}, {job.analysis.samples} samples, "
+    echo(f"running: {label} (run {job.run_key[:12]}, {job.config.samples} samples, "
          f"{len(job.layers)} layer(s), {ctx.device})")
     t0 = time.time()
     started = False  # only a run this process started is marked failed (never another's rows)
@@ -328,7 +328,7 @@ def _execute(job: Job, ctx: RunContext, force: bool, echo: Callable[[str], None]
         store.start_run(job.run_key, job.analysis.kind, name=job.analysis.name,
                         model=job.model.name, layer=job.layer_label,
                         segmenter=job.segmenter.name if job.segmenter else None,
-                        n_samples=job.analysis.samples, seed=job.analysis.seed, params=job.params,
+                        n_samples=job.config.samples, seed=job.config.seed, params=job.params,
                         code_version=job.code_version, device=str(ctx.device), path=ctx.store)
         started = True  # its runs row exists: a failure from here on is recorded there
         results = analyses.module(job.analysis.kind).compute(job, ctx)

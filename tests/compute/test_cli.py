@@ -61,3 +61,15 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
 def test_version(capsys) -> None:
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("gandissect ")
+
+
+def test_plan_prints_the_run_keys_and_writes_nothing(quantile_spec: Path, tmp_path: Path, capsys) -> None:
+    from compute import runner, spec as specmod
+
+    [job] = runner.plan(specmod.load(quantile_spec))
+    assert main(["plan", str(quantile_spec)]) == 0
+    assert capsys.readouterr().out == f"tiny-quantiles [tiny]  quantiles  {job.run_key[:12]}\n"
+    assert main(["plan", "--json", str(quantile_spec)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["run_key"] == job.run_key and row["params"] == json.loads(job.params) and row["deps"] == []
+    assert not (tmp_path / "store.duckdb").exists()
