@@ -101,6 +101,9 @@ FROM realism_flag_pr GROUP BY run_key, model, layer, k HAVING count(*) > 1;
 SELECT run_key, concept, source, count(*) AS n
 FROM concept_coverage GROUP BY run_key, concept, source HAVING count(*) > 1;
 
+-- audit: unique_run_layers
+SELECT run_key, layer, count(*) AS n FROM run_layers GROUP BY run_key, layer HAVING count(*) > 1;
+
 -- ===== dimensions =====
 
 -- audit: layers_shape
@@ -141,6 +144,41 @@ SELECT run_key, params FROM runs WHERE params IS NOT NULL AND NOT json_valid(par
 
 -- audit: runs_sample_count
 SELECT run_key, n_samples FROM runs WHERE n_samples < 1;
+
+-- audit: run_layers_match_results
+-- run_layers holds exactly the (run, model, layer) of the run's result rows: none missing for a done run
+-- (the *_latest views find a run's rows through it), none left over
+WITH result_layers AS (
+    SELECT DISTINCT run_key, model, layer FROM (
+        SELECT run_key, model, layer FROM unit_quantiles
+        UNION ALL SELECT run_key, model, layer FROM unit_topk
+        UNION ALL SELECT run_key, model, layer FROM unit_iou
+        UNION ALL SELECT run_key, model, layer FROM layer_null_iou
+        UNION ALL SELECT run_key, model, layer FROM ace_alpha
+        UNION ALL SELECT run_key, model, layer FROM ace_epochs
+        UNION ALL SELECT run_key, model, layer FROM ace_trajectory
+        UNION ALL SELECT run_key, model, layer FROM ablation_curves
+        UNION ALL SELECT run_key, model, layer FROM insertion_contexts
+        UNION ALL SELECT run_key, model, layer FROM insertion_maps
+        UNION ALL SELECT run_key, model, layer FROM trace_effects
+        UNION ALL SELECT run_key, model, layer FROM causal_effects
+        UNION ALL SELECT run_key, model, layer FROM unit_realism
+        UNION ALL SELECT run_key, model, layer FROM repair_effects
+        UNION ALL SELECT run_key, model, layer FROM repair_concepts
+        UNION ALL SELECT run_key, model, layer FROM realism_flag_pr
+        UNION ALL SELECT run_key, model, layer FROM class_unit_effects
+        UNION ALL SELECT run_key, model, layer FROM class_ablation_curves
+        UNION ALL SELECT run_key, model, layer FROM inversions)
+)
+SELECT 'missing' AS problem, t.run_key, t.model, t.layer
+FROM result_layers t JOIN runs r USING (run_key)
+WHERE r.status = 'done' AND NOT EXISTS (
+    SELECT 1 FROM run_layers l WHERE l.run_key = t.run_key AND l.model = t.model AND l.layer = t.layer)
+UNION ALL
+SELECT 'left over', l.run_key, l.model, l.layer
+FROM run_layers l
+WHERE NOT EXISTS (
+    SELECT 1 FROM result_layers t WHERE t.run_key = l.run_key AND t.model = l.model AND t.layer = l.layer);
 
 -- ===== result rows belong to done runs, of their model, on registered layers and units =====
 

@@ -83,7 +83,21 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TIMESTAMP,  -- when it became done or failed (UTC); NULL while running
     seconds DOUBLE,  -- wall-clock seconds of compute
     error VARCHAR,  -- error text of a failed run
-    device VARCHAR  -- device it computed on (cpu, cuda:0, ...)
+    device VARCHAR,  -- device it computed on (cpu, cuda:0, ...)
+    threshold_spec VARCHAR,  -- params.threshold as db.threshold.Threshold writes it ('q0.99' | 'iqr' | 'iclr'); NULL when the run has no threshold
+    threshold_mode VARCHAR,  -- the views' threshold family: 'quantile' (q<level>, iclr) | 'iqr'
+    threshold_level DOUBLE,  -- the activation quantile of a fixed-quantile threshold (0.99 for q0.99, 0.995 for iclr); NULL in iqr mode
+    interpretable_iou DOUBLE,  -- a unit is interpretable above this best IoU (params.interpretable_iou, else 0.04 quantile / 0.05 iqr)
+    interpretable_iqr DOUBLE  -- iqr mode: and above this IQR (params.interpretable_iqr, else 0.01)
+);
+
+-- grain: one row per layer of a run (the layers its result rows cover), written with the results when they are published
+-- key: run_key, layer
+CREATE TABLE IF NOT EXISTS run_layers (
+    run_key VARCHAR NOT NULL,  -- runs.run_key
+    model VARCHAR NOT NULL,  -- models.model
+    layer VARCHAR NOT NULL,  -- layers.layer ('' for a result row that concerns no layer, e.g. an inversion of z only)
+    PRIMARY KEY (run_key, layer)
 );
 
 -- grain: one row per unit and quantile level of a layer in a run

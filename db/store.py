@@ -39,6 +39,7 @@ except ImportError:  # not POSIX: no writer gate, plain retry
 
 from db.errors import BadInput
 from db.tables import AUDITS_SQL, DIMENSIONS, RESULT_TABLES, SCHEMA_SQL, TABLES, VIEWS_SQL, Table, parse_schema
+from db.threshold import THRESHOLD_COLUMNS, run_columns
 
 DEFAULT_PATH = "gandissect.duckdb"
 DEFAULT_TIMEOUT_S = float(os.environ.get("GANDISSECT_DB_TIMEOUT", "30"))  # read-only connects
@@ -352,6 +353,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     def apply() -> None:
         con.execute(SCHEMA_SQL.read_text())
         _add_missing_columns(con)
+        _backfill(con)
         con.execute(VIEWS_SQL.read_text())
         tables = parse_schema().values()
         con.execute(";\n".join([f"COMMENT ON TABLE {t.name} IS {_quote(t.grain)}" for t in tables]
@@ -376,6 +378,37 @@ def _add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
             elif cols[col] != typ:
                 raise StoreError(f"store table {t.name}.{col} has type {cols[col]}, the schema says {typ}: "
                                  "rebuild the store (delete the file and run `gandissect run`)")
+
+
+def run_layers_sql(where: str = "") -> str:
+    """SELECT DISTINCT run_key, model, layer over every result table with a layer column: the rows
+    run_layers holds (`where`, e.g. "run_key = $run_key", filters each table). The one derivation of the
+    run -> layer relation: publish writes it, the migration back-fills it, an audit checks it."""
+    cond = f" WHERE {where}" if where else ""
+    parts = [f"SELECT run_key, model, layer FROM {name}{cond}" for name in RESULT_TABLES
+             if {"model", "layer"} <= set(TABLES[name].names)]
+    return "SELECT DISTINCT run_key, model, layer FROM (" + " UNION ALL ".join(parts) + ")"
+
+
+def _write_run_layers(c: duckdb.DuckDBPyConnection, run_key: str) -> None:
+    c.execute("DELETE FROM run_layers WHERE run_key = $run_key", {"run_key": run_key})
+    c.execute(f"INSERT INTO run_layers {run_layers_sql('run_key = $run_key')}", {"run_key": run_key})
+
+
+def _backfill(con: duckdb.DuckDBPyConnection) -> None:
+    """Migrate a store written before run_layers and the runs threshold columns: run_layers rows for
+    done runs that have none, and the threshold columns of runs whose params name a threshold (parsed
+    by db.threshold, the one parser). A store already migrated finds nothing to do."""
+    con.execute(f"INSERT INTO run_layers SELECT * FROM ({run_layers_sql()}) "
+                "WHERE run_key IN (SELECT run_key FROM runs WHERE status = 'done') "
+                "AND run_key NOT IN (SELECT run_key FROM run_layers)")
+    todo = con.execute("SELECT run_key, params FROM runs WHERE threshold_mode IS NULL AND params IS NOT NULL "
+                       "AND json_valid(params) AND params ->> 'threshold' IS NOT NULL").fetchall()
+    sets = ", ".join(f"{col} = ?" for col in THRESHOLD_COLUMNS)
+    for run_key, params in todo:
+        cols = run_columns(json.loads(params))
+        if cols["threshold_mode"] is not None:
+            con.execute(f"UPDATE runs SET {sets} WHERE run_key = ?", [*cols.values(), run_key])
 
 
 def _transaction(con: duckdb.DuckDBPyConnection, fn: Callable[[], T]) -> T:
@@ -503,7 +536,8 @@ def publish_many(run_key: str, tables: Mapping[str, Rows], finish: Mapping[str, 
             c.execute(f"DELETE FROM {name} WHERE run_key = ?", [run_key])
             _insert(c, table, frame)
             counts[name] = frame.num_rows
-        touched = set(prepared)
+        _write_run_layers(c, run_key)
+        touched = set(prepared) | {"run_layers"}
         if finish is not None:
             _finish(c, run_key, finish)
             touched.add("runs")
@@ -534,7 +568,7 @@ def _finish(c: duckdb.DuckDBPyConnection, run_key: str, finish: Mapping[str, Any
 
 
 def _delete_results(c: duckdb.DuckDBPyConnection, run_key: str) -> None:
-    for name in RESULT_TABLES:
+    for name in (*RESULT_TABLES, "run_layers"):
         c.execute(f"DELETE FROM {name} WHERE run_key = ?", [run_key])
 
 
@@ -550,14 +584,16 @@ def start_run(run_key: str, analysis: str, *, name: str | None = None, model: st
     as canonical JSON) or JSON text."""
     if isinstance(params, str):
         try:
-            json.loads(params)
+            parsed = json.loads(params)
         except ValueError as e:
             raise PublishError(f"runs.params must be JSON text: {e}") from e
         params_text = params
     else:
+        parsed = params
         params_text = None if params is None else json.dumps(params, sort_keys=True, separators=(",", ":"))
+    threshold = run_columns(parsed if isinstance(parsed, Mapping) else None)
     row = [run_key, analysis, name, model, layer, segmenter, n_samples, seed, params_text, code_version,
-           "running", now_utc(), None, None, None, device]
+           "running", now_utc(), None, None, None, device, *threshold.values()]
 
     def work(c: duckdb.DuckDBPyConnection) -> None:
         _delete_results(c, run_key)

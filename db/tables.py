@@ -17,6 +17,7 @@ VIEWS_SQL = Path(__file__).with_name("views.sql")
 AUDITS_SQL = Path(__file__).with_name("audits.sql")
 
 DIMENSIONS = ("models", "layers", "segmenters", "concepts")
+RUN_BOOKKEEPING = ("runs", "run_layers")  # written by the store itself (start_run, publish), not by analyses
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Table:
     @property
     def per_run(self) -> bool:
         """A result table: rows belong to one run and are replaced by `publish`."""
-        return "run_key" in self.names and self.name != "runs"
+        return "run_key" in self.names and self.name not in RUN_BOOKKEEPING
 
 
 def _t(name: str, grain: str, key: str, cols: str) -> Table:
@@ -73,7 +74,11 @@ TABLES: dict[str, Table] = {t.name: t for t in (
        "run_key",
        "run_key VARCHAR!, analysis VARCHAR!, name VARCHAR, model VARCHAR, layer VARCHAR, segmenter VARCHAR, "
        "n_samples INTEGER, seed BIGINT, params VARCHAR, code_version VARCHAR, status VARCHAR!, "
-       "started_at TIMESTAMP!, finished_at TIMESTAMP, seconds DOUBLE, error VARCHAR, device VARCHAR"),
+       "started_at TIMESTAMP!, finished_at TIMESTAMP, seconds DOUBLE, error VARCHAR, device VARCHAR, "
+       "threshold_spec VARCHAR, threshold_mode VARCHAR, threshold_level DOUBLE, interpretable_iou DOUBLE, "
+       "interpretable_iqr DOUBLE"),
+    _t("run_layers", "one row per layer of a run (the layers its result rows cover), written with the results "
+       "when they are published", "run_key, layer", "run_key VARCHAR!, model VARCHAR!, layer VARCHAR!"),
     _t("unit_quantiles", "one row per unit and quantile level of a layer in a run",
        "run_key, model, layer, unit, q", f"{_RUN}, unit INTEGER!, q DOUBLE!, value DOUBLE!"),
     _t("unit_topk", "one row per unit and rank among the samples that activate it most, in a run",

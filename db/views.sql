@@ -1,47 +1,148 @@
 -- gandissect views: results shaped for display, in SQL only (no Python post-processing).
 --
 -- Applied by db/store.py `ensure_schema` after schema.sql (CREATE OR REPLACE, idempotent). Each view
--- is preceded by `-- view: name` and `-- grain: one row per ...`. Dissection views read the params
--- JSON of the run: `threshold` ('iqr' selects the ICLR mode, anything else such as 'q0.99' the
--- fixed-quantile PNAS mode), `interpretable_iou` (default 0.04 in quantile mode, 0.05 in iqr mode)
--- and `interpretable_iqr` (default 0.01, iqr mode only).
+-- is preceded by `-- view: name` and `-- grain: one row per ...`. "Latest" is defined once, by
+-- `runs_done.recency` (1 = the latest finished done run); `run_layers_done` adds the run -> layer
+-- relation (table run_layers), and every `<table>_latest` view keeps the rows of the latest done run per
+-- the table's natural key (the key the dashboard, paint and the reports select by). Dissection views read
+-- the runs row's threshold columns (threshold_mode 'quantile' | 'iqr', interpretable_iou,
+-- interpretable_iqr), which db.threshold.Threshold writes when the run starts: no JSON is parsed here.
+
+-- view: runs_done
+-- grain: one row per done run, with recency: 1 = the latest finished (finished_at, then run_key, descending; a NULL finished_at is oldest)
+CREATE OR REPLACE VIEW runs_done AS
+SELECT *, row_number() OVER (ORDER BY finished_at DESC NULLS LAST, run_key DESC) AS recency
+FROM runs
+WHERE status = 'done';
+
+-- view: run_layers_done
+-- grain: one row per done run and layer (run_layers), with the run's columns and recency
+CREATE OR REPLACE VIEW run_layers_done AS
+SELECT l.run_key, l.model, l.layer, r.* EXCLUDE (run_key, model, layer)
+FROM run_layers l
+JOIN runs_done r USING (run_key);
 
 -- view: latest_runs
 -- grain: one row per analysis, spec entry name, model, layer and segmenter: the latest done run
 CREATE OR REPLACE VIEW latest_runs AS
-SELECT *
-FROM runs
-WHERE status = 'done'
-QUALIFY row_number() OVER (
-    PARTITION BY analysis, name, model, layer, segmenter
-    ORDER BY finished_at DESC NULLS LAST, run_key DESC) = 1;
+SELECT * EXCLUDE (recency)
+FROM runs_done
+QUALIFY recency = min(recency) OVER (PARTITION BY analysis, name, model, layer, segmenter);
 
 -- view: dissections
--- grain: one row per done run and layer that has unit_iou rows, with its threshold mode and is_latest
+-- grain: one row per done dissect run and layer, with its threshold mode and is_latest (latest per model, layer, segmenter and mode)
 CREATE OR REPLACE VIEW dissections AS
-WITH run_params AS (
-    SELECT run_key, name, analysis, segmenter, n_samples, seed, finished_at,
-           CASE WHEN json_valid(params) THEN params END AS p
-    FROM runs
-    WHERE status = 'done'
-), modes AS (
-    SELECT *,
-           CASE WHEN lower(p ->> 'threshold') = 'iqr' THEN 'iqr' ELSE 'quantile' END AS threshold_mode
-    FROM run_params
-), run_layers AS (
-    SELECT DISTINCT run_key, model, layer FROM unit_iou
-)
-SELECT l.run_key, l.model, l.layer, m.segmenter, m.threshold_mode,
-       m.p ->> 'threshold' AS threshold_spec,
-       coalesce(try_cast(m.p ->> 'interpretable_iou' AS DOUBLE),
-                CASE WHEN m.threshold_mode = 'iqr' THEN 0.05 ELSE 0.04 END) AS interpretable_iou,
-       coalesce(try_cast(m.p ->> 'interpretable_iqr' AS DOUBLE), 0.01) AS interpretable_iqr,
-       m.name, m.analysis, m.n_samples, m.seed, m.finished_at,
-       row_number() OVER (
-           PARTITION BY l.model, l.layer, m.segmenter, m.threshold_mode
-           ORDER BY m.finished_at DESC NULLS LAST, l.run_key DESC) = 1 AS is_latest
-FROM run_layers l
-JOIN modes m USING (run_key);
+SELECT run_key, model, layer, segmenter, threshold_mode, threshold_spec, interpretable_iou, interpretable_iqr,
+       name, analysis, n_samples, seed, finished_at,
+       recency = min(recency) OVER (PARTITION BY model, layer, segmenter, threshold_mode) AS is_latest
+FROM run_layers_done
+WHERE analysis = 'dissect';
+
+-- view: unit_iou_latest
+-- grain: one row per model, layer, segmenter, threshold mode, unit and concept: unit_iou of the latest dissection
+CREATE OR REPLACE VIEW unit_iou_latest AS
+SELECT i.*, d.segmenter, d.threshold_mode, d.interpretable_iou
+FROM unit_iou i
+JOIN dissections d USING (run_key, model, layer)
+WHERE d.is_latest;
+
+-- view: layer_null_iou_latest
+-- grain: one row per model, layer, segmenter and threshold mode: layer_null_iou of the latest dissection
+CREATE OR REPLACE VIEW layer_null_iou_latest AS
+SELECT n.*, d.segmenter, d.threshold_mode
+FROM layer_null_iou n
+JOIN dissections d USING (run_key, model, layer)
+WHERE d.is_latest;
+
+-- view: unit_quantiles_latest
+-- grain: one row per model, layer, unit and quantile level: unit_quantiles of the latest done run with quantiles of the layer
+CREATE OR REPLACE VIEW unit_quantiles_latest AS
+SELECT t.* FROM unit_quantiles t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
+
+-- view: unit_topk_latest
+-- grain: one row per model, layer, unit and rank: unit_topk of the latest done run with top-k rows of the layer
+CREATE OR REPLACE VIEW unit_topk_latest AS
+SELECT t.* FROM unit_topk t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
+
+-- view: ace_alpha_latest
+-- grain: one row per model, layer, concept and unit: the final alpha of the latest done ACE run of the concept
+CREATE OR REPLACE VIEW ace_alpha_latest AS
+SELECT t.* FROM ace_alpha t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: ace_epochs_latest
+-- grain: one row per model, layer, concept and epoch: the latest done ACE run of the concept
+CREATE OR REPLACE VIEW ace_epochs_latest AS
+SELECT t.* FROM ace_epochs t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: ace_trajectory_latest
+-- grain: one row per model, layer, concept, epoch and unit: the latest done ACE run of the concept
+CREATE OR REPLACE VIEW ace_trajectory_latest AS
+SELECT t.* FROM ace_trajectory t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: ablation_curves_latest
+-- grain: one row per model, layer, concept, ranking and number of ablated units: the latest done ablation run of the concept
+CREATE OR REPLACE VIEW ablation_curves_latest AS
+SELECT t.* FROM ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: causal_effects_latest
+-- grain: one row per model, layer, concept and unit set: the latest done run with causal effects of the concept
+CREATE OR REPLACE VIEW causal_effects_latest AS
+SELECT t.* FROM causal_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: insertion_contexts_latest
+-- grain: one row per model, layer, concept and context: the latest done insertion run of the concept
+CREATE OR REPLACE VIEW insertion_contexts_latest AS
+SELECT t.* FROM insertion_contexts t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: insertion_maps_latest
+-- grain: one row per model, layer, concept, seed, sample and location: the latest done insertion run of the concept
+CREATE OR REPLACE VIEW insertion_maps_latest AS
+SELECT t.* FROM insertion_maps t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: trace_effects_latest
+-- grain: one row per model, layer, concept, later layer and location: the latest done tracing run of the concept
+CREATE OR REPLACE VIEW trace_effects_latest AS
+SELECT t.* FROM trace_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
+
+-- view: class_unit_effects_latest
+-- grain: one row per model, layer, unit and class: the latest done unit_roles run of the layer
+CREATE OR REPLACE VIEW class_unit_effects_latest AS
+SELECT t.* FROM class_unit_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
+
+-- view: class_ablation_curves_latest
+-- grain: one row per model, layer, class, ranking and set size k: the latest done unit_roles run of the layer
+CREATE OR REPLACE VIEW class_ablation_curves_latest AS
+SELECT t.* FROM class_ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
+
+-- view: repair_effects_latest
+-- grain: one row per model, layer, unit set and draw: the latest done repair run of the layer
+CREATE OR REPLACE VIEW repair_effects_latest AS
+SELECT t.* FROM repair_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
+
+-- view: inversions_latest
+-- grain: one row per model and image: the latest done invert run of the image
+CREATE OR REPLACE VIEW inversions_latest AS
+SELECT t.* FROM inversions t JOIN runs_done r USING (run_key)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.image);
+
+-- view: inversion_concepts_latest
+-- grain: one row per model, segmenter, image and concept: the latest done invert run of the image with that segmenter
+CREATE OR REPLACE VIEW inversion_concepts_latest AS
+SELECT t.* FROM inversion_concepts t JOIN runs_done r USING (run_key)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.segmenter, t.image);
 
 -- view: unit_labels
 -- grain: one row per model, layer, segmenter, threshold mode and unit: the unit's best concept in the latest done dissection
@@ -142,22 +243,14 @@ WHERE concept IS NOT NULL
 GROUP BY model, layer, segmenter, threshold_mode, concept;
 
 -- view: unit_realism_latest
--- grain: one row per model, layer and unit: its Frechet realism score in the latest done realism run
+-- grain: one row per model, layer and unit: its Frechet realism score in the latest done realism run of the layer
 CREATE OR REPLACE VIEW unit_realism_latest AS
-WITH latest AS (
-    SELECT DISTINCT u.run_key, u.model, u.layer, r.finished_at
-    FROM unit_realism u
-    JOIN runs r USING (run_key)
-    WHERE r.status = 'done'
-    QUALIFY row_number() OVER (
-        PARTITION BY u.model, u.layer ORDER BY r.finished_at DESC NULLS LAST, u.run_key DESC) = 1
-)
 SELECT u.model, u.layer, u.unit, u.frechet, u.n_top, u.n_real,
        rank() OVER (PARTITION BY u.model, u.layer ORDER BY u.frechet DESC) AS worst_rank,
        u.top_samples, r.seed, u.run_key
 FROM unit_realism u
-JOIN latest l USING (run_key, model, layer)
-JOIN runs r USING (run_key);
+JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY u.model, u.layer);
 
 -- view: unit_labels_realistic (a table macro: call it as `FROM unit_labels_realistic(200.0)`)
 -- grain: one row per unit of unit_labels whose latest realism score is at most max_frechet (or unscored)
@@ -184,14 +277,6 @@ GROUP BY l.model, l.layer, l.segmenter, l.threshold_mode;
 -- view: repair_latest
 -- grain: one row per model, layer and unit set: the latest done repair run's Frechet distances (random: mean and spread over draws)
 CREATE OR REPLACE VIEW repair_latest AS
-WITH latest AS (
-    SELECT DISTINCT e.run_key, e.model, e.layer
-    FROM repair_effects e
-    JOIN runs r USING (run_key)
-    WHERE r.status = 'done'
-    QUALIFY row_number() OVER (
-        PARTITION BY e.model, e.layer ORDER BY r.finished_at DESC NULLS LAST, e.run_key DESC) = 1
-)
 SELECT e.model, e.layer, e.unit_set,
        any_value(e.n_units) AS n_units,
        count(*) AS draws,
@@ -204,8 +289,7 @@ SELECT e.model, e.layer, e.unit_set,
        any_value(e.fd_before_full) AS fd_before_full,
        avg(e.fd_after_full) AS fd_after_full,
        CASE WHEN count(*) > 1 THEN stddev_pop(e.fd_after_full) END AS fd_after_full_std
-FROM repair_effects e
-JOIN latest USING (run_key, model, layer)
+FROM repair_effects_latest e
 GROUP BY e.model, e.layer, e.unit_set, e.run_key;
 
 -- view: repair_concepts_latest
@@ -218,19 +302,15 @@ SELECT c.model, c.layer, c.unit_set, c.concept,
             THEN avg(c.fraction_after) / any_value(c.fraction_before) - 1 END AS relative_change,
        c.run_key
 FROM repair_concepts c
-JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key, model, layer)
+JOIN (SELECT DISTINCT run_key, model, layer FROM repair_effects_latest) l USING (run_key, model, layer)
 GROUP BY c.model, c.layer, c.unit_set, c.concept, c.run_key;
 
 -- view: concept_coverage_latest
 -- grain: one row per model, segmenter and concept: generated vs real pixel fraction and presence in the latest done coverage run
 CREATE OR REPLACE VIEW concept_coverage_latest AS
 WITH latest AS (
-    SELECT DISTINCT c.run_key, c.model, c.segmenter
-    FROM concept_coverage c
-    JOIN runs r USING (run_key)
-    WHERE r.status = 'done'
-    QUALIFY row_number() OVER (
-        PARTITION BY c.model, c.segmenter ORDER BY r.finished_at DESC NULLS LAST, c.run_key DESC) = 1
+    SELECT c.* FROM concept_coverage c JOIN runs_done r USING (run_key)
+    QUALIFY r.recency = min(r.recency) OVER (PARTITION BY c.model, c.segmenter)
 )
 SELECT c.model, c.segmenter, c.concept,
        max(c.pixel_fraction) FILTER (WHERE c.source = 'generated') AS generated_fraction,
@@ -243,8 +323,7 @@ SELECT c.model, c.segmenter, c.concept,
        max(c.n_images) FILTER (WHERE c.source = 'generated') AS n_generated,
        max(c.n_images) FILTER (WHERE c.source = 'real') AS n_real,
        c.run_key
-FROM concept_coverage c
-JOIN latest USING (run_key, model, segmenter)
+FROM latest c
 GROUP BY c.model, c.segmenter, c.concept, c.run_key;
 
 -- view: realism_flag_pr_latest
@@ -252,7 +331,7 @@ GROUP BY c.model, c.segmenter, c.concept, c.run_key;
 CREATE OR REPLACE VIEW realism_flag_pr_latest AS
 SELECT p.model, p.layer, p.k, p.frechet, p.precision, p.recall, p.n_flagged, p.run_key
 FROM realism_flag_pr p
-JOIN (SELECT DISTINCT run_key, model, layer FROM repair_latest) l USING (run_key, model, layer);
+JOIN (SELECT DISTINCT run_key, model, layer FROM repair_effects_latest) l USING (run_key, model, layer);
 
 -- view: inversion_dropped
 -- grain: one row per done invert run and concept present in at least one of its images: how much of it the reconstructions drop, rank 1 = most dropped
@@ -265,6 +344,6 @@ SELECT c.run_key, coalesce(r.name, c.run_key) AS analysis, c.model, c.segmenter,
        avg(c.photo_share) AS mean_photo_share,
        rank() OVER (PARTITION BY c.run_key ORDER BY 1 - sum(c.photo_share * c.recall) / sum(c.photo_share) DESC) AS rank
 FROM inversion_concepts c
-JOIN runs r USING (run_key)
-WHERE r.status = 'done' AND c.present
+JOIN runs_done r USING (run_key)
+WHERE c.present
 GROUP BY c.run_key, coalesce(r.name, c.run_key), c.model, c.segmenter, c.concept;

@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+# Threshold is re-exported here: the one parser of threshold modes (it lives in db, which the store needs)
+from db.threshold import ACCEPTS as THRESHOLD_ACCEPTS, Threshold  # noqa: F401
+
 Check = Callable[[Any], str | None]  # value -> None when fine, else what is wrong (a phrase)
 
 
@@ -101,3 +104,14 @@ def IntList(lo: int = 0, hi: int | None = None, length: int | None = None, help:
         return None
     what = f"{length} integers" if length else "a list of integers"
     return Param(f"{what} in [{lo}, {'inf' if hi is None else hi}]", check, default, help)
+
+
+def ThresholdParam(default: str, help: str = "") -> Param:
+    """A threshold mode text that `Threshold.parse` accepts ("q0.99", "iqr", "iclr")."""
+    def check(v: Any) -> str | None:
+        try:
+            Threshold.parse(v)
+        except ValueError:
+            return f"got {v!r}"
+        return None
+    return Param(THRESHOLD_ACCEPTS, check, default, help)

@@ -14,21 +14,10 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Mapping
 
-from ingest.checks import Choice, Float, Int, IntList, Param, Str, StrList
+from ingest.checks import Choice, Float, Int, IntList, Param, Str, StrList, ThresholdParam
 
 MAX_SAMPLES = 10_000_000  # upper bound of `samples` (and every other sample count); the README states it
 MAX_SEED = 2**63 - 1  # runs.seed is a BIGINT
-def _threshold(v: Any) -> str | None:
-    if v in ("iqr", "iclr"):
-        return None
-    if isinstance(v, str) and v.startswith("q"):
-        try:
-            q = float(v[1:])
-        except ValueError:
-            q = -1.0
-        if 0.0 < q < 1.0:
-            return None
-    return f"got {v!r}"
 
 
 def _manual(v: Any) -> str | None:
@@ -37,8 +26,7 @@ def _manual(v: Any) -> str | None:
     return f"got {v!r}"
 
 
-THRESHOLD = Param('"q<level>" with level in (0, 1) (e.g. "q0.99"), "iqr" or "iclr"', _threshold, "q0.99",
-                  "activation threshold of each unit")
+THRESHOLD = ThresholdParam("q0.99", "activation threshold of each unit")  # parsed by db.threshold.Threshold
 
 # keys every analysis has (compute.spec checks them, with the same bounds)
 COMMON: dict[str, Param] = {
