@@ -14,7 +14,8 @@ activation conditioned on concept c, each featuremap location weighted by the sh
 covers in the segmented output (`insertion_constants`).
 
 Everything is batched so that the generator below the edited layer runs ONCE per sample: the layer's
-featuremap `r` is computed with `Tap(stop_after=layer)` (`featuremap`), edited copies are stacked
+featuremap `r` is computed with `Tap(stop_after=layer)` (`featuremap`, with `finish` and `coverage` defined
+beside the `LayerPool` in `compute.core.pool` and re-exported here), edited copies are stacked
 (many locations and samples per forward pass) and the rest of the generator runs on them (`finish`,
 i.e. `compute.core.tap.forward_from`): on an nn.Sequential generator only the layers above run; on any
 other generator (StyleGAN2, `family = "module"`) the whole forward runs on each copy's latent z with the
@@ -37,9 +38,10 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from compute.core.pool import LayerPool, coverage, featuremap, finish
 from compute.core.probe import run_order
 from compute.core.stats import ConditionalMean
-from compute.core.tap import Edit, Tap, apply_edit, forward_from
+from compute.core.tap import Edit, Tap, apply_edit
 from db.errors import BadInput
 
 __all__ = [
@@ -153,20 +155,7 @@ def edit_featuremap(r: torch.Tensor, alpha: torch.Tensor, value: torch.Tensor | 
     return apply_edit(r, Edit(a, v), layer)
 
 
-# ----------------------------------------------------------------------------- generator halves
-
-def featuremap(gen: torch.nn.Module, layer: str, z: torch.Tensor) -> torch.Tensor:
-    """The output of `layer` for latents z [N, z_dim]: [N, C, h, w] (layers above never run; no grad)."""
-    with torch.no_grad(), Tap(gen, [layer], stop_after=layer) as tap:
-        tap.run(z)
-        return tap[layer]
-
-
-def finish(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Images [N, 3, H, W] from a (possibly edited) featuremap r [N, C, h, w] of `layer` and the latents
-    z [N, z_dim] its samples came from (keeps autograd; see `compute.core.tap.forward_from`)."""
-    return forward_from(gen, layer, r, z.to(r.device))
-
+# ------------------------------------------------------- generator halves (compute.core.pool)
 
 def apply_units(gen: torch.nn.Module, layer: str, z: torch.Tensor, units: Sequence[int] | torch.Tensor,
                 value: torch.Tensor | float = 0.0, pixel_mask: torch.Tensor | None = None,
@@ -176,19 +165,17 @@ def apply_units(gen: torch.nn.Module, layer: str, z: torch.Tensor, units: Sequen
     units: integer indices (a list or integer tensor) or a floating-point per-unit alpha [C] in [0, 1]; value: 0.0 (ablate), a float, or a per-unit
     [C] tensor such as an insertion constant k_c; pixel_mask: [h, w], [N, h, w] or [N|1, 1, h, w].
     """
-    device = next(gen.parameters()).device
-    z = z.to(device)
+    pool = LayerPool(gen, layer, z=z, keep=False)
     out = []
     for s in range(0, z.shape[0], batch_size):
-        zb = z[s:s + batch_size]
-        r = featuremap(gen, layer, zb)
-        n, c, h, w = r.shape
-        alpha = _as_alpha(units, c, layer, r.device)
+        b = pool.batch(s, min(batch_size, z.shape[0] - s))
+        n, c, h, w = b.r.shape
+        alpha = _as_alpha(units, c, layer, b.r.device)
         p = _pixels(pixel_mask, z.shape[0], h, w, layer)
         if p is not None and p.shape[0] > 1:
             p = p[s:s + batch_size]
         with torch.no_grad():
-            out.append(finish(gen, layer, edit_featuremap(r, alpha, value, p, layer), zb))
+            out.append(pool.finish(edit_featuremap(b.r, alpha, value, p, layer), b.z))
     return torch.cat(out)
 
 
@@ -200,11 +187,6 @@ def concept_index(seg: Any, name: str) -> int:
     if name not in names or names.index(name) == 0:
         raise InterventionError(f"unknown concept {name!r}; the segmenter knows: {', '.join(names[1:])}")
     return names.index(name)
-
-
-def coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Share of each featuremap location covered by each concept: bool [N, K, H, W] -> [N, K, h, w] in [0, 1]."""
-    return F.adaptive_avg_pool2d(masks.float(), (h, w))
 
 
 def block_mean(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -228,13 +210,7 @@ def insertion_constants(gen: torch.nn.Module, seg: Any, layer: str, z: torch.Ten
     Rows of concepts never present in the samples are NaN. Pass `stat` to keep accumulating into it.
     """
     stat = stat if stat is not None else ConditionalMean()
-    device = next(gen.parameters()).device
-    for s in range(0, z.shape[0], batch_size):
-        zb = z[s:s + batch_size].to(device)
-        r = featuremap(gen, layer, zb)
-        with torch.no_grad():
-            masks = seg.concept_masks(finish(gen, layer, r, zb))
-        stat.add(r, coverage(masks, r.shape[2], r.shape[3]))
+    LayerPool(gen, layer, seg, z=z, keep=False).fold_all(stat, z.shape[0], batch_size)
     return stat.result().T.float().contiguous()
 
 

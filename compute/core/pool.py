@@ -5,8 +5,8 @@ Reads nothing from disk and writes nothing itself; a pass run through `LayerPool
 by the context's engine (`compute.jobs.tally`, `.cache/<run_key>/<name>.safetensors`).
 
 A pool owns the latents of a sample set (samples [start, start + count) of a seed, or given latents),
-the generator cut at one layer (`compute.core.intervene.featuremap` / `finish`, which work on every
-generator family), the segmenter call and the device. `batch(start, count)` runs the generator below
+the generator cut at one layer (`featuremap` / `finish` below, through `compute.core.tap`, which work on
+every generator family), the segmenter call and the device. `batch(start, count)` runs the generator below
 the layer once per sample and segments the unedited images; batches are kept (memoised) so that later
 loops over the same samples (edits, tracing) do not rerun the lower generator:
 
@@ -27,11 +27,31 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 import torch.nn.functional as F
 
-from compute.core.intervene import coverage, featuremap, finish
 from compute.core.stats import ConditionalMean, Stat
+from compute.core.tap import Tap, forward_from
 from ingest.samples import latents
 
-__all__ = ["LayerPool", "PoolBatch", "Gather", "Sum"]
+__all__ = ["LayerPool", "PoolBatch", "Gather", "Sum", "featuremap", "finish", "coverage"]
+
+
+# ----------------------------------------------------------------------------- generator halves
+
+def featuremap(gen: torch.nn.Module, layer: str, z: torch.Tensor) -> torch.Tensor:
+    """The output of `layer` for latents z [N, z_dim]: [N, C, h, w] (layers above never run; no grad)."""
+    with torch.no_grad(), Tap(gen, [layer], stop_after=layer) as tap:
+        tap.run(z)
+        return tap[layer]
+
+
+def finish(gen: torch.nn.Module, layer: str, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Images [N, 3, H, W] from a (possibly edited) featuremap r [N, C, h, w] of `layer` and the latents
+    z [N, z_dim] its samples came from (keeps autograd; see `compute.core.tap.forward_from`)."""
+    return forward_from(gen, layer, r, z.to(r.device))
+
+
+def coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Share of each featuremap location covered by each concept: bool [N, K, H, W] -> [N, K, h, w] in [0, 1]."""
+    return F.adaptive_avg_pool2d(masks.float(), (h, w))
 
 
 class Segmenter(Protocol):
@@ -160,14 +180,18 @@ class LayerPool:
         """Fold one batch into the insertion constants' statistic (each location weighted by concept coverage)."""
         stat.add(b.r, coverage(b.masks, b.r.shape[2], b.r.shape[3]))
 
+    def fold_all(self, stat: ConditionalMean, n: int, batch_size: int) -> None:
+        """Fold samples [0, n) into the insertion constants' statistic, `batch_size` at a time (a plain loop)."""
+        for s in range(0, n, batch_size):
+            self.fold_constants(stat, self.batch(s, min(batch_size, n - s)))
+
     def constants(self, ctx: PoolContext | None, job: PoolJob | None, n: int, batch_size: int,
                   name: str = "") -> torch.Tensor:
         """Insertion constants k [K, C] of samples [0, n) (S-6.4; NaN rows: concept never present); with a run
         context one resumable pass `name`, without (tools, benchmarks) a plain loop. Fills the pool's memo."""
         if ctx is None or job is None:
             stat = ConditionalMean()
-            for s in range(0, n, batch_size):
-                self.fold_constants(stat, self.batch(s, min(batch_size, n - s)))
+            self.fold_all(stat, n, batch_size)
         else:
             stat = self.stream(ctx, job, name, lambda c: {"k": ConditionalMean()},
                                lambda p, st, b: p.fold_constants(st["k"], b), n, batch_size)["k"]
