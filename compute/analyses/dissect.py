@@ -55,6 +55,7 @@ from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat
 from compute.core.joint_hist import JointHist
 from compute.core.stats import IoUCounts, PermutationNull, TopK, bh_qvalues
 from compute.core.tap import Tap
+from ingest.checks import Threshold
 from ingest.samples import latents
 
 CODE_VERSION = "2"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts
@@ -64,7 +65,6 @@ TABLES = ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou")
 # recorded in runs.params (holdout_samples: max(64, samples // 2))
 DEFAULTS: dict[str, Any] = {**QUANTILE_DEFAULTS, "parts": "none", "iqr_threshold": "unit", "null_block": 8}
 HOLDOUT_SEED_OFFSET = 1_000_003  # the IQR held-out set is seed + this
-ICLR_LEVEL = 0.995               # threshold = "iclr": the raw featuremap's 0.995 quantile
 FDR = 0.05                       # beats chance: BH q < FDR (the unit_labels view)
 MIN_CONCEPT_FRACTION = 1e-3      # IQR: concepts rarer than this are not trusted (the ICLR code)
 MIN_AGREEMENT = 0.8              # IQR: pixel agreement must exceed this (the ICLR code)
@@ -89,7 +89,7 @@ def method_of(job: Job) -> str:
     m = str(job.analysis.param("method", default_method(job.analysis.threshold)))
     if m not in METHODS:
         raise ValueError(f"method = {m!r}; allowed: {', '.join(METHODS)}")
-    if m == "one-pass" and not job.analysis.threshold.startswith("q"):
+    if m == "one-pass" and Threshold.parse(job.analysis.threshold).kind != "quantile":
         raise ValueError(f"method = \"one-pass\" needs a q<level> threshold (got {job.analysis.threshold!r}); "
                          "use method = \"two-pass\"")
     return m
@@ -202,15 +202,15 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         store.upsert_dimension("concepts", [{"segmenter": job.segmenter.name, "concept": n, "category": c,
                                              "concept_index": None}
                                             for n, c in zip(names, cats) if c == "quad"], path=ctx.store)
-    mode = a.threshold
+    threshold = Threshold.parse(a.threshold)
     block = int(a.param("null_block", DEFAULTS["null_block"]))
     if method_of(job) == "one-pass":
-        return one_pass(job, ctx, size, names, float(mode[1:]), block)
+        return one_pass(job, ctx, size, names, threshold.level, block)
     per = str(a.param("iqr_threshold", DEFAULTS["iqr_threshold"]))
     if per not in ("unit", "unit_concept"):
         raise ValueError(f"iqr_threshold = {per!r}; allowed: unit, unit_concept")
-    quant, topk, raw = quantile_pass(job, ctx, size, a.seed, a.samples, raw=mode == "iclr")
-    if mode == "iqr":
+    quant, topk, raw = quantile_pass(job, ctx, size, a.seed, a.samples, raw=threshold.kind == "iclr")
+    if threshold.kind == "iqr":
         levels = torch.tensor(IQR_LEVELS, dtype=torch.float64)
         cand = {l: quant[l].quantiles(levels).float() for l in job.layers}         # [C, T]
         hold_n = int(a.param("holdout_samples", max(64, a.samples // 2)))
@@ -221,11 +221,11 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             choice = iqr_choice(hold[l], levels, per).to(cand[l].device)
             thr[l] = cand[l].gather(1, choice if choice.dim() == 2 else choice[:, None])
             thr[l] = thr[l] if per == "unit_concept" else thr[l][:, 0]              # [C, K] or [C]
-    elif mode == "iclr":
-        thr = {l: raw[l].quantiles(torch.tensor([ICLR_LEVEL], dtype=torch.float64))[:, 0].float()
+    elif threshold.kind == "iclr":
+        thr = {l: raw[l].quantiles(torch.tensor([threshold.level], dtype=torch.float64))[:, 0].float()
                for l in job.layers}
     else:
-        q = float(mode[1:])
+        q = threshold.level
         thr = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64))[:, 0].float() for l in job.layers}
     main = count_pass(job, ctx, lambda l: PermutationNull(thr[l], block=block, device=ctx.device), size,
                       a.seed, a.samples, "iou")
@@ -233,7 +233,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     null_rows: list[dict[str, Any]] = []
     absent: set[str] = set()
     for l in job.layers:
-        rows, summary = layer_rows(job, l, names, main[l], with_iqr=mode == "iqr")
+        rows, summary = layer_rows(job, l, names, main[l], with_iqr=threshold.kind == "iqr")
         iou_rows += rows
         null_rows.append(summary)
         absent |= {names[k] for k in range(len(names)) if int(main[l].concept[k]) == 0}
