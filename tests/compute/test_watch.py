@@ -180,3 +180,18 @@ def test_sigterm_mid_run_abandons_it_and_the_next_tick_resumes(tmp_path: Path) -
     assert cli.main(["watch", str(spec), "--once"]) == 0  # resumes from the checkpoint and finishes
     ((_, state, _),) = runner.status(specmod.load(spec))
     assert state == "done"
+
+
+@pytest.mark.slow
+def test_once_with_the_ray_engine_equals_local(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from compute.bench.scale import differing_tables
+
+    spec = _glob_spec(tmp_path)
+    local = write_spec_of(tmp_path, store=tmp_path / "local.duckdb", models=[model("run", "ckpts/*.safetensors")],
+                          analyses=[analysis("q", "quantiles", "run", layers=["layer2"], samples=16, seed=1,
+                                             batch_size=8)], name="local.toml")
+    assert cli.main(["watch", str(local), "--once"]) == 0
+    assert cli.main(["watch", str(spec), "--once", "--engine", "ray", "--workers", "2"]) == 0
+    assert _done_models(tmp_path) == ["run@a"]
+    assert differing_tables(tmp_path / "local.duckdb", tmp_path / "store.duckdb") == []
