@@ -3,8 +3,10 @@
 Reads nothing, writes nothing (no torch import: `compute.spec` uses it while parsing a spec). A spec
 key that no table here names is an unknown key ("did you mean ..."); a value of the wrong type or out
 of bounds is a one-line message. The CLI turns both into exit status 2 before anything is computed or
-written. The defaults here are the analysis modules' `DEFAULTS` (tests/reliability checks they agree);
-the runner still records the modules' `DEFAULTS` in runs.params, so run keys do not change.
+written. The kinds are declared in the registry (`compute/analyses/__init__.py`; KINDS must list the
+same kinds in the same order: tests/compute/test_registry.py). A run records its kind's defaults from
+these tables in runs.params, except the registry's `unrecorded` keys (recorded only when the spec gives
+them), and each run's frozen `job.config` has one field per key here.
 
     python -m compute.analyses.params            # print every kind's parameter table
     python -m compute.analyses.params dissect    # one kind
