@@ -55,7 +55,7 @@ def coverage(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class Segmenter(Protocol):
-    """What a pool reads of a segmenter (ingest.roles.Segmenter)."""
+    """What a pool reads of a segmenter: ingest.roles.Segmenter's `concept_masks`, and `probs` (ACE)."""
 
     def concept_masks(self, images: torch.Tensor) -> torch.Tensor: ...  # [N, 3, H, W] -> bool [N, K, H, W]
 
