@@ -17,6 +17,7 @@ run's `runs` row says running with no lease holder, which `gandissect status` sh
 the next tick or `gandissect run` resumes it from its last checkpoint under `.cache/<run_key>/`. It
 exits 0 after a clean stop. A run that failed is retried on the next tick (its error may have been
 transient); a spec that does not parse (mid-edit) is reported once per tick and the watcher waits.
+With `--engine ray` the watcher starts Ray once, at its start, and every tick reuses it.
 
     gandissect watch [SPEC] [--every 10m] [--once] [--engine local|ray] [--address A] [--workers N]
     python -m compute.watch SPEC --once          # the same, without the CLI wrapper
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
-import inspect
 import os
 import re
 import signal
@@ -35,9 +35,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from db.errors import BadInput
+
+if TYPE_CHECKING:
+    from compute.jobs.tally import Engine
+    from compute.runner import Outcome
 
 try:
     import fcntl
@@ -125,24 +129,37 @@ def _stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _engine_kwargs(cfg: WatchConfig, run: Callable) -> dict:
-    """engine / address / workers for `runner.run`, when not the defaults (the Ray engine's keywords)."""
-    if cfg.engine == "local" and cfg.address is None and cfg.workers is None:
-        return {}
-    accepted = inspect.signature(run).parameters
-    if "engine" not in accepted:
-        raise WatchError("--engine/--address/--workers: this runner has no engine choice (compute.runner.run)")
-    return {k: v for k, v in (("engine", cfg.engine), ("address", cfg.address), ("workers", cfg.workers))
-            if k in accepted and v is not None}
+def start_engine(cfg: WatchConfig) -> str | Engine:
+    """The engine every tick uses: "local" by name; for Ray one engine for the watcher's life, started
+    now, before the watcher installs its signal handlers: `ray.init` installs its own SIGTERM handler
+    (`sys.exit`), which would otherwise replace the watcher's clean stop in the middle of the first run."""
+    if cfg.engine == "local":
+        return "local"
+    from compute.jobs.ray_engine import engine_for
+
+    engine = engine_for(cfg.engine, cfg.address, cfg.workers)
+    engine._init()  # type: ignore[attr-defined]  # RayEngine's start (ray.init once; later passes reuse it)
+    return engine
 
 
-def tick(cfg: WatchConfig, echo: Callable[[str], None]) -> list:
+def tick(cfg: WatchConfig, echo: Callable[[str], None], engine: str | Engine = "local") -> list[Outcome]:
     """Re-plan the spec and run what is missing; returns the runner's outcomes."""
     from compute import runner, spec as specmod
 
+    def shown(line: str) -> None:  # the runner's lines about runs started here; not "up to date" / "running"
+        if line.startswith(SHOWN):
+            echo(f"{_stamp()} {line}")
+
     spec = specmod.load(cfg.spec)  # re-read every tick: new entries, new files behind a glob
-    shown = lambda line: echo(f"{_stamp()} {line}") if line.startswith(SHOWN) else None  # noqa: E731
-    return runner.run(spec, device=cfg.device, quiet=True, echo=shown, **_engine_kwargs(cfg, runner.run))
+    return runner.run(spec, device=cfg.device, quiet=True, echo=shown, engine=engine)
+
+
+def exit_status(outcomes: list[Outcome]) -> int:
+    """As `gandissect run`: 2 when every failure is bad input, 1 for other failures or a run busy elsewhere."""
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed and all(o.bad_input for o in failed):
+        return 2
+    return 1 if failed or any(o.state == "running elsewhere" for o in outcomes) else 0
 
 
 class _Signals:
@@ -189,6 +206,7 @@ def watch(cfg: WatchConfig, echo: Callable[[str], None] = print) -> int:
     lock.acquire(cfg.spec)
     status = 0
     try:
+        engine = start_engine(cfg)
         with _Signals() as sig:
             try:
                 if not cfg.once:
@@ -196,7 +214,7 @@ def watch(cfg: WatchConfig, echo: Callable[[str], None] = print) -> int:
                          f"pid {os.getpid()}); Ctrl-C or SIGTERM stops")
                 for _ in _ticks(cfg):
                     try:
-                        outcomes = tick(cfg, echo)
+                        outcomes = tick(cfg, echo, engine)
                     except BadInput as e:  # the spec mid-edit, a missing file: say so, try again next tick
                         if cfg.once:
                             raise
@@ -207,13 +225,7 @@ def watch(cfg: WatchConfig, echo: Callable[[str], None] = print) -> int:
                             raise
                         echo(f"{_stamp()} error: {type(e).__name__}: {' '.join(str(e).split())}")
                         continue
-                    failed = [o for o in outcomes if o.state == "failed"]
-                    if failed:
-                        status = 2 if all(o.bad_input for o in failed) else 1
-                    elif any(o.state == "running elsewhere" for o in outcomes):
-                        status = 1
-                    else:
-                        status = 0
+                    status = exit_status(outcomes)
             except WatchStop:
                 echo(f"{_stamp()} stopped ({sig.name}): a run in progress was abandoned and resumes "
                      f"from its checkpoint on the next tick or `gandissect run`")
