@@ -41,6 +41,8 @@ concept (category "quad"; see ingest.models.village_seg.quad_expand).
 """
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from typing import Any, Callable
 
@@ -49,9 +51,9 @@ import torch
 import torch.nn.functional as F
 
 from compute.analyses.quantiles import DEFAULTS as QUANTILE_DEFAULTS
-from compute.analyses.quantiles import (GRID, IQR_LEVELS, batches, check_finite, quantile_pass, quantile_rows,
+from compute.analyses.quantiles import (GRID, IQR_LEVELS, check_finite, quantile_pass, quantile_rows,
                                         topk_rows, upsample, upsample_mode)
-from compute.jobs.context import Checkpoint, Job, RunContext, flat_state, unflat_state
+from compute.jobs.context import Job, RunContext
 from compute.core.joint_hist import JointHist
 from compute.core.stats import IoUCounts, PermutationNull, TopK, bh_qvalues
 from compute.core.tap import Tap
@@ -135,34 +137,39 @@ def segment_batch(job: Job, ctx: RunContext, images: torch.Tensor, size: int) ->
 def count_pass(job: Job, ctx: RunContext, make: Callable[[str], Any], size: int, seed: int, n: int,
                name: str) -> dict[str, Any]:
     """One generator + segmenter pass over n samples of `seed`; stats[layer] = make(layer) gets
-    add(upsampled featuremap [N, C, size, size], masks bool [N, K, size, size]) per batch. Resumable."""
-    gen = ctx.generator(job)
+    add(upsampled featuremap [N, C, size, size], masks bool [N, K, size, size]) per batch. One pass of
+    the context's engine (resumable; shardable: every shard starts from a copy of the empty statistics
+    made here, so `make` may close over this context)."""
     bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
     mode = upsample_mode(job)
-    todo = batches(n, bs)
-    ckpt = Checkpoint(ctx.cache_dir(job), name)
-    done, saved, _ = ckpt.load()
-    stats = {l: make(l) for l in job.layers}
-    if done:
-        for l in job.layers:
-            stats[l].load_state_dict(unflat_state(f"s.{l}", saved))
-    for b in ctx.progress(range(done, len(todo)), desc=f"{job.model.name} {name}", total=len(todo), initial=done):
-        s, cnt = todo[b]
-        z = latents(seed, cnt, int(gen.z_dim), start=s).to(ctx.device)
+    empty = {f"s.{l}": make(l) for l in job.layers}
+
+    def fresh(c: RunContext) -> dict[str, Any]:
+        return copy.deepcopy(empty)
+
+    def step(c: RunContext, stats: dict[str, Any], start: int, count: int) -> None:
+        images, acts = generate(job, c, seed, start, count)
         with torch.no_grad():
-            with Tap(gen, job.layers) as tap:
-                images = gen(z)
-                acts = {l: tap[l] for l in job.layers}
-            masks = segment_batch(job, ctx, images, size)
+            masks = segment_batch(job, c, images, size)
             for l, a in acts.items():
-                check_finite(a, l, job.model.name)
-                stats[l].add(upsample(a, size, mode), masks)
-        if (b + 1) % ctx.checkpoint_every == 0:
-            state: dict[str, torch.Tensor] = {}
-            for l in job.layers:
-                state.update(flat_state(f"s.{l}", stats[l].state_dict()))
-            ckpt.save(b + 1, state)
-    return stats
+                stats[f"s.{l}"].add(upsample(a, size, mode), masks)
+
+    stats = ctx.engine.run_pass(job, ctx, name, fresh, step, n, bs)
+    return {l: stats[f"s.{l}"] for l in job.layers}
+
+
+def generate(job: Job, ctx: RunContext, seed: int, start: int, count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images [count, 3, H, W] of samples [start, start + count) of the seed's sample set and the job's
+    layers' featuremaps {layer: [count, C, h, w]} (checked finite)."""
+    gen = ctx.generator(job)
+    z = latents(seed, count, int(gen.z_dim), start=start).to(ctx.device)
+    with torch.no_grad():
+        with Tap(gen, job.layers) as tap:
+            images = gen(z)
+            acts = {l: tap[l] for l in job.layers}
+    for l, a in acts.items():
+        check_finite(a, l, job.model.name)
+    return images, acts
 
 
 def iqr_choice(hold: IoUCounts, levels: torch.Tensor, per: str) -> torch.Tensor:
@@ -247,42 +254,35 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
 def one_pass_stats(job: Job, ctx: RunContext, size: int, level: float,
                    block: int) -> tuple[dict[str, JointHist], dict[str, TopK]]:
     """One generator + segmenter pass over the job's samples: per layer a JointHist (featuremaps
-    upsampled a chunk of units at a time) and the top-k samples by spatial max. Resumable."""
-    gen = ctx.generator(job)
+    upsampled a chunk of units at a time) and the top-k samples by spatial max. One pass of the context's
+    engine (resumable; shardable: the JointHist edges come from the first batch in every shard's `make`,
+    as they would from the first `add` of one stat)."""
     a = job.analysis
     bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
     k = int(a.param("topk", DEFAULTS["topk"]))
     mode = upsample_mode(job)
-    todo = batches(a.samples, bs)
-    hist = {l: JointHist(level=level, block=block, device=ctx.device) for l in job.layers}
-    top = {l: TopK(k, device=ctx.device) for l in job.layers}
-    ckpt = Checkpoint(ctx.cache_dir(job), "onepass")
-    done, saved, _ = ckpt.load()
-    if done:
+    lift = functools.partial(upsample, size=size, mode=mode)
+
+    def make(c: RunContext) -> dict[str, Any]:
+        _, acts = generate(job, c, a.seed, 0, min(bs, a.samples))   # the first batch fixes every unit's edges
+        stats: dict[str, Any] = {}
         for l in job.layers:
-            hist[l].load_state_dict(unflat_state(f"h.{l}", saved))
-            top[l].load_state_dict(unflat_state(f"t.{l}", saved))
-    lift = lambda x: upsample(x, size, mode)  # noqa: E731
-    for b in ctx.progress(range(done, len(todo)), desc=f"{job.model.name} one-pass", total=len(todo), initial=done):
-        s, cnt = todo[b]
-        z = latents(a.seed, cnt, int(gen.z_dim), start=s).to(ctx.device)
+            stats[f"h.{l}"] = JointHist(level=level, block=block, device=c.device)
+            stats[f"h.{l}"].warm_up(acts[l], lift)
+            stats[f"t.{l}"] = TopK(k, device=c.device)
+        return stats
+
+    def step(c: RunContext, stats: dict[str, Any], start: int, count: int) -> None:
+        images, acts = generate(job, c, a.seed, start, count)
         with torch.no_grad():
-            with Tap(gen, job.layers) as tap:
-                images = gen(z)
-                acts = {l: tap[l] for l in job.layers}
-            masks = segment_batch(job, ctx, images, size)
-            index = torch.arange(s, s + cnt, device=ctx.device)
+            masks = segment_batch(job, c, images, size)
+            index = torch.arange(start, start + count, device=c.device)
             for l, act in acts.items():
-                check_finite(act, l, job.model.name)
-                top[l].add(act.flatten(2).amax(2), index)
-                hist[l].add(act, masks, lift=lift)
-        if (b + 1) % ctx.checkpoint_every == 0:
-            state: dict[str, torch.Tensor] = {}
-            for l in job.layers:
-                state.update(flat_state(f"h.{l}", hist[l].state_dict()))
-                state.update(flat_state(f"t.{l}", top[l].state_dict()))
-            ckpt.save(b + 1, state)
-    return hist, top
+                stats[f"t.{l}"].add(act.flatten(2).amax(2), index)
+                stats[f"h.{l}"].add(act, masks, lift=lift)
+
+    stats = ctx.engine.run_pass(job, ctx, "onepass", make, step, a.samples, bs)
+    return {l: stats[f"h.{l}"] for l in job.layers}, {l: stats[f"t.{l}"] for l in job.layers}
 
 
 def one_pass(job: Job, ctx: RunContext, size: int, names: list[str], level: float,

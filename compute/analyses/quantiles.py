@@ -17,7 +17,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from compute.jobs.context import Job, RunContext
-from compute.jobs.tally import batches  # noqa: F401 (re-exported: dissect reads it here)
+from compute.jobs.tally import batches  # noqa: F401 (re-exported: compute/bench/pnas_reference reads it here)
 from compute.core.stats import Quantile, TopK
 from compute.core.tap import Tap
 from ingest.samples import latents

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from compute.analyses.quantiles import check_finite
-from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.jobs.context import Job, RunContext
 from compute.core.features import Extractor, check_count, extractor, features_and_masks
+from compute.core.pool import Gather
 from compute.core.frechet import feature_stats, frechet_from_stats
 from compute.core.tap import Tap
 from ingest.real import RealImagesError, real_images, to_input
@@ -86,54 +87,59 @@ class Coverage:
         self.pixels, self.present = s["pixels"].clone(), s["present"].clone()
         self.images, self.total = int(s["counts"][0]), int(s["counts"][1])
 
+    def merge(self, other: "Coverage") -> None:
+        """Add other's counts (a shard of the same stream): equal to adding its masks here."""
+        if other.min_share != self.min_share or other.pixels.shape != self.pixels.shape:
+            raise ValueError("Coverage.merge: other concepts or presence share")
+        self.pixels += other.pixels
+        self.present += other.present
+        self.images += other.images
+        self.total += other.total
+
     def rows(self, names: list[str], source: str) -> list[dict[str, Any]]:
         return [{"concept": n, "source": source, "pixel_fraction": float(self.pixels[i] / max(self.total, 1)),
                  "presence": float(self.present[i] / max(self.images, 1)), "n_images": self.images}
                 for i, n in enumerate(names) if n != "none"]
 
 
-def generated_pool(gen: torch.nn.Module, seg: Any, feat: Extractor, layers: tuple[str, ...], seed: int, n: int,
-                   batch_size: int, device: torch.device, ckpt: Checkpoint | None = None, every: int = 8,
-                   progress: Any = None, presence_share: float = 0.0, model: str = "?"
-                   ) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
+def job_extractor(job: Job, ctx: RunContext) -> Extractor:
+    """The job's feature extractor on the context's device, built once per context (kept with its models)."""
+    key = f"f:{param(job, 'features')}:{job.analysis.path_param('inception_weights')}:{job.segmenter.name if job.segmenter else ''}"
+    models = ctx._models
+    if key not in models:
+        models[key] = extractor(str(param(job, "features")), ctx.segmenter(job), ctx.device,
+                                job.analysis.path_param("inception_weights"))
+    return models[key]
+
+
+def generated_pool(job: Job, ctx: RunContext, n_concepts: int, seed: int, n: int, batch_size: int,
+                   presence_share: float = 0.0) -> tuple[dict[str, torch.Tensor], np.ndarray, Coverage]:
     """One pass over samples 0..n-1 of `seed`: per-layer spatial-max activations {layer: [n, U]},
-    features float64 [n, D] and the segmenter's concept coverage. Checkpointed every `every` batches."""
-    cov = Coverage(len(seg.concepts), presence_share)
-    acts: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    feats: list[np.ndarray] = []
-    done = 0
-    if ckpt is not None:
-        done, saved, _ = ckpt.load()
-        if done:
-            for layer in layers:
-                acts[layer] = [saved[f"act.{layer}"]]
-            feats = [saved["features"].numpy()]
-            cov.load_state_dict({k2[4:]: v for k2, v in saved.items() if k2.startswith("cov.")})
-    starts = list(range(0, n, batch_size))
-    it = starts[done:]
-    bar = progress(it, desc="realism: generated", total=len(starts), initial=done) if progress else it
-    for i, s in enumerate(bar, start=done):
-        z = latents(seed, min(batch_size, n - s), int(gen.z_dim), start=s).to(device)
+    features float64 [n, D] and the segmenter's concept coverage. One pass of the context's engine
+    (`realism.features`, resumable; shardable: per-sample rows are gathered in sample order, coverage
+    counts add)."""
+    layers = job.layers
+
+    def make(_: RunContext) -> dict[str, Any]:
+        return {"cov": Coverage(n_concepts, presence_share), "features": Gather(),
+                **{f"act.{layer}": Gather() for layer in layers}}
+
+    def step(c: RunContext, stats: dict[str, Any], start: int, count: int) -> None:
+        gen, seg = c.generator(job), c.segmenter(job)
+        z = latents(seed, count, int(gen.z_dim), start=start).to(c.device)
         with torch.no_grad(), Tap(gen, list(layers)) as tap:
             images = gen(z)
             for layer in layers:
                 a = tap[layer].amax((2, 3)).float().cpu()  # [B, U]; NaN / inf survive the max
-                check_finite(a, layer, model)
-                acts[layer].append(a)
-            f, m = features_and_masks(feat, seg, images)
-            feats.append(f)
-            cov.add(m)
-        if ckpt is not None and ((i + 1) % every == 0) and i + 1 < len(starts):
-            _save(ckpt, i + 1, acts, feats, cov)
-    return {layer: torch.cat(v) for layer, v in acts.items()}, np.concatenate(feats), cov
+                check_finite(a, layer, job.model.name)
+                stats[f"act.{layer}"].add(a)
+            f, m = features_and_masks(job_extractor(job, c), seg, images)
+            stats["features"].add(torch.from_numpy(f))
+            stats["cov"].add(m)
 
-
-def _save(ckpt: Checkpoint, done: int, acts: dict[str, list[torch.Tensor]], feats: list[np.ndarray],
-          cov: Coverage) -> None:
-    t = {f"act.{layer}": torch.cat(v) for layer, v in acts.items()}
-    t["features"] = torch.from_numpy(np.concatenate(feats))
-    t.update({f"cov.{k}": v for k, v in cov.state_dict().items()})
-    ckpt.save(done, t)
+    stats = ctx.engine.run_pass(job, ctx, "realism.features", make, step, n, batch_size)
+    return ({layer: stats[f"act.{layer}"].result() for layer in layers}, stats["features"].result().numpy(),
+            stats["cov"])
 
 
 def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device,
@@ -176,7 +182,7 @@ def unit_scores(acts: torch.Tensor, feats: np.ndarray, real_mu: np.ndarray, real
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
-    feat = extractor(str(param(job, "features")), seg, ctx.device, a.path_param("inception_weights"))
+    feat = job_extractor(job, ctx)
     frac = float(param(job, "top_fraction"))
     if not 0 < frac <= 1:
         raise ValueError(f"analysis {a.name!r}: top_fraction must be in (0, 1], got {frac}")
@@ -185,10 +191,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     check_count(int(param(job, "real_samples")), feat.dim, f"analysis {a.name!r}: real_samples")
     real_f, real_cov = real_set(job, seg, feat, int(gen.resolution), ctx.device)
     check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
-    ckpt = Checkpoint(ctx.cache_dir(job), "realism.pool")
-    acts, gen_f, gen_cov = generated_pool(gen, seg, feat, job.layers, a.seed, a.samples, int(param(job, "batch_size")),
-                                          ctx.device, ckpt, ctx.checkpoint_every, ctx.progress,
-                                          float(param(job, "presence_share")), job.model.name)
+    acts, gen_f, gen_cov = generated_pool(job, ctx, len(seg.concepts), a.seed, a.samples,
+                                          int(param(job, "batch_size")), float(param(job, "presence_share")))
     mu_r, s_r = feature_stats(real_f)
     strip = int(param(job, "strip"))
     base = {"run_key": job.run_key, "model": job.model.name}

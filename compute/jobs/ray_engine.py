@@ -4,8 +4,8 @@ Reads the job's models in each worker (from their checkpoint paths, `ctx.generat
 shard's finished statistics as `.cache/<run_key>/shards/<pass>-<i>.safetensors` on the driver (a
 killed driver re-runs only the shards missing there) and, in the worker, the shard's in-progress
 checkpoint `<pass>-<i>-partial.safetensors` (a retried task on the same machine resumes it). Workers
-send Stat `state_dict()`s, never featuremaps; the driver merges them in shard order (`make(ctx)`, then
-`load_state_dict` of shard 0, `merge` of the rest), which every Stat's merge contract makes equal to one
+send Stat `state_dict()`s, never featuremaps; the driver merges them in shard order (copies of one
+`make(ctx)`: `load_state_dict` of each shard, shard 0 then `merge` of the rest), which every Stat's merge contract makes equal to one
 process adding every batch (shards are contiguous runs of whole batches, so each batch is the one a
 local run folds).
 
@@ -17,6 +17,7 @@ imports Ray (the `ray` extra: pip install -e '.[ray]').
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,10 +132,17 @@ class RayEngine:
         ranges = shard_ranges(len(items), self._shards(ray))
         folder = shard_dir(ctx, job)
         states: list[dict[str, Stat] | None] = [None] * len(ranges)
+        template: list[dict[str, Stat]] = []
+
+        def empty() -> dict[str, Stat]:  # `make` once on the driver (it may run a batch), then copies
+            if not template:
+                template.append(make(ctx))
+            return copy.deepcopy(template[0])
+
         for i in range(len(ranges)):  # shards a killed driver already finished
             done_ck = Checkpoint(folder, f"{name}-{i}")
             if done_ck.path.exists():
-                st = make(ctx)
+                st = empty()
                 if load_stats(done_ck, st) == ranges[i][1] - ranges[i][0]:
                     states[i] = st
         gpus = self.num_gpus if self.num_gpus is not None else (1 if torch.device(ctx.device).type == "cuda" else 0)
@@ -156,7 +164,7 @@ class RayEngine:
             except Exception as e:  # retries spent: keep going so the other shards' states are saved
                 errors.append(f"shard {i} (batches {ranges[i][0]}..{ranges[i][1] - 1}): {_reason(e)}")
                 continue
-            st = make(ctx)
+            st = empty()
             for k, s in st.items():
                 s.load_state_dict(result[k])
             save_stats(Checkpoint(folder, f"{name}-{i}"), ranges[i][1] - ranges[i][0], st)
