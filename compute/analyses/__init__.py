@@ -12,14 +12,13 @@ recorded in runs.params and the run key). The runner builds each run's configura
 dataclass (`job.config`, from `config(...)` here): the kind's recorded defaults, then the spec's values,
 then the resolved ones.
 
-    python -m compute.analyses        # print the registry
+    python -c "import compute.analyses as a; print(a.describe())"      # print the registry
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import importlib
-import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Mapping
@@ -62,10 +61,10 @@ class Kind:
 
 PACKAGE_VERSION = "0.1.0"
 _Q = "compute.analyses."
-_QUANTILE_ONLY = ("parts", "iqr_threshold", "null_block")  # dissect's keys a quantiles entry accepts unrecorded
+_DISSECT_KEYS = ("parts", "iqr_threshold", "null_block")  # dissect's keys a quantiles entry accepts unrecorded
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("quantiles", _Q + "quantiles", "2", "per-unit activation quantiles and top-k samples (no segmenter)",
-         ("unit_quantiles", "unit_topk"), unrecorded=_QUANTILE_ONLY, segmenter=False),
+         ("unit_quantiles", "unit_topk"), unrecorded=_DISSECT_KEYS, segmenter=False),
     Kind("dissect", _Q + "dissect", "2", "quantiles + IoU of every unit with every concept, null baseline",
          ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou"),
          unrecorded=("holdout_samples", "method"), resolved=("method",)),
@@ -170,7 +169,3 @@ def describe() -> str:
                    + (f"\n  resolved at plan time: {', '.join(k.resolved)}" if k.resolved else ""))
     return "\n".join(out)
 
-
-if __name__ == "__main__":
-    print(describe())
-    sys.exit(0)
