@@ -112,3 +112,20 @@ def test_an_undeclared_table_fails_the_run_and_publishes_nothing(quantile_spec: 
     assert runs["status"].to_list() == ["failed"]
     assert store.read("select count(*) n from unit_quantiles", path=spec.store)["n"][0] == 0
     assert json.loads(runs["params"][0])["topk"] == 20
+
+
+def test_plan_puts_each_run_after_the_runs_it_reads(tmp_path: Path, tiny_gan: Path, tiny_seg: Path) -> None:
+    """Declared in reverse dependency order, the plan still runs dissect, then ace, then trace / insert
+    (the spec's order kept within one generation), and each job's deps are the planned runs' keys."""
+    from tests.helpers import analysis, model, segmenter, write_spec_of
+
+    kw = {"segmenter": "s", "layers": ["layer4"], "samples": 8, "concepts": ["tree"]}
+    path = write_spec_of(tmp_path, store=tmp_path / "s.duckdb", models=[model("g", tiny_gan)],
+                         segmenters=[segmenter("s", tiny_seg)],
+                         analyses=[analysis("t", "trace", "g", **kw), analysis("i", "insert", "g", **kw),
+                                   analysis("a", "ace", "g", **kw), analysis("d", "dissect", "g", **kw)])
+    jobs = runner.plan(specmod.load(path))
+    assert [j.analysis.name for j in jobs] == ["d", "a", "t", "i"]
+    key = {j.analysis.name: j.run_key for j in jobs}
+    assert jobs[1].deps == (("dissect", key["d"]),)
+    assert jobs[2].deps == jobs[3].deps == (("ace", key["a"]),)
