@@ -134,26 +134,29 @@ def ablated_features(job: Job, ctx: RunContext, feat: Any, layer: str, seed: int
                      sets: list[list[int]]) -> tuple[np.ndarray, Coverage, list[np.ndarray], list[Coverage]]:
     """Features [n, D] and coverage of the sample before, and after ablating each unit set: one resumable
     pass of a `LayerPool` (the generator below the layer runs once per batch; each set's edit runs the rest)."""
-    pool = LayerPool.of(job, ctx, layer, seed, segment=False)
-    seg = ctx.segmenter(job)
-    k = len(seg.concepts)
+    pool = LayerPool.of(job, ctx, layer, seed, segment=False, keep=False)  # each batch is used once
+    k = len(ctx.segmenter(job).concepts)
+    feat_name, weights = str(param(job, "features")), job.analysis.path_param("inception_weights")
 
     def make(_: Any) -> dict[str, Any]:
         return {"f": Gather(), "c": Coverage(k), **{f"f{i}": Gather() for i in range(len(sets))},
                 **{f"c{i}": Coverage(k) for i in range(len(sets))}}
 
     def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
+        if "feat" not in p.cache:  # an engine's worker builds its own extractor
+            p.cache["feat"] = extractor(feat_name, p.seg, p.device, weights)
+        seg, f_x = p.seg, p.cache["feat"]
         with torch.no_grad():
-            f, m = features_and_masks(feat, seg, p.finish(b.r, b.z))
+            f, m = features_and_masks(f_x, seg, p.finish(b.r, b.z))
             st["f"].add(torch.from_numpy(f))
             st["c"].add(m)
             for i, us in enumerate(sets):
                 alpha = unit_alpha(us, b.r.shape[1], layer=layer, device=b.r.device)
-                f, m = features_and_masks(feat, seg, p.finish(edit_featuremap(b.r, alpha, 0.0, None, layer), b.z))
+                f, m = features_and_masks(f_x, seg, p.finish(edit_featuremap(b.r, alpha, 0.0, None, layer), b.z))
                 st[f"f{i}"].add(torch.from_numpy(f))
                 st[f"c{i}"].add(m)
 
-    pool.keep = False  # each batch is used once
+    pool.cache["feat"] = feat
     st = pool.stream(ctx, job, f"repair.{layer}", make, fold, n, batch_size)
     return (st["f"].result().numpy(), st["c"], [st[f"f{i}"].result().numpy() for i in range(len(sets))],
             [st[f"c{i}"] for i in range(len(sets))])

@@ -21,6 +21,7 @@ intervention analysis is resumable (and shardable) the same way as the streaming
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
@@ -88,28 +89,44 @@ class PoolBatch:
     probs: torch.Tensor | None = None  # [B, K, h, w] soft probability per concept averaged over each location's block
 
 
+# The pools alive now, by (id of their run context, job, layer, seed, options): `of` finds a pool its
+# analysis still holds; a pool (with its kept batches) goes when the analysis drops it.
+_POOLS: "weakref.WeakValueDictionary[tuple, LayerPool]" = weakref.WeakValueDictionary()
+
+
 class LayerPool:
     """Samples of one seed (or given latents) at one layer of a generator, with their segmentation."""
 
     def __init__(self, gen: torch.nn.Module, layer: str, seg: Segmenter | None = None, *, seed: int | None = None,
                  z: torch.Tensor | None = None, device: torch.device | str | None = None, probs: bool = False,
-                 keep: bool = True) -> None:
+                 keep: bool = True, segment: bool = True) -> None:
         if (seed is None) == (z is None):
             raise ValueError("a LayerPool needs exactly one of seed (samples of a seed) or z (given latents)")
         self.gen, self.layer, self.seg, self.seed = gen, layer, seg, seed
         self.device = torch.device(device) if device is not None else next(gen.parameters()).device
         self.z = z
         self.with_probs, self.keep = probs, keep
+        self.segments = segment and seg is not None  # whether `batch` segments the unedited images
+        self.cache: dict[str, Any] = {}  # what a fold derives once per pool (e.g. a feature extractor)
         self._memo: dict[tuple[int, int], PoolBatch] = {}
-        self._source: tuple[Any, Any] | None = None  # (job, ctx) the pool was built from (see `of`)
+        self._recipe: tuple[Any, str, int, bool, bool, bool] | None = None  # how `of` built it (see `stream`)
+        self.context: Any = None  # the run context it was built from (`of`), else None
 
     @classmethod
-    def of(cls, job: Any, ctx: PoolContext, layer: str, seed: int, probs: bool = False,
-           segment: bool = True) -> "LayerPool":
-        """The pool of a job's generator (and segmenter) at `layer`, samples of `seed`, on the context's device."""
-        pool = cls(ctx.generator(job), layer, ctx.segmenter(job) if segment else None, seed=seed, device=ctx.device,
-                   probs=probs)
-        pool._source = (job, ctx)
+    def of(cls, job: Any, ctx: PoolContext, layer: str, seed: int, probs: bool = False, segment: bool = True,
+           keep: bool = True) -> "LayerPool":
+        """The pool of a job's generator and segmenter at `layer`, samples of `seed`, on the context's device;
+        the pool already alive for this (context, job, layer, seed, options) if any, so a pass's steps find the
+        pool (and kept batches) of the analysis that runs it.
+        segment=False: `batch` does not segment (the fold segments edited images itself)."""
+        recipe = (job, layer, seed, probs, segment, keep)
+        key = (id(ctx), job.run_key, *recipe[1:])
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = cls(ctx.generator(job), layer, ctx.segmenter(job), seed=seed, device=ctx.device, probs=probs,
+                       keep=keep, segment=segment)
+            pool._recipe, pool.context = recipe, ctx  # the context stays alive with the pool: its id is not reused
+            _POOLS[key] = pool
         return pool
 
     # ------------------------------------------------------------------------------ one batch
@@ -139,7 +156,7 @@ class LayerPool:
         z = self.latents(start, count)
         r = featuremap(self.gen, self.layer, z)
         masks = probs = None
-        if self.seg is not None:
+        if self.segments:
             with torch.no_grad():
                 images = self.finish(r, z)
                 masks = self.seg.concept_masks(images)
@@ -158,20 +175,19 @@ class LayerPool:
                          cat([p.masks for p in parts]), cat([p.probs for p in parts]))
 
     # -------------------------------------------------------------------------- streamed passes
-    def on(self, ctx: Any) -> "LayerPool":
-        """This pool, or (for another run context, e.g. an engine's remote worker) the same pool rebuilt there."""
-        if self._source is None or ctx is self._source[1]:
-            return self
-        job, _ = self._source
-        return LayerPool.of(job, ctx, self.layer, self.seed, self.with_probs, self.seg is not None)
-
     def stream(self, ctx: PoolContext, job: PoolJob, name: str, make: Callable[[Any], dict[str, Stat]],
                fold: Callable[["LayerPool", dict[str, Stat], PoolBatch], None], n: int, batch_size: int
                ) -> dict[str, Stat]:
         """One resumable pass over samples [0, n): `fold(pool, stats, batch)` per batch of `batch_size`, run by
-        the context's engine (checkpoint `.cache/<run_key>/<name>.safetensors`). Returns the statistics."""
+        the context's engine (checkpoint `.cache/<run_key>/<name>.safetensors`). Returns the statistics.
+
+        The pass's step carries how the pool was built, not the pool (nor its models and kept batches): on
+        the context it was built from it finds this pool again, on an engine's worker the worker's own pool
+        (`of` on the worker's context). `fold` must likewise reach models through the pool it is given."""
+        recipe, local = self._recipe, (self if self._recipe is None else None)
+
         def step(c: Any, stats: dict[str, Stat], start: int, count: int) -> None:
-            pool = self.on(c)
+            pool = local if local is not None else LayerPool.of(recipe[0], c, *recipe[1:])
             fold(pool, stats, pool.batch(start, count))
 
         return ctx.engine.run_pass(job, ctx, name, make, step, n, batch_size)

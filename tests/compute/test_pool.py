@@ -141,3 +141,36 @@ def test_gather_and_sum_equal_the_whole_batch() -> None:
     assert torch.equal(g2.result(), x) and torch.equal(s2.result(), s.result())
     with pytest.raises(ValueError, match="nothing was added"):
         Sum().result()
+
+
+class _WorkerEngine:
+    """Runs every step on another run context (as an engine's remote worker would), merging nothing."""
+
+    def __init__(self, worker: _Ctx) -> None:
+        self.worker = worker
+
+    def run_pass(self, job, ctx, name, make, step, n, batch_size):
+        stats = make(self.worker)
+        for s in range(0, n, batch_size):
+            step(self.worker, stats, s, min(batch_size, n - s))
+        return stats
+
+
+def test_a_pass_on_another_context_uses_that_contexts_pool(models, tmp_path: Path) -> None:
+    gen, seg = models
+    ctx = _Ctx(tmp_path / "driver", gen, seg)
+    worker = _Ctx(tmp_path / "worker", gen, seg)
+    ctx.engine = _WorkerEngine(worker)
+    pool = LayerPool.of(_Job(), ctx, LAYER, seed=5)
+    assert LayerPool.of(_Job(), ctx, LAYER, seed=5) is pool  # the analysis's pool is found again while held
+    seen = []
+
+    def fold(p, st, b):
+        seen.append(p)
+        p.fold_constants(st["k"], b)
+
+    got = pool.stream(ctx, _Job(), "p", lambda c: {"k": ConditionalMean()}, fold, 6, 4)["k"].result()
+    assert seen and all(p is not pool and p.context is worker for p in seen)
+    assert not pool._memo  # the driver's pool ran nothing
+    want = LayerPool(gen, LAYER, seg, seed=5).constants(None, None, 6, 4)
+    assert torch.equal(got.T.float().nan_to_num(), want.nan_to_num())
