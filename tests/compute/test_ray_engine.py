@@ -160,3 +160,38 @@ def test_failing_shard_fails_the_run_and_a_new_driver_runs_only_missing_shards(
     for t in ("unit_quantiles", "unit_topk"):
         want = local_rows[t].filter(local_rows[t]["name"] == "q")
         assert len(want) > 0 and rows[t].equals(want), t
+
+
+def _pickled_without_models(*fns: object) -> int:
+    """Bytes of the functions pickled as Ray ships them (cloudpickle), failing on any captured nn.Module."""
+    import io
+
+    import torch
+    from ray import cloudpickle
+
+    class NoModels(cloudpickle.Pickler):
+        def reducer_override(self, obj):  # type: ignore[no-untyped-def]
+            if isinstance(obj, torch.nn.Module):
+                raise AssertionError(f"a pass captures a loaded model ({type(obj).__name__})")
+            return super().reducer_override(obj)
+
+    buf = io.BytesIO()
+    NoModels(buf).dump(fns)
+    return len(buf.getvalue())
+
+
+def test_sharded_passes_capture_no_models(tmp_path, tiny_gan, tiny_seg) -> None:
+    """make/step of the quantile, dissect (two-pass and one-pass) and realism passes pickle without a model."""
+    from compute.jobs.tally import LocalEngine
+
+    sizes: dict[str, int] = {}
+
+    class Recording(LocalEngine):
+        def run_pass(self, job, ctx, name, make, step, n, batch_size):
+            sizes[f"{job.analysis.name}.{name}"] = _pickled_without_models(make, step)
+            return super().run_pass(job, ctx, name, make, step, n, batch_size)
+
+    out = _run(_spec(tmp_path, tiny_gan, tiny_seg, "pickle"), Recording())
+    assert [o.state for o in out] == ["done"] * 4, [o.error for o in out]
+    assert set(sizes) == {"q.quantiles", "dq.quantiles", "dq.iou", "d1.onepass", "realism.realism.features"}
+    assert max(sizes.values()) < 1_000_000, sizes  # closures and small tensors (thresholds), no featuremaps
