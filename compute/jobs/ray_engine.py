@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from compute.core.stats import Stat
+from db.errors import BadInput
 from compute.jobs.tally import (Batch, Checkpoint, Engine, LocalEngine, Make, PassJob, Step, batches, load_stats,
                                 save_stats, tally)
 
@@ -40,6 +41,10 @@ class WorkerConfig:
     store: str
     cache_root: str
     checkpoint_every: int
+
+
+class EngineError(BadInput):
+    """An engine that cannot be built from the arguments given (exit status 2)."""
 
 
 class ShardError(RuntimeError):
@@ -104,7 +109,7 @@ class RayEngine:
     def __init__(self, address: str | None = None, workers: int | None = None, num_gpus: float | None = None,
                  max_retries: int = 2, shards_per_worker: int = 1) -> None:
         if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise EngineError(f"--workers must be >= 1, got {workers}")
         self.address, self.workers, self.num_gpus = address, workers, num_gpus
         self.max_retries, self.shards_per_worker = int(max_retries), int(shards_per_worker)
         self.tasks_run = 0  # shard tasks submitted by this engine (a resumed pass submits only missing ones)
@@ -195,12 +200,12 @@ def engine_for(name: str, address: str | None = None, workers: int | None = None
     """The engine the runner uses: "local" (every batch in this process) or "ray" (shards on Ray)."""
     if name == "local":
         if address is not None or workers is not None:
-            raise ValueError("--address and --workers need --engine ray")
+            raise EngineError("--address and --workers need --engine ray")
         return LocalEngine()
     if name == "ray":
         try:
             import ray  # noqa: F401
         except ImportError as e:
-            raise ImportError("--engine ray needs Ray: pip install -e '.[ray]'") from e
+            raise EngineError("--engine ray needs Ray: pip install -e '.[ray]'") from e
         return RayEngine(address=address, workers=workers)
-    raise ValueError(f"engine {name!r}; allowed: {', '.join(ENGINES)}")
+    raise EngineError(f"engine {name!r}; allowed: {', '.join(ENGINES)}")

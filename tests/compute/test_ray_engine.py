@@ -195,3 +195,17 @@ def test_sharded_passes_capture_no_models(tmp_path, tiny_gan, tiny_seg) -> None:
     assert [o.state for o in out] == ["done"] * 4, [o.error for o in out]
     assert set(sizes) == {"q.quantiles", "dq.quantiles", "dq.iou", "d1.onepass", "realism.realism.features"}
     assert max(sizes.values()) < 1_000_000, sizes  # closures and small tensors (thresholds), no featuremaps
+
+
+def test_cli_engine_arguments(local_ray, quantile_spec, tmp_path, capsys) -> None:
+    """`gandissect run --engine ray --workers 2` computes the local rows; --workers without ray is refused."""
+    from compute.cli import main
+
+    assert main(["run", str(quantile_spec), "--workers", "2", "--quiet"]) == 2
+    assert "--address and --workers need --engine ray" in capsys.readouterr().err
+    db = str(tmp_path / "store.duckdb")
+    assert main(["run", str(quantile_spec), "--engine", "ray", "--workers", "2", "--quiet"]) == 0
+    ray_rows = store.read("select layer, unit, q, value from unit_quantiles order by all", path=db)
+    assert main(["run", str(quantile_spec), "--force", "--quiet"]) == 0
+    local = store.read("select layer, unit, q, value from unit_quantiles order by all", path=db)
+    assert len(local) > 0 and ray_rows.equals(local)
