@@ -15,6 +15,7 @@ from compute.jobs.tally import Checkpoint, LocalEngine
 from ingest.models.progan import load_progan
 from ingest.models.village_seg import load_village_seg
 from ingest.samples import latents
+from tests.compute.test_tally import _Ctx as _TallyCtx, _Job
 
 LAYER = "layer4"
 
@@ -24,35 +25,20 @@ def models(tiny_gan: Path, tiny_seg: Path) -> tuple[torch.nn.Module, torch.nn.Mo
     return load_progan(str(tiny_gan)).eval(), load_village_seg(str(tiny_seg)).eval()
 
 
-class _Ctx:
-    """A run context for one model pair (what LayerPool.of and stream read)."""
+class _Ctx(_TallyCtx):
+    """test_tally's run context with one model pair and an engine (what LayerPool.of and stream read)."""
 
     checkpoint_every = 1
-    device = torch.device("cpu")
 
     def __init__(self, root: Path, gen: torch.nn.Module, seg: torch.nn.Module) -> None:
-        self.root, self.gen, self.seg, self.engine = root, gen, seg, LocalEngine()
+        super().__init__(root)
+        self.gen, self.seg, self.engine = gen, seg, LocalEngine()
 
     def generator(self, job) -> torch.nn.Module:
         return self.gen
 
     def segmenter(self, job) -> torch.nn.Module:
         return self.seg
-
-    def cache_dir(self, job) -> Path:
-        d = self.root / job.run_key
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def progress(self, it=None, **kw):
-        return it
-
-
-class _Job:
-    run_key = "k"
-
-    class model:
-        name = "m"
 
 
 def test_batch_is_the_cut_generator_and_the_segmenter(models) -> None:
