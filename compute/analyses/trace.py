@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from compute.analyses.ace import require_concepts
 from compute.analyses.insert import top_units
 from compute.core.intervene import (InterventionError, channel_scales, concept_index, constant_for, later_layers,
