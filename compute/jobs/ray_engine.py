@@ -1,9 +1,9 @@
 """The Ray engine: one streaming pass split into shards of its sample range, one Ray task per shard.
 
 Reads the job's models in each worker (from their checkpoint paths, `ctx.generator(job)`); writes each
-shard's finished statistics as `.cache/<run_key>/shards/<pass>-<i>.safetensors` on the driver (a
-killed driver re-runs only the shards missing there) and, in the worker, the shard's in-progress
-checkpoint `<pass>-<i>-partial.safetensors` (a retried task on the same machine resumes it). Workers
+shard's finished statistics as `.cache/<run_key>/shards/<pass>-<first>-<last>.safetensors` (its batch
+range) on the driver (a killed driver re-runs only the shards missing there) and, in the worker, the
+shard's in-progress checkpoint `<pass>-<first>-<last>-partial.safetensors` (a retried task on the same machine resumes it). Workers
 send Stat `state_dict()`s, never featuremaps; the driver merges them in shard order (copies of one
 `make(ctx)`: `load_state_dict` of each shard, shard 0 then `merge` of the rest), which every Stat's merge contract makes equal to one
 process adding every batch (shards are contiguous runs of whole batches, so each batch is the one a
@@ -77,14 +77,20 @@ def _worker_context(cfg: WorkerConfig, run_key: str) -> Any:
     return _CONTEXTS[key]
 
 
+def shard_name(name: str, first: int, last: int) -> str:
+    """A shard's checkpoint name: the pass and its batch range [first, last) (batch size and sample count are
+    in the run key), so a driver restarted with another number of workers never reuses another split's state."""
+    return f"{name}-{first}-{last}"
+
+
 def run_shard(cfg: WorkerConfig, job: PassJob, name: str, make: Make, step: Step, items: list[Batch],
-              index: int) -> dict[str, dict[str, Any]]:
+              first: int) -> dict[str, dict[str, Any]]:
     """Fold the shard's batches into fresh statistics (resuming its partial checkpoint); their state_dicts
     on the CPU, by statistic name. Runs in a Ray worker, one thread."""
     torch.set_num_threads(1)
     ctx = _worker_context(cfg, job.run_key)
     stats = make(ctx)
-    cache = Checkpoint(shard_dir(ctx, job), f"{name}-{index}-partial")
+    cache = Checkpoint(shard_dir(ctx, job), shard_name(name, first, first + len(items)) + "-partial")
     for start, count in tally(stats, items, cache, every=ctx.checkpoint_every):
         step(ctx, stats, start, count)
     return {k: {f: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for f, v in st.state_dict().items()}
@@ -145,7 +151,7 @@ class RayEngine:
             return copy.deepcopy(template[0])
 
         for i in range(len(ranges)):  # shards a killed driver already finished
-            done_ck = Checkpoint(folder, f"{name}-{i}")
+            done_ck = Checkpoint(folder, shard_name(name, *ranges[i]))
             if done_ck.path.exists():
                 st = empty()
                 if load_stats(done_ck, st) == ranges[i][1] - ranges[i][0]:
@@ -157,7 +163,7 @@ class RayEngine:
         pending = {}
         for i, (lo, hi) in enumerate(ranges):
             if states[i] is None:
-                pending[task.remote(cfg, job, name, make, step, items[lo:hi], i)] = i
+                pending[task.remote(cfg, job, name, make, step, items[lo:hi], lo)] = i
                 self.tasks_run += 1
         errors: list[str] = []
         bar = ctx.progress(total=len(ranges), initial=len(ranges) - len(pending), desc=f"{job.model.name} {name} shards")
@@ -172,8 +178,8 @@ class RayEngine:
             st = empty()
             for k, s in st.items():
                 s.load_state_dict(result[k])
-            save_stats(Checkpoint(folder, f"{name}-{i}"), ranges[i][1] - ranges[i][0], st)
-            Checkpoint(folder, f"{name}-{i}-partial").path.unlink(missing_ok=True)
+            save_stats(Checkpoint(folder, shard_name(name, *ranges[i])), ranges[i][1] - ranges[i][0], st)
+            Checkpoint(folder, shard_name(name, *ranges[i]) + "-partial").path.unlink(missing_ok=True)
             states[i] = st
             if hasattr(bar, "update"):
                 bar.update(1)
