@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from compute.core.stats import Stat
-from db.errors import BadInput
+from db.errors import BadInput, is_bad_input
 from compute.jobs.tally import (Batch, Checkpoint, Engine, LocalEngine, Make, PassJob, Step, batches, load_stats,
                                 save_stats, tally)
 
@@ -49,6 +49,10 @@ class EngineError(BadInput):
 
 class ShardError(RuntimeError):
     """Shards of a pass that could not finish (after Ray's retries), with each one's reason."""
+
+
+class ShardInputError(ShardError, BadInput):
+    """Shards that failed on bad input (a missing file, a bad parameter): exit status 2, as a local run."""
 
 
 def shard_ranges(n_batches: int, shards: int) -> list[tuple[int, int]]:
@@ -166,6 +170,7 @@ class RayEngine:
                 pending[task.remote(cfg, job, name, make, step, items[lo:hi], lo)] = i
                 self.tasks_run += 1
         errors: list[str] = []
+        causes: list[BaseException] = []
         bar = ctx.progress(total=len(ranges), initial=len(ranges) - len(pending), desc=f"{job.model.name} {name} shards")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -174,6 +179,7 @@ class RayEngine:
                 result = ray.get(ready[0])
             except Exception as e:  # retries spent: keep going so the other shards' states are saved
                 errors.append(f"shard {i} (batches {ranges[i][0]}..{ranges[i][1] - 1}): {_reason(e)}")
+                causes.append(_cause(e))
                 continue
             st = empty()
             for k, s in st.items():
@@ -186,7 +192,8 @@ class RayEngine:
         if hasattr(bar, "close"):
             bar.close()
         if errors:
-            raise ShardError(f"pass {name!r} of {job.model.name}: {len(errors)} of {len(ranges)} shard(s) failed "
+            kind = ShardInputError if all(is_bad_input(c) for c in causes) else ShardError
+            raise kind(f"pass {name!r} of {job.model.name}: {len(errors)} of {len(ranges)} shard(s) failed "
                              f"after {self.max_retries} retries: " + "; ".join(errors))
         out = states[0]
         assert out is not None
@@ -196,9 +203,13 @@ class RayEngine:
         return out
 
 
-def _reason(e: BaseException) -> str:
+def _cause(e: BaseException) -> BaseException:
     cause = getattr(e, "cause", None)  # RayTaskError: the worker's exception
-    err = cause if isinstance(cause, BaseException) else e
+    return cause if isinstance(cause, BaseException) else e
+
+
+def _reason(e: BaseException) -> str:
+    err = _cause(e)
     return f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
 
 

@@ -108,19 +108,19 @@ def test_ray_rows_equal_local(local_ray, local_rows, tmp_path, tiny_gan, tiny_se
 class FlakyEngine(RayEngine):
     """Shard 1's first batch raises while the flag file exists; `once` deletes the flag on raising."""
 
-    def __init__(self, flag: Path, once: bool, **kw: object) -> None:
+    def __init__(self, flag: Path, once: bool, error: type[Exception] = RuntimeError, **kw: object) -> None:
         super().__init__(**kw)
-        self.flag, self.once = str(flag), once
+        self.flag, self.once, self.error = str(flag), once, error
 
     def run_pass(self, job, ctx, name, make, step, n, batch_size):
         first = shard_ranges(len(range(0, n, batch_size)), self.workers or 1)[-1][0] * batch_size
-        flag, once = self.flag, self.once
+        flag, once, error = self.flag, self.once, self.error
 
         def flaky(c, stats, start, count):  # runs in the worker (pickled by value)
             if start == first and os.path.exists(flag):
                 if once:
                     os.remove(flag)
-                raise RuntimeError(f"injected failure at sample {start}")
+                raise error(f"injected failure at sample {start}")
             step(c, stats, start, count)
 
         return super().run_pass(job, ctx, name, make, flaky, n, batch_size)
@@ -144,7 +144,7 @@ def test_failing_shard_fails_the_run_and_a_new_driver_runs_only_missing_shards(
     out = runner.run(specmod.load(path), only="q", quiet=True, echo=lambda s: None,
                      engine=FlakyEngine(flag, once=False, workers=2, max_retries=1))
     assert [o.state for o in out] == ["failed"]
-    assert "shard 1" in out[0].error and "injected failure" in out[0].error
+    assert "shard 1" in out[0].error and "injected failure" in out[0].error and not out[0].bad_input
     db = str(path.parent / "store.duckdb")
     assert store.read("select status from runs", path=db)["status"].to_list() == ["failed"]
     assert store.read("select count(*) n from unit_quantiles", path=db)["n"][0] == 0
@@ -209,3 +209,14 @@ def test_cli_engine_arguments(local_ray, quantile_spec, tmp_path, capsys) -> Non
     assert main(["run", str(quantile_spec), "--force", "--quiet"]) == 0
     local = store.read("select layer, unit, q, value from unit_quantiles order by all", path=db)
     assert len(local) > 0 and ray_rows.equals(local)
+
+
+def test_a_shard_failing_on_bad_input_is_bad_input(local_ray, tmp_path, tiny_gan, tiny_seg) -> None:
+    """A shard that fails on a missing file fails the run as bad input (exit status 2), as a local run would."""
+    path = _spec(tmp_path, tiny_gan, tiny_seg, "bad")
+    flag = tmp_path / "missing"
+    flag.touch()
+    out = runner.run(specmod.load(path), only="q", quiet=True, echo=lambda s: None,
+                     engine=FlakyEngine(flag, once=False, error=FileNotFoundError, workers=2, max_retries=0))
+    assert [o.state for o in out] == ["failed"] and out[0].bad_input, out[0].error
+    assert "ShardInputError" in out[0].error and "FileNotFoundError" in out[0].error
