@@ -2,6 +2,7 @@
 store audits and agree with each other; a non-held-out ablation set is refused with a clear message."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from compute import runner, spec as specmod
+from compute.jobs.tally import LocalEngine
 from db import store
 from tests.conftest import run_spec_in, write_spec
 from tests.helpers import intervention_analyses, model, segmenter, spec_text
 
-def body(d: Path, gan: Path, seg: Path, ablate_seed: int) -> str:
+def body(d: Path, gan: Path, seg: Path, ablate_seed: int, insert_batch: int = 32) -> str:
     """The spec: dissect -> ace -> ablate / insert / trace of the tiny generator at layer4."""
     return spec_text(d / "store.duckdb", models=[model("tiny", gan)], segmenters=[segmenter("tiny-seg", seg)],
                      analyses=intervention_analyses(
@@ -23,7 +25,7 @@ def body(d: Path, gan: Path, seg: Path, ablate_seed: int) -> str:
                                   batch=4, eval_items=4, lr=0.05, l2=0.01),
                          ablate=dict(samples=6, seed=ablate_seed, concepts=["tree"], n_max=3, draws=2, effect_units=3,
                                      insert_locations=1),
-                         insert=dict(samples=2, seed=3, concepts=["tree"], units=3),
+                         insert=dict(samples=2, seed=3, concepts=["tree"], units=3, batch_size=insert_batch),
                          trace=dict(samples=2, seed=3, concepts=["tree"], units=3, location=[2, 3])))
 
 
@@ -111,3 +113,45 @@ def test_ablation_on_the_ace_samples_is_refused(computed, tmp_path: Path, tiny_g
         os.chdir(cwd)
     assert out[0].state == "failed"
     assert "seed 2 is the ACE run's seed; the ablation set must be held out" in out[0].error
+
+
+class _EveryBatch(LocalEngine):
+    """The local engine checkpointing after every batch."""
+
+    def run_pass(self, job, ctx, *args):
+        ctx.checkpoint_every = 1
+        return super().run_pass(job, ctx, *args)
+
+
+def test_a_killed_insertion_map_resumes_to_the_uninterrupted_rows(tmp_path: Path, tiny_gan: Path, tiny_seg: Path,
+                                                                    monkeypatch) -> None:
+    """insert's effects pass (a LayerPool stream) killed after its first batch resumes from the checkpoint:
+    only the second batch runs again, and the rows equal a recompute from scratch."""
+    from compute.analyses import insert
+
+    spec = write_spec(tmp_path, body(tmp_path, tiny_gan, tiny_seg, 3, insert_batch=1))
+    calls = []
+    real = insert.insertion_effects
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    def run(**kw):
+        with contextlib.chdir(tmp_path):
+            return runner.run(specmod.load(spec), quiet=True, echo=lambda m: None, engine=_EveryBatch(), **kw)
+
+    monkeypatch.setattr(insert, "insertion_effects", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    calls.clear()
+    monkeypatch.setattr(insert, "insertion_effects", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    assert [o.state for o in run(only="ins")] == ["done"]
+    assert len(calls) == 1  # the first batch came from the checkpoint
+    sql = "select * exclude (run_key) from insertion_maps order by all"
+    resumed = store.read(sql, path=str(tmp_path / "store.duckdb"))
+    assert [o.state for o in run(only="ins", force=True)] == ["done"]
+    assert len(calls) == 3 and resumed.height == 2 * 64
+    assert resumed.equals(store.read(sql, path=str(tmp_path / "store.duckdb")))
