@@ -6,6 +6,7 @@ else (including a run being computed by another process: `--wait` waits for it).
 unless `--debug`.
 
     gandissect run [SPEC] [--only NAME] [--force] [--wait] [--device auto|cpu|cuda] [--quiet]
+                   [--engine local|ray] [--address ADDR] [--workers N]
     gandissect status [SPEC]
     gandissect plan [SPEC] [--json]
     gandissect watch [SPEC] [--every 10m] [--once] [--engine local|ray]   # compute/watch.py
