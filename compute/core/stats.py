@@ -683,6 +683,9 @@ class PermutationNull:
         if k != self.concept.numel():
             raise ValueError(f"PermutationNull.add: {k} concepts, this stat has {self.concept.numel()}")
         a = _units(a.to(self.device), "PermutationNull.add")                              # [N, C, HW]
+        if self.thresholds.dim() == 1 and a.device.type == "cpu":
+            self._add_int8(a, m.to(self.device).reshape(n, k, hw))
+            return
         mf = m.to(self.device).reshape(n, k, hw).float()
         self.concept += mf.sum((0, 2)).round().long()
         for s in range(0, n, self.block):
@@ -699,6 +702,29 @@ class PermutationNull:
                     cross[..., j] = (above.reshape(b * c, hw) @ mb[:, j].T).view(b, c, b)
                     self.above[:, j] += above.sum((0, 2)).round().long()
             self._accumulate(cross.double().round())
+        self.samples += n
+        self.pixels += n * hw
+
+    def _add_int8(self, a: torch.Tensor, m: torch.Tensor) -> None:
+        """The CPU path for [C] thresholds: per block, `a > t` into a reused bool buffer read as int8 0/1,
+        and one int8 x int8 -> int32 matmul (`torch._int_mm`) of [ones; A] against [ones; M] (a row of
+        ones on each side), which gives every c_ij = |A_i & M_j|, |A_i| and |M_j| at once. Exact (integer
+        products and sums; HW < 2**24), so the counts equal the float path's; several times faster on
+        CPU than a float32 GEMM plus separate reductions. a [N, C, HW] float, m bool [N, K, HW]."""
+        n, c, hw = a.shape
+        k = m.shape[1]
+        b0 = min(self.block, n)
+        t = self.thresholds[None, :, None].expand(b0, c, hw)        # expanded: a much faster gt than [1, C, 1]
+        rows = torch.ones(1 + b0 * c, hw, dtype=torch.bool, device=self.device)    # row 0: ones
+        cols = torch.ones(1 + b0 * k, hw, dtype=torch.bool, device=self.device)    # row 0: ones
+        for s in range(0, n, self.block):
+            b = min(self.block, n - s)
+            torch.gt(a[s:s + b], t[:b], out=rows[1:1 + b * c].view(b, c, hw))
+            cols[1:1 + b * k] = m[s:s + b].reshape(b * k, hw)
+            counts = torch._int_mm(rows[:1 + b * c].view(torch.int8), cols[:1 + b * k].view(torch.int8).T)
+            self.concept += counts[0, 1:].view(b, k).sum(0, dtype=torch.int64)            # |M_j|
+            self.above += counts[1:, 0].view(b, c).sum(0, dtype=torch.int64)[:, None]     # |A_i|
+            self._accumulate(counts[1:, 1:].reshape(b, c, b, k).double())                # c_ij
         self.samples += n
         self.pixels += n * hw
 

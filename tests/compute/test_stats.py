@@ -443,3 +443,23 @@ def test_every_stat_is_a_stat() -> None:
     whole.add(x[:2])
     whole.add(x[:2])
     assert torch.equal(second.state_dict()["counts"], whole.state_dict()["counts"])
+
+
+def test_permutation_null_int8_path_equals_float_path() -> None:
+    """[C] thresholds on CPU count with int8 x int8 -> int32 matmuls (_add_int8); the counts and the
+    null moments equal, bit for bit, those of the float32 path ([C, K] thresholds equal to t for every
+    concept), over an uneven last block and with pixels on the threshold."""
+    g = torch.Generator().manual_seed(21)
+    a = torch.randn(13, 5, 9, 7, generator=g).round(decimals=1)                   # ties at t
+    m = torch.rand(13, 4, 9, 7, generator=g) < 0.35
+    t = torch.tensor([0.0, 0.5, -0.3, 1.0, 2.5])
+    fast, ref = PermutationNull(t, block=4), PermutationNull(t[:, None].expand(5, 4).contiguous(), block=4)
+    for s in (0, 6):                                                                # two adds, blocks 4+2, 4+3
+        fast.add(a[s:s + 6 + (s > 0)], m[s:s + 6 + (s > 0)])
+        ref.add(a[s:s + 6 + (s > 0)], m[s:s + 6 + (s > 0)])
+    for name in ("inter", "above", "concept", "null_mean", "null_var"):
+        x, y = getattr(fast, name), getattr(ref, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+    assert int(fast.above[0, 0]) == int((a[:, 0] > 0).sum())
+    assert torch.equal(fast.inter, sum(torch.diagonal(_cross(a[s:s + 1], t, m[s:s + 1]), dim1=0, dim2=2).sum(-1)
+                                       for s in range(13)).long())
