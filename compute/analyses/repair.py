@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compute.analyses.realism import Coverage, real_set
-from compute.core.features import check_count, extractor, features_and_masks
+from compute.analyses.realism import Coverage, job_extractor, real_set
+from compute.core.features import check_count, features_and_masks
 from compute.core.frechet import feature_stats, frechet_from_stats
 from compute.core.intervene import edit_featuremap, unit_alpha
 from compute.core.pool import Gather, LayerPool, PoolBatch
@@ -130,22 +130,19 @@ def flag_pr(scores: list[float], flagged: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def ablated_features(job: Job, ctx: RunContext, feat: Any, layer: str, seed: int, n: int, batch_size: int,
+def ablated_features(job: Job, ctx: RunContext, layer: str, seed: int, n: int, batch_size: int,
                      sets: list[list[int]]) -> tuple[np.ndarray, Coverage, list[np.ndarray], list[Coverage]]:
     """Features [n, D] and coverage of the sample before, and after ablating each unit set: one resumable
     pass of a `LayerPool` (the generator below the layer runs once per batch; each set's edit runs the rest)."""
     pool = LayerPool.of(job, ctx, layer, seed, segment=False, keep=False)  # each batch is used once
     k = len(ctx.segmenter(job).concepts)
-    feat_name, weights = str(param(job, "features")), job.analysis.path_param("inception_weights")
 
     def make(_: Any) -> dict[str, Any]:
         return {"f": Gather(), "c": Coverage(k), **{f"f{i}": Gather() for i in range(len(sets))},
                 **{f"c{i}": Coverage(k) for i in range(len(sets))}}
 
     def fold(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
-        if "feat" not in p.cache:  # an engine's worker builds its own extractor
-            p.cache["feat"] = extractor(feat_name, p.seg, p.device, weights)
-        seg, f_x = p.seg, p.cache["feat"]
+        seg, f_x = p.seg, job_extractor(job, p.context)  # an engine's worker: its own context's extractor
         with torch.no_grad():
             f, m = features_and_masks(f_x, seg, p.finish(b.r, b.z))
             st["f"].add(torch.from_numpy(f))
@@ -156,7 +153,6 @@ def ablated_features(job: Job, ctx: RunContext, feat: Any, layer: str, seed: int
                 st[f"f{i}"].add(torch.from_numpy(f))
                 st[f"c{i}"].add(m)
 
-    pool.cache["feat"] = feat
     st = pool.stream(ctx, job, f"repair.{layer}", make, fold, n, batch_size)
     return (st["f"].result().numpy(), st["c"], [st[f"f{i}"].result().numpy() for i in range(len(sets))],
             [st[f"c{i}"] for i in range(len(sets))])
@@ -165,7 +161,7 @@ def ablated_features(job: Job, ctx: RunContext, feat: Any, layer: str, seed: int
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     a = job.analysis
     gen, seg = ctx.generator(job), ctx.segmenter(job)
-    feat = extractor(str(param(job, "features")), seg, ctx.device, a.path_param("inception_weights"))
+    feat = job_extractor(job, ctx)
     check_count(a.samples, feat.dim, f"analysis {a.name!r}: samples")
     n_units, draws = int(param(job, "n_units")), int(param(job, "draws"))
     if n_units <= 0:
@@ -193,7 +189,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             print(f"note: {a.name} [{job.model.name}] {layer}: no manual units (manual = {param(job, 'manual')!r}); "
                   f"only the realism and random sets are ablated")
         sets = unit_sets(manual, scores, n_units, draws, a.seed, li)
-        f0, c0, fs, cs = ablated_features(job, ctx, feat, layer, a.seed, a.samples, int(param(job, "batch_size")),
+        f0, c0, fs, cs = ablated_features(job, ctx, layer, a.seed, a.samples, int(param(job, "batch_size")),
                                           [us for _, _, us in sets])
         st0 = feature_stats(f0)
         sts = [feature_stats(f) for f in fs]

@@ -107,7 +107,6 @@ class LayerPool:
         self.z = z
         self.with_probs, self.keep = probs, keep
         self.segments = segment and seg is not None  # whether `batch` segments the unedited images
-        self.cache: dict[str, Any] = {}  # what a fold derives once per pool (e.g. a feature extractor)
         self._memo: dict[tuple[int, int], PoolBatch] = {}
         self._recipe: tuple[Any, str, int, bool, bool, bool] | None = None  # how `of` built it (see `stream`)
         self.context: Any = None  # the run context it was built from (`of`), else None
