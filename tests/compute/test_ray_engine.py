@@ -101,7 +101,8 @@ def test_ray_rows_equal_local(local_ray, local_rows, tmp_path, tiny_gan, tiny_se
     engine = RayEngine(workers=2)
     out = _run(path, engine)
     assert [o.state for o in out] == ["done"] * 4, [o.error for o in out]
-    assert engine.tasks_run >= 2 * 4  # every analysis sharded (dissect two-pass: 2 passes)
+    # 2 shards per pass: q (quantiles), dq (quantiles, iou), d1 (onepass), realism (features)
+    assert engine.tasks_run == 2 * 5
     _assert_equal(_rows(path), local_rows)
 
 
