@@ -12,6 +12,12 @@ local run folds).
     gandissect run spec.toml --engine ray --workers 2                  # a local Ray, 2 CPUs
     ray start --head; gandissect run spec.toml --engine ray --address auto   # an existing cluster
 
+On a cluster every machine needs this package installed (pip install -e '.[ray]') and the spec's model
+files at the same paths; only the driver writes the store (DuckDB has one writer). Which passes are
+sharded: every one that runs through `ctx.engine.run_pass` (quantiles; dissect's quantile, hold-out,
+IoU + null and one-pass passes; realism's feature pass; the LayerPool passes of ablate, insert, trace,
+repair and ACE's statistics); ACE's alpha optimisation is sequential and stays on the driver.
+
 `engine_for("local" | "ray", ...)` builds the engine the runner puts in its RunContext; "local" never
 imports Ray (the `ray` extra: pip install -e '.[ray]').
 """
