@@ -1,6 +1,6 @@
 """Queries of the Classes page (issue 20): a classifier's units per class, their labels, the sparsity curves.
 
-Reads `class_unit_effects`, `class_ablation_curves`, `runs` and the `unit_labels` view through
+Reads `class_ablation_curves_latest`, `class_unit_effects`, `class_ablation_curves`, `runs` and the `unit_labels` view through
 `dashboard.queries` (short read-only connections, cached a few seconds); writes nothing. Every query
 reads the latest done unit_roles run of a (model, layer); choices are bound parameters.
 
@@ -14,10 +14,8 @@ from dashboard.queries import _cached, _read, db_path  # noqa: F401  (db_path re
 
 ROLE_RUNS_SQL = """
 SELECT c.model, c.layer, c.run_key, r.finished_at, r.n_samples
-FROM (SELECT DISTINCT run_key, model, layer FROM class_ablation_curves) c
-JOIN runs r ON r.run_key = c.run_key
-WHERE r.status = 'done'
-QUALIFY row_number() OVER (PARTITION BY c.model, c.layer ORDER BY r.finished_at DESC NULLS LAST, c.run_key DESC) = 1
+FROM (SELECT DISTINCT run_key, model, layer FROM class_ablation_curves_latest) c
+JOIN runs r USING (run_key)
 ORDER BY c.model, c.layer
 """
 

@@ -198,17 +198,10 @@ ALPHA_CONCEPTS_SQL = """
 SELECT DISTINCT concept FROM ace_alpha WHERE model = ? AND layer = ? ORDER BY concept
 """
 
-_LATEST_ALPHA_RUN = """
-SELECT a.run_key FROM (SELECT DISTINCT run_key, model, layer, concept FROM ace_alpha) a JOIN runs r USING (run_key)
-WHERE r.status = 'done' AND a.model = $model AND a.layer = $layer AND a.concept = $concept
-ORDER BY r.finished_at DESC NULLS LAST, a.run_key DESC LIMIT 1
-"""
-
-_LATEST_QUANTILE_RUN = """
-SELECT q.run_key FROM (SELECT DISTINCT run_key, model, layer FROM unit_quantiles) q JOIN runs r USING (run_key)
-WHERE r.status = 'done' AND q.model = $model AND q.layer = $layer
-ORDER BY r.finished_at DESC NULLS LAST, q.run_key DESC LIMIT 1
-"""
+# The quantile level whose value stands in for a unit's threshold where its dissection gives none (an
+# unlabelled unit): the display level of the unit strips, PNAS's top 1 %, whatever the dissection's mode
+# (an iqr or iclr run has no 0.99 threshold of its own, and unit_quantiles holds the fixed GRID levels).
+DISPLAY_QUANTILE = 0.99
 
 # every unit of a layer with its label, the chosen concept's IoU, alpha, threshold and flags
 UNIT_TABLE_SQL = f"""
@@ -220,16 +213,15 @@ WITH units AS (
     FROM unit_labels
     WHERE model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
 ), ci AS (
-    SELECT i.unit, i.iou AS concept_iou, i.threshold AS concept_threshold, i.p_value AS concept_p_value
-    FROM unit_iou i JOIN dissections d USING (run_key, model, layer)
-    WHERE d.is_latest AND i.model = $model AND i.layer = $layer AND d.segmenter = $segmenter
-      AND d.threshold_mode = $mode AND i.concept = $concept
+    SELECT unit, iou AS concept_iou, threshold AS concept_threshold, p_value AS concept_p_value
+    FROM unit_iou_latest
+    WHERE model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
+      AND concept = $concept
 ), al AS (
-    SELECT unit, alpha FROM ace_alpha
-    WHERE model = $model AND layer = $layer AND concept = $concept AND run_key = ({_LATEST_ALPHA_RUN})
+    SELECT unit, alpha FROM ace_alpha_latest WHERE model = $model AND layer = $layer AND concept = $concept
 ), q AS (
-    SELECT unit, value FROM unit_quantiles
-    WHERE model = $model AND layer = $layer AND abs(q - 0.99) < 1e-9 AND run_key = ({_LATEST_QUANTILE_RUN})
+    SELECT unit, value FROM unit_quantiles_latest
+    WHERE model = $model AND layer = $layer AND abs(q - {DISPLAY_QUANTILE}) < 1e-9
 ), cut AS (
     SELECT max(interpretable_iou) AS interpretable_iou FROM dissections
     WHERE is_latest AND model = $model AND layer = $layer AND segmenter = $segmenter AND threshold_mode = $mode
@@ -262,38 +254,32 @@ RANKINGS: dict[str, tuple[str, str]] = {
 }
 
 TOPK_SQL = """
-WITH latest AS (
-    SELECT t.run_key FROM (SELECT DISTINCT run_key, model, layer FROM unit_topk) t JOIN runs r USING (run_key)
-    WHERE r.status = 'done' AND t.model = ? AND t.layer = ?
-    ORDER BY r.finished_at DESC NULLS LAST, t.run_key DESC LIMIT 1
-)
 SELECT unit, rank, seed, sample, value
-FROM unit_topk
-WHERE model = ? AND layer = ? AND rank <= ? AND run_key = (SELECT run_key FROM latest)
+FROM unit_topk_latest
+WHERE model = ? AND layer = ? AND rank <= ?
 ORDER BY unit, rank
 """
 
-UNIT_QUANTILES_SQL = f"""
-SELECT q, value FROM unit_quantiles
-WHERE model = $model AND layer = $layer AND unit = $unit AND run_key = ({_LATEST_QUANTILE_RUN})
+UNIT_QUANTILES_SQL = """
+SELECT q, value FROM unit_quantiles_latest
+WHERE model = $model AND layer = $layer AND unit = $unit
 ORDER BY q
 """
 
 UNIT_IOU_SQL = """
 SELECT i.concept, c.category, i.iou, i.threshold, i.p_value, i.q_value, i.z, i.iqr, i.null_mean,
-       i.inter, i.above, i.concept_pixels, d.interpretable_iou
-FROM unit_iou i
-JOIN dissections d USING (run_key, model, layer)
-LEFT JOIN concepts c ON c.segmenter = d.segmenter AND c.concept = i.concept
-WHERE d.is_latest AND i.model = ? AND i.layer = ? AND i.unit = ? AND d.segmenter = ? AND d.threshold_mode = ?
+       i.inter, i.above, i.concept_pixels, i.interpretable_iou
+FROM unit_iou_latest i
+LEFT JOIN concepts c USING (segmenter, concept)
+WHERE i.model = ? AND i.layer = ? AND i.unit = ? AND i.segmenter = ? AND i.threshold_mode = ?
 ORDER BY i.iou DESC NULLS LAST, i.concept
 """
 
+# alpha of one unit in the latest done ACE run of each concept
 UNIT_ALPHA_SQL = """
 SELECT a.concept, a.alpha, a.alpha_init, a.run_key, r.finished_at
-FROM ace_alpha a JOIN runs r USING (run_key)
-WHERE a.model = ? AND a.layer = ? AND a.unit = ? AND r.status = 'done'
-QUALIFY row_number() OVER (PARTITION BY a.concept ORDER BY r.finished_at DESC NULLS LAST, a.run_key DESC) = 1
+FROM ace_alpha_latest a JOIN runs r USING (run_key)
+WHERE a.model = ? AND a.layer = ? AND a.unit = ?
 ORDER BY a.alpha DESC, a.concept
 """
 
@@ -339,13 +325,11 @@ ORDER BY model, layer, concept, tbl
 
 
 def _latest_of(table: str, extra: str = "") -> str:
-    """Rows of `table` for (model, layer, concept) from its latest done run (table: a constant name)."""
+    """Rows of `table` for (model, layer, concept) from its latest done run: the view `{table}_latest`
+    (table: a constant name)."""
     return f"""
-SELECT t.* EXCLUDE (run_key, model, layer, concept) FROM {table} t
-WHERE t.model = $model AND t.layer = $layer AND t.concept = $concept AND t.run_key = (
-    SELECT x.run_key FROM (SELECT DISTINCT run_key, model, layer, concept FROM {table}) x JOIN runs r USING (run_key)
-    WHERE r.status = 'done' AND x.model = $model AND x.layer = $layer AND x.concept = $concept
-    ORDER BY r.finished_at DESC NULLS LAST, x.run_key DESC LIMIT 1)
+SELECT t.* EXCLUDE (run_key, model, layer, concept) FROM {table}_latest t
+WHERE t.model = $model AND t.layer = $layer AND t.concept = $concept
 {extra}"""
 
 
@@ -542,7 +526,7 @@ def unit_table(db: str, model: str, layer: str, segmenter: str | None, mode: str
 @_cached()
 def topk(db: str, model: str, layer: str, k: int = 5) -> pl.DataFrame:
     """Top-k samples of every unit of a layer from its latest run with top-k rows: unit, rank, seed, sample."""
-    return _read(db, TOPK_SQL, [model, layer, model, layer, int(k)])
+    return _read(db, TOPK_SQL, [model, layer, int(k)])
 
 
 @_cached()

@@ -12,7 +12,10 @@ backoff (and jitter) while another process holds the lock. Never hold a connecti
     df = store.read("select * from unit_labels where model = ?", ["village-gan"])
 
 Result rows of a run become visible together with its status 'done' when published with
-`publish_many(..., finish=...)` (one transaction: delete the run's slice, insert, mark done, audit).
+`publish_many(..., finish=...)` (one transaction: delete the run's slice, insert, write its run_layers,
+mark done, audit). `start_run` stores the run's parsed threshold (db.threshold) in the runs row. Opening an
+older store for writing migrates it: missing tables and columns are added, and run_layers and the
+threshold columns are back-filled (`_backfill`).
 """
 from __future__ import annotations
 
@@ -580,7 +583,8 @@ def start_run(run_key: str, analysis: str, *, name: str | None = None, model: st
               code_version: str | None = None, device: str | None = None,
               path: str | os.PathLike | None = None, con: duckdb.DuckDBPyConnection | None = None) -> None:
     """Record a run as 'running' (replacing any earlier row of the same key and deleting its old
-    result rows, so a forced recompute never shows stale or partial results). `params`: a dict (stored
+    result rows, so a forced recompute never shows stale or partial results). The threshold columns come
+    from params["threshold"] (db.threshold.run_columns; NULL without one). `params`: a dict (stored
     as canonical JSON) or JSON text."""
     if isinstance(params, str):
         try:

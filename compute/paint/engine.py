@@ -1,6 +1,6 @@
 """GANPaint: draw or remove a concept on a region of a generated image with a unit brush, live.
 
-Reads the store (`models`, `layers`, `runs`, `ace_alpha`, `unit_iou` via the `dissections` view,
+Reads the store (`models`, `layers`, `runs`, `ace_alpha_latest`, `unit_iou` via the `dissections` view,
 `unit_quantiles`, `unit_flags`, `layer_summary`) and the model checkpoints; writes nothing to the store
 (the CLI writes the edited PNG; `--evaluate` prints and optionally writes a JSON report).
 
@@ -168,16 +168,10 @@ class Brush:
 
 
 _ACE_SQL = """
-WITH latest AS (
-    SELECT a.run_key, a.concept
-    FROM ace_alpha a JOIN runs r USING (run_key)
-    WHERE r.status = 'done' AND a.model = $model AND a.layer = $layer
-    QUALIFY row_number() OVER (PARTITION BY a.concept ORDER BY r.finished_at DESC NULLS LAST, a.run_key DESC) = 1
-)
-SELECT a.concept, a.unit, a.alpha
-FROM ace_alpha a JOIN latest l USING (run_key, concept)
-WHERE a.model = $model AND a.layer = $layer AND a.alpha > 0
-ORDER BY a.concept, a.alpha DESC, a.unit
+SELECT concept, unit, alpha
+FROM ace_alpha_latest
+WHERE model = $model AND layer = $layer AND alpha > 0
+ORDER BY concept, alpha DESC, unit
 """
 
 _DISSECTION_SQL = """
@@ -193,6 +187,8 @@ WHERE run_key = $run_key AND model = $model AND layer = $layer AND iou > 0 AND c
 ORDER BY concept, iou DESC, unit
 """
 
+# the paint level of a unit: its 0.99 activation quantile in the dissection the brushes come from, whatever that
+# dissection's threshold mode (an iqr run has no level of its own; unit_quantiles holds the fixed GRID levels)
 _Q99_SQL = """
 SELECT unit, value FROM unit_quantiles
 WHERE run_key = $run_key AND model = $model AND layer = $layer AND abs(q - 0.99) < 1e-9
@@ -212,8 +208,8 @@ LIMIT 1
 """
 
 _ACE_LAYER_SQL = """
-SELECT a.layer FROM ace_alpha a JOIN runs r USING (run_key)
-WHERE r.status = 'done' AND a.model = $model AND a.concept = $concept
+SELECT a.layer FROM ace_alpha_latest a JOIN runs r USING (run_key)
+WHERE a.model = $model AND a.concept = $concept
 ORDER BY r.finished_at DESC NULLS LAST, a.layer
 LIMIT 1
 """

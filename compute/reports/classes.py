@@ -1,7 +1,7 @@
 """Print a classifier's measured numbers from the store: dissection counts per layer, the
 sparsity bar (top-k vs k random units per class) and the units a class depends on, with their labels.
 
-Reads the store (`layer_summary`, `unit_labels`, `class_ablation_curves`, `class_unit_effects`); writes
+Reads the store (`layer_summary`, `unit_labels`, `class_ablation_curves_latest`, `class_unit_effects_latest`); writes
 nothing. After `gandissect run examples/classifier.toml`:
 
     python -m compute.reports.classes --db gandissect.duckdb [--model village-cls] [--layer conv5] [--k 4]
@@ -24,12 +24,6 @@ FROM unit_labels WHERE model = ? AND interpretable AND threshold_mode = 'quantil
 GROUP BY layer, concept ORDER BY layer, units DESC, concept
 """
 SPARSITY_SQL = """
-WITH latest AS (
-    SELECT c.run_key FROM (SELECT DISTINCT run_key, model, layer FROM class_ablation_curves) c
-    JOIN runs r ON r.run_key = c.run_key
-    WHERE r.status = 'done' AND c.model = ? AND c.layer = ?
-    ORDER BY r.finished_at DESC NULLS LAST LIMIT 1
-)
 SELECT class,
        max(accuracy) FILTER (WHERE ranking = 'top' AND k = 0) AS accuracy,
        max(accuracy) FILTER (WHERE ranking = 'top' AND k = 0) - max(accuracy) FILTER (WHERE ranking = 'top' AND k = ?) AS top_drop,
@@ -37,23 +31,18 @@ SELECT class,
        max(other_accuracy) FILTER (WHERE ranking = 'top' AND k = 0) - max(other_accuracy) FILTER (WHERE ranking = 'top' AND k = ?) AS other_drop,
        max(draws) FILTER (WHERE ranking = 'random') AS draws,
        max(units) FILTER (WHERE ranking = 'top' AND k = ?) AS top_units
-FROM class_ablation_curves WHERE run_key = (SELECT run_key FROM latest) AND model = ? AND layer = ?
+FROM class_ablation_curves_latest WHERE model = ? AND layer = ?
 GROUP BY class ORDER BY class
 """
 UNITS_SQL = """
-WITH latest AS (
-    SELECT c.run_key FROM (SELECT DISTINCT run_key, model, layer FROM class_unit_effects) c
-    JOIN runs r ON r.run_key = c.run_key
-    WHERE r.status = 'done' AND c.model = ? AND c.layer = ?
-    ORDER BY r.finished_at DESC NULLS LAST LIMIT 1
-), labels AS (
+WITH labels AS (
     SELECT unit, concept, iou FROM unit_labels WHERE model = ? AND layer = ? AND threshold_mode = 'quantile'
     QUALIFY row_number() OVER (PARTITION BY unit ORDER BY (segmenter = 'village-truth') DESC, iou DESC NULLS LAST) = 1
 )
 SELECT e.class, e.rank, e.unit, round(e.accuracy_drop, 3) AS accuracy_drop, round(e.logit_drop, 2) AS logit_drop,
        l.concept AS label, round(l.iou, 3) AS iou
-FROM class_unit_effects e LEFT JOIN labels l USING (unit)
-WHERE e.run_key = (SELECT run_key FROM latest) AND e.model = ? AND e.layer = ? AND e.rank <= ?
+FROM class_unit_effects_latest e LEFT JOIN labels l USING (unit)
+WHERE e.model = ? AND e.layer = ? AND e.rank <= ?
 ORDER BY e.class, e.rank
 """
 
@@ -79,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nInterpretable units per concept:\n")
     print(md(store.read(CONCEPTS_SQL, [a.model], path=a.db)))
     k = a.k
-    sp = store.read(SPARSITY_SQL, [a.model, a.layer, k, k, k, k, a.model, a.layer], path=a.db)
+    sp = store.read(SPARSITY_SQL, [k, k, k, k, a.model, a.layer], path=a.db)
     print(f"\nUnit roles in {a.layer}: accuracy drops with the class's top-{k} units vs {k} random units ablated:\n")
     print(md(sp))
     for r in sp.iter_rows(named=True):
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({'<' if r['other_drop'] < r['top_drop'] / 3 else '>='} a third of the top drop): "
               f"{'met' if met else 'not met'}")
     print(f"\nThe units each class depends on most ({a.layer}), with their labels:\n")
-    print(md(store.read(UNITS_SQL, [a.model, a.layer, a.model, a.layer, a.model, a.layer, k], path=a.db)))
+    print(md(store.read(UNITS_SQL, [a.model, a.layer, a.model, a.layer, k], path=a.db)))
     return 0
 
 

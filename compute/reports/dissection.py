@@ -1,6 +1,6 @@
 """The README's dissection results, regenerated from the store: a table, checks and a bar chart.
 
-Reads `layer_summary`, `unit_labels`, `unit_iou` and `layer_null_iou` (latest done q0.99 dissection
+Reads `layer_summary`, `unit_labels`, `unit_iou` and `layer_null_iou_latest` (latest done q0.99 dissection
 of a model, and of its training checkpoints); the headline compares the median best IoU over *all* units
 with the permutation null's (units are never selected on the outcome first; the interpretable-only ratio
 is printed beside it, labelled as selected). Writes `docs/figures/<model>-interpretable-units.png`
@@ -31,8 +31,7 @@ where model = ? and layer = ? and threshold_mode = ? and iou >= ? group by conce
 NULL_VS_UNITS = """
 select median(l.iou) as median_best_iou,
        median(l.iou) filter (where l.interpretable) as median_interpretable_best_iou,
-       (select median(n.median) from layer_null_iou n where n.run_key in (select distinct run_key from unit_labels
-        where model = ? and threshold_mode = ?)) as null_median
+       (select median(n.median) from layer_null_iou_latest n where n.model = ? and n.threshold_mode = ?) as null_median
 from unit_labels l where l.model = ? and l.threshold_mode = ?
 """
 EMERGENCE = """

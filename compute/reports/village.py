@@ -247,11 +247,9 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 DOOR_CONTEXTS_SQL = """
 SELECT r.segmenter, c.context, c.locations, c.effect, c.effect_std, c.run_key
-FROM insertion_contexts c JOIN runs r USING (run_key)
-WHERE c.concept = ? AND r.status = 'done' AND c.run_key = (
-    SELECT r2.run_key FROM runs r2 JOIN (SELECT DISTINCT run_key FROM insertion_contexts WHERE concept = ?) x
-    USING (run_key) WHERE r2.status = 'done' AND r2.segmenter = r.segmenter
-    ORDER BY r2.finished_at DESC NULLS LAST, r2.run_key DESC LIMIT 1)
+FROM insertion_contexts c JOIN runs_done r USING (run_key)
+WHERE c.concept = ?
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY r.segmenter)  -- the latest done insert run per segmenter
 ORDER BY r.segmenter, c.effect DESC NULLS LAST, c.context
 """
 
@@ -260,7 +258,7 @@ def door_contexts(store: str, concept: str = "door") -> dict[str, dict[str, Any]
     """Per segmenter: the concept's insertion effect per context (px) and the wall / sky ratio."""
     from db.store import read
 
-    df = read(DOOR_CONTEXTS_SQL, [concept, concept], path=store)
+    df = read(DOOR_CONTEXTS_SQL, [concept], path=store)
     out: dict[str, dict[str, Any]] = {}
     for seg in df["segmenter"].unique(maintain_order=True).to_list():
         part = df.filter(df["segmenter"] == seg)
