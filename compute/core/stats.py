@@ -226,11 +226,10 @@ class Quantile:
         device, lanes = blocks[0][1].device, 2 if pool else 1
         size = max(xb.numel() for _, xb in blocks)
         offsets = (torch.arange(self.counts.shape[0], device=device, dtype=torch.int32)
-                   * (2 * self.half))[None, :, None]
+                   * (3 * self.half) + self._shift)[None, :, None]
         one = torch.ones(1, dtype=torch.int64 if wide else torch.int32, device=device).expand(size)
-        bufs = [(torch.empty(size, dtype=torch.int32, device=device),
-                 torch.empty(size, dtype=torch.int32, device=device)) for _ in range(lanes)]
-        batches = [torch.zeros((self.counts.shape[0] + self._lag) * 2 * self.half, dtype=one.dtype,
+        bufs = [torch.empty(size, dtype=torch.int32, device=device) for _ in range(lanes)]
+        batches = [torch.zeros(3 * self.counts.shape[0] * self.half + self._shift, dtype=one.dtype,
                                device=device) for _ in range(lanes)]
         pending: list[Future | None] = [None] * lanes
 
@@ -264,16 +263,20 @@ class Quantile:
         fold()
 
     @property
-    def _lag(self) -> int:
-        """Values x < 0 of unit u are counted in block u + lag of the flat batch counts."""
-        return 128 // (self.octaves + 1) - 1
+    def _shift(self) -> int:
+        """W = 2**(8 + bits): a value's key (its float bits >> (23 - bits), arithmetic) is its magnitude
+        bin m in [0, R) for x >= 0 and m - W for x < 0; W is a multiple of R by a power of two >= 4."""
+        return 1 << (8 + self.bits)
 
     def _flush(self, batch: torch.Tensor) -> None:
-        """Add flat batch counts [(C + lag) * 2R] into counts [C, 2R] and zero them."""
+        """Add flat batch counts [3 C R + W] into counts [C, 2R] and zero them. Unit u's keys are offset
+        by 3 u R + W, so its x >= 0 fill block 3u + W/R (blocks of R) and its x < 0 block 3u, in
+        ascending magnitude; W/R is not a multiple of 3, so no two (unit, sign) share a block. counts
+        keep x < 0 in [R, 2R) by descending magnitude (ascending value)."""
         c, R = self.counts.shape[0], self.half
-        flat = batch.view(c + self._lag, 2 * R)
-        self.counts[:, :R] += flat[:c, :R]
-        self.counts[:, R:] += flat[self._lag:, R:]
+        flat = batch.view(3 * c + self._shift // R, R)
+        self.counts[:, :R] += flat[self._shift // R:][:3 * c:3]
+        self.counts[:, R:] += flat[:3 * c:3].flip(1)
         batch.zero_()
 
     def _observe(self, xb: torch.Tensor, units: slice, fold: Callable[[], None]) -> None:
@@ -293,16 +296,14 @@ class Quantile:
             self._grow(whole)
 
     def _keys(self, xb: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor | None, offsets: torch.Tensor,
-              bufs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Flat bin index (int32) of every value of block xb [n, c, L]: x >= 0 of unit u go to
-        u * 2R + [0, R) ascending, x < 0 to (u + lag) * 2R + [R, 2R) ascending."""
-        key, sign = (b[:xb.numel()].view(xb.shape) for b in bufs)
+              buf: torch.Tensor) -> torch.Tensor:
+        """Flat bin index (int32) of every value of block xb [n, c, L]: magnitude bin m in [0, R); x >= 0
+        of unit u go to 3uR + W + m, x < 0 to 3uR + m (see _flush). Three passes: rescale, shift, offset."""
+        key = buf[:xb.numel()].view(xb.shape)
         torch.mul(xb, s1, out=key.view(torch.float32))          # exact power-of-two rescale
         if s2 is not None:
             key.view(torch.float32).mul_(s2)
-        key >>= 23 - self.bits                      # sign | exponent | top mantissa bits
-        torch.bitwise_right_shift(key, 31, out=sign)             # 0, or -1 where x < 0
-        key ^= sign                                 # x < 0: 2**(8 + bits) - 1 - magnitude
+        key >>= 23 - self.bits                      # sign | exponent | top mantissa bits: m, or m - W if x < 0
         key += offsets
         return key.view(-1)
 

@@ -110,6 +110,34 @@ def test_quantile_window_growth_between_blocks_is_exact() -> None:
     assert rank_error(data, many.quantiles(q99), q99).max() <= 1e-3
 
 
+def _bins_one_by_one(x: torch.Tensor, q: Quantile) -> torch.Tensor:
+    """Reference counts [C, 2R] for x [N, C, L] in q's final windows, value by value: magnitude bin
+    m = float bits of |x| * 2**(octaves - 126 - g) >> (23 - bits); x >= 0 in bin m, x < 0 (sign bit
+    set, -0.0 included) in bin 2R - 1 - m."""
+    c, R = x.shape[1], q.half
+    scale = torch.pow(2.0, (q.octaves - 126 - q.g).double())[:, None]                   # [C, 1]
+    v = x.transpose(0, 1).reshape(c, -1).double()
+    mag = (v.abs() * scale).float().view(torch.int32) >> (23 - q.bits)                  # exact: power of 2
+    neg = v.float().view(torch.int32) < 0
+    b = torch.where(neg, 2 * R - 1 - mag, mag).long()
+    return torch.zeros(c, 2 * R, dtype=torch.int64).scatter_add_(1, b, torch.ones_like(b))
+
+
+@pytest.mark.parametrize("bits, octaves, chunk", [(6, 31, None), (6, 31, 300), (7, 15, 1000), (4, 63, None)])
+def test_quantile_counts_equal_binning_each_value(bits: int, octaves: int, chunk: int | None) -> None:
+    """The flat per-batch counts (one offset per unit and sign, folded in _flush) land every value in its
+    own unit's bin: negatives, -0.0, 0 and values that later fall below the window included."""
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(9, 4, 7, 5, generator=g) * torch.tensor([1.0, 1e-3, 1e4, 1.0]).view(1, 4, 1, 1)
+    x[0, 0, 0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30])
+    x[:, 3] = -x[:, 3].abs()                                                            # all negative
+    q = Quantile(bits, octaves, chunk=chunk)
+    q.add(x[:3])
+    q.add(x[3:] * 8)                                                                    # the window grows
+    ref = _bins_one_by_one(torch.cat([x[:3], x[3:] * 8]).flatten(2), q)
+    assert torch.equal(q.counts, ref)
+
+
 @pytest.mark.parametrize("bits, octaves", [(7, 15), (4, 63), (6, 31)])
 def test_quantile_other_resolutions_and_2d_input(bits: int, octaves: int) -> None:
     g = torch.Generator().manual_seed(8)
