@@ -37,6 +37,9 @@ Threshold modes (`threshold`, recorded in runs.params):
 `parts = "quad"` adds the ICLR concept-t/-b/-l/-r halves of every connected component of each object
 concept (category "quad"; see ingest.models.village_seg.quad_expand).
 
+Parameters are `job.config`'s, checked at parse time (defaults in compute/analyses/params.py; code version
+and tables in the registry, compute/analyses/__init__.py); `method` is resolved at plan time (`resolve`).
+
     gandissect run gandissect.toml --only dissect
 """
 from __future__ import annotations
@@ -50,9 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.analyses.quantiles import DEFAULTS as QUANTILE_DEFAULTS
 from compute.analyses.quantiles import (GRID, IQR_LEVELS, check_finite, quantile_pass, quantile_rows,
-                                        topk_rows, upsample, upsample_mode)
+                                        topk_rows, upsample)
 from compute.jobs.context import Job, RunContext
 from compute.core.joint_hist import JointHist
 from compute.core.stats import IoUCounts, PermutationNull, TopK, bh_qvalues
@@ -60,17 +62,12 @@ from compute.core.tap import Tap
 from ingest.checks import Threshold
 from ingest.samples import latents
 
-CODE_VERSION = "2"  # 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts
-# (method = "one-pass" is recorded in runs.params, so its runs get their own keys; two-pass rows are unchanged)
-NEEDS: tuple[str, ...] = ()
-TABLES = ("unit_quantiles", "unit_topk", "unit_iou", "layer_null_iou")
-# recorded in runs.params (holdout_samples: max(64, samples // 2))
-DEFAULTS: dict[str, Any] = {**QUANTILE_DEFAULTS, "parts": "none", "iqr_threshold": "unit", "null_block": 8}
+# (code version 2: permutation null + BH q-values, upsample modes, ICLR IQR grid and filters, quad parts;
+# method = "one-pass" is recorded in runs.params, so its runs get their own keys; two-pass rows are unchanged)
 HOLDOUT_SEED_OFFSET = 1_000_003  # the IQR held-out set is seed + this
 FDR = 0.05                       # beats chance: BH q < FDR (the unit_labels view)
 MIN_CONCEPT_FRACTION = 1e-3      # IQR: concepts rarer than this are not trusted (the ICLR code)
 MIN_AGREEMENT = 0.8              # IQR: pixel agreement must exceed this (the ICLR code)
-METHODS = ("one-pass", "two-pass")
 RANK_WARN = 1e-3                 # one-pass: warn where a threshold's exact rank is further than this from q
 
 
@@ -88,11 +85,12 @@ def resolve(store: str, a: Any, model: str, layers: tuple[str, ...]) -> dict[str
 
 
 def method_of(job: Job) -> str:
-    m = str(job.analysis.param("method", default_method(job.analysis.threshold)))
-    if m not in METHODS:
-        raise ValueError(f"method = {m!r}; allowed: {', '.join(METHODS)}")
-    if m == "one-pass" and Threshold.parse(job.analysis.threshold).kind != "quantile":
-        raise ValueError(f"method = \"one-pass\" needs a q<level> threshold (got {job.analysis.threshold!r}); "
+    """The run's method: `method` when given (checked at parse time), else `default_method`; one-pass
+    needs a q<level> threshold."""
+    cfg = job.config
+    m = str(cfg.method) if cfg.method is not None else default_method(cfg.threshold)
+    if m == "one-pass" and Threshold.parse(cfg.threshold).kind != "quantile":
+        raise ValueError(f"method = \"one-pass\" needs a q<level> threshold (got {cfg.threshold!r}); "
                          "use method = \"two-pass\"")
     return m
 
@@ -103,18 +101,11 @@ def concept_names(job: Job, ctx: RunContext) -> tuple[list[str], list[str]]:
     seg = ctx.segmenter(job)
     names = [c.name for c in seg.concepts][1:]
     cats = [c.category for c in seg.concepts][1:]
-    if parts_mode(job) == "quad":
+    if job.config.parts == "quad":
         objects = [n for n, c in zip(names, cats) if c == "object"]
         quads = [f"{n}-{s}" for n in objects for s in ("t", "b", "l", "r")]
         names, cats = names + quads, cats + ["quad"] * len(quads)
     return names, cats
-
-
-def parts_mode(job: Job) -> str:
-    mode = str(job.analysis.param("parts", DEFAULTS["parts"]))
-    if mode not in ("none", "quad"):
-        raise ValueError(f"parts = {mode!r}; allowed: none, quad")
-    return mode
 
 
 def segment_batch(job: Job, ctx: RunContext, images: torch.Tensor, size: int) -> torch.Tensor:
@@ -126,7 +117,7 @@ def segment_batch(job: Job, ctx: RunContext, images: torch.Tensor, size: int) ->
     if images.shape[-1] != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     masks = seg.concept_masks(images)[:, 1:]
-    if parts_mode(job) == "quad":
+    if job.config.parts == "quad":
         cats = [c.category for c in seg.concepts][1:]
         obj = [k for k, c in enumerate(cats) if c == "object"]
         quad, _ = quad_expand(masks[:, obj].cpu().numpy(), [str(k) for k in obj])
@@ -140,8 +131,7 @@ def count_pass(job: Job, ctx: RunContext, make: Callable[[str], Any], size: int,
     add(upsampled featuremap [N, C, size, size], masks bool [N, K, size, size]) per batch. One pass of
     the context's engine (resumable; shardable: every shard starts from a copy of the empty statistics
     made here, so `make` may close over this context)."""
-    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
-    mode = upsample_mode(job)
+    bs, mode = int(job.config.batch_size), str(job.config.upsample)
     empty = {f"s.{l}": make(l) for l in job.layers}
 
     def fresh(c: RunContext) -> dict[str, Any]:
@@ -200,29 +190,28 @@ def iqr_candidates(hold: IoUCounts, levels: torch.Tensor) -> torch.Tensor:
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
+    seed, samples = int(cfg.seed), int(cfg.samples)
     seg = ctx.segmenter(job)
     size = int(seg.resolution)
     names, cats = concept_names(job, ctx)
-    if parts_mode(job) == "quad":  # the quad concepts join the segmenter's in the concepts dimension
+    if cfg.parts == "quad":  # the quad concepts join the segmenter's in the concepts dimension
         from db import store
         store.upsert_dimension("concepts", [{"segmenter": job.segmenter.name, "concept": n, "category": c,
                                              "concept_index": None}
                                             for n, c in zip(names, cats) if c == "quad"], path=ctx.store)
-    threshold = Threshold.parse(a.threshold)
-    block = int(a.param("null_block", DEFAULTS["null_block"]))
+    threshold = Threshold.parse(cfg.threshold)
+    block = int(cfg.null_block)
     if method_of(job) == "one-pass":
         return one_pass(job, ctx, size, names, threshold.level, block)
-    per = str(a.param("iqr_threshold", DEFAULTS["iqr_threshold"]))
-    if per not in ("unit", "unit_concept"):
-        raise ValueError(f"iqr_threshold = {per!r}; allowed: unit, unit_concept")
-    quant, topk, raw = quantile_pass(job, ctx, size, a.seed, a.samples, raw=threshold.kind == "iclr")
+    per = str(cfg.iqr_threshold)
+    quant, topk, raw = quantile_pass(job, ctx, size, seed, samples, raw=threshold.kind == "iclr")
     if threshold.kind == "iqr":
         levels = torch.tensor(IQR_LEVELS, dtype=torch.float64)
         cand = {l: quant[l].quantiles(levels).float() for l in job.layers}         # [C, T]
-        hold_n = int(a.param("holdout_samples", max(64, a.samples // 2)))
+        hold_n = int(cfg.holdout_samples) if cfg.holdout_samples is not None else max(64, samples // 2)
         hold = count_pass(job, ctx, lambda l: IoUCounts(cand[l], device=ctx.device), size,
-                          a.seed + HOLDOUT_SEED_OFFSET, hold_n, "holdout")
+                          seed + HOLDOUT_SEED_OFFSET, hold_n, "holdout")
         thr = {}
         for l in job.layers:
             choice = iqr_choice(hold[l], levels, per).to(cand[l].device)
@@ -235,7 +224,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         q = threshold.level
         thr = {l: quant[l].quantiles(torch.tensor([q], dtype=torch.float64))[:, 0].float() for l in job.layers}
     main = count_pass(job, ctx, lambda l: PermutationNull(thr[l], block=block, device=ctx.device), size,
-                      a.seed, a.samples, "iou")
+                      seed, samples, "iou")
     iou_rows: list[dict[str, Any]] = []
     null_rows: list[dict[str, Any]] = []
     absent: set[str] = set()
@@ -247,7 +236,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     if absent:
         print(f"note: {job.analysis.name} [{job.model.name}]: concepts never present in the sample "
               f"(IoU NULL): {', '.join(sorted(absent))}")
-    return {"unit_quantiles": quantile_rows(job, quant, GRID), "unit_topk": topk_rows(job, topk, a.seed),
+    return {"unit_quantiles": quantile_rows(job, quant, GRID), "unit_topk": topk_rows(job, topk, seed),
             "unit_iou": iou_rows, "layer_null_iou": null_rows}
 
 
@@ -257,14 +246,13 @@ def one_pass_stats(job: Job, ctx: RunContext, size: int, level: float,
     upsampled a chunk of units at a time) and the top-k samples by spatial max. One pass of the context's
     engine (resumable; shardable: the JointHist edges come from the first batch in every shard's `make`,
     as they would from the first `add` of one stat)."""
-    a = job.analysis
-    bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
-    k = int(a.param("topk", DEFAULTS["topk"]))
-    mode = upsample_mode(job)
+    cfg = job.config
+    bs, k, mode = int(cfg.batch_size), int(cfg.topk), str(cfg.upsample)
+    seed, samples = int(cfg.seed), int(cfg.samples)
     lift = functools.partial(upsample, size=size, mode=mode)
 
     def make(c: RunContext) -> dict[str, Any]:
-        _, acts = generate(job, c, a.seed, 0, min(bs, a.samples))   # the first batch fixes every unit's edges
+        _, acts = generate(job, c, seed, 0, min(bs, samples))   # the first batch fixes every unit's edges
         stats: dict[str, Any] = {}
         for l in job.layers:
             stats[f"h.{l}"] = JointHist(level=level, block=block, device=c.device)
@@ -273,7 +261,7 @@ def one_pass_stats(job: Job, ctx: RunContext, size: int, level: float,
         return stats
 
     def step(c: RunContext, stats: dict[str, Any], start: int, count: int) -> None:
-        images, acts = generate(job, c, a.seed, start, count)
+        images, acts = generate(job, c, seed, start, count)
         with torch.no_grad():
             masks = segment_batch(job, c, images, size)
             index = torch.arange(start, start + count, device=c.device)
@@ -281,7 +269,7 @@ def one_pass_stats(job: Job, ctx: RunContext, size: int, level: float,
                 stats[f"t.{l}"].add(act.flatten(2).amax(2), index)
                 stats[f"h.{l}"].add(act, masks, lift=lift)
 
-    stats = ctx.engine.run_pass(job, ctx, "onepass", make, step, a.samples, bs)
+    stats = ctx.engine.run_pass(job, ctx, "onepass", make, step, samples, bs)
     return {l: stats[f"h.{l}"] for l in job.layers}, {l: stats[f"t.{l}"] for l in job.layers}
 
 
@@ -307,7 +295,7 @@ def one_pass(job: Job, ctx: RunContext, size: int, names: list[str], level: floa
     if worst > RANK_WARN:
         print(f"note: {job.analysis.name} [{job.model.name}]: a one-pass threshold is {worst:.2g} in rank from "
               f"q{level} (the first batch misjudged the unit's level); method = \"two-pass\" counts at the exact quantile")
-    return {"unit_quantiles": quantile_rows(job, hist, GRID), "unit_topk": topk_rows(job, top, job.analysis.seed),
+    return {"unit_quantiles": quantile_rows(job, hist, GRID), "unit_topk": topk_rows(job, top, int(job.config.seed)),
             "unit_iou": iou_rows, "layer_null_iou": null_rows}
 
 

@@ -38,11 +38,13 @@ COMMON: dict[str, Param] = {
     "batch_size": Int(32, 1, 4096, "generator batch"),
 }
 STRUCTURE = ("kind", "name", "models", "layers", "segmenter", "concepts")  # checked by compute.spec
+UPSAMPLE_MODES = ("pnas", "iclr", "align_corners")  # compute.analyses.quantiles.upsample's grids
+DISSECT_METHODS = ("one-pass", "two-pass")  # compute.analyses.dissect
 
 _QUANTILES: dict[str, Param] = {
     "batch_size": Int(32, 1, 4096, "generator batch"),
     "topk": Int(20, 1, 1000, "top-activating samples kept per unit"),
-    "upsample": Choice("pnas", ("pnas", "iclr", "align_corners"), "how featuremaps are upsampled to the masks"),
+    "upsample": Choice("pnas", UPSAMPLE_MODES, "how featuremaps are upsampled to the masks"),
     "parts": Choice("none", ("none", "quad"), "quadrant part concepts"),
     "iqr_threshold": Choice("unit", ("unit", "unit_concept"), "one IQR threshold per unit or per (unit, concept)"),
     "null_block": Int(8, 2, 64, "permutation null: maps re-paired with other images' masks inside blocks"),
@@ -62,7 +64,7 @@ KINDS: dict[str, dict[str, Param]] = {
     "dissect": {
         **_QUANTILES,
         "holdout_samples": Int(None, 1, MAX_SAMPLES, "IQR held-out set size (default max(64, samples // 2))"),
-        "method": Choice(None, ("one-pass", "two-pass"),
+        "method": Choice(None, DISSECT_METHODS,
                          "one-pass: one generator + segmenter pass, thresholds = the candidate edge nearest rank q "
                          "(q<level> thresholds only); two-pass: a quantile pass, then the counting pass at the exact "
                          "quantile (default two-pass: faster on CPU as measured; one-pass is opt-in)"),

@@ -6,6 +6,9 @@ code's) and `unit_topk` (the
 k samples with the highest spatial-max activation per unit). Streaming state is checkpointed under
 `.cache/<run_key>/` every few batches, so a killed run resumes where it stopped.
 
+Parameters (batch_size, topk, upsample) are `job.config`'s, checked at parse time (defaults in
+compute/analyses/params.py; code version and tables in the registry, compute/analyses/__init__.py).
+
     gandissect run spec.toml --only NAME      # with kind = "quantiles"
 """
 from __future__ import annotations
@@ -16,16 +19,12 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from compute.analyses.params import UPSAMPLE_MODES
 from compute.jobs.context import Job, RunContext
 from compute.jobs.tally import batches  # noqa: F401 (re-exported: compute/bench/pnas_reference reads it here)
 from compute.core.stats import Quantile, TopK
 from compute.core.tap import Tap
 from ingest.samples import latents
-
-CODE_VERSION = "2"  # 2: upsample modes, default "pnas"
-NEEDS: tuple[str, ...] = ()
-TABLES = ("unit_quantiles", "unit_topk")
-DEFAULTS: dict[str, Any] = {"batch_size": 32, "topk": 20, "upsample": "pnas"}  # recorded in runs.params
 
 # The IQR candidate levels of the ICLR code (netdissect/dissection.py collect_iqr): 1 - logspace(-3, 0, 100),
 # from 0.999 down to 0 (the unit's minimum), far below the median.
@@ -33,9 +32,6 @@ IQR_LEVELS: tuple[float, ...] = tuple(float(1.0 - 10.0 ** (-3.0 + 3.0 * i / 99))
 # Levels stored per unit in unit_quantiles.
 GRID: tuple[float, ...] = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998,
                            0.999, 1.0)
-
-
-UPSAMPLE_MODES: tuple[str, ...] = ("pnas", "iclr", "align_corners")
 
 
 def source_coords(mode: str, n_in: int, n_out: int) -> torch.Tensor:
@@ -116,22 +112,13 @@ def activations(job: Job, ctx: RunContext, seed: int, start: int, count: int) ->
     return acts
 
 
-def upsample_mode(job: Job) -> str:
-    """The job's `upsample` parameter (default "pnas"), checked."""
-    mode = str(job.analysis.param("upsample", DEFAULTS["upsample"]))
-    if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample = {mode!r}; allowed: {', '.join(UPSAMPLE_MODES)}")
-    return mode
-
-
 def quantile_pass(job: Job, ctx: RunContext, size: int, seed: int, n: int, name: str = "quantiles",
                   raw: bool = False) -> tuple[dict[str, Quantile], dict[str, TopK], dict[str, Quantile] | None]:
     """Streaming per-unit quantiles of the upsampled maps and top-k samples, one pass run by the context's
     engine (resumable); with raw=True also the quantiles of the featuremaps as the layer outputs them
     (the ICLR code's thresholds), else None. Returns (quantiles, topk, raw quantiles), by layer."""
-    k = int(job.analysis.param("topk", DEFAULTS["topk"]))
-    mode = upsample_mode(job)
-    bs = int(job.analysis.param("batch_size", DEFAULTS["batch_size"]))
+    cfg = job.config
+    k, mode, bs = int(cfg.topk), str(cfg.upsample), int(cfg.batch_size)
 
     def make(c: RunContext) -> dict[str, Any]:
         stats: dict[str, Any] = {}
@@ -197,6 +184,6 @@ def segmentation_size(job: Job, ctx: RunContext) -> int:
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     size = segmentation_size(job, ctx)
-    a = job.analysis
-    quant, topk, _ = quantile_pass(job, ctx, size, a.seed, a.samples)
-    return {"unit_quantiles": quantile_rows(job, quant), "unit_topk": topk_rows(job, topk, a.seed)}
+    seed = int(job.config.seed)
+    quant, topk, _ = quantile_pass(job, ctx, size, seed, int(job.config.samples))
+    return {"unit_quantiles": quantile_rows(job, quant), "unit_topk": topk_rows(job, topk, seed)}
