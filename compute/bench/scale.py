@@ -16,7 +16,9 @@ each in a fresh process:
 Metrics: each mode's wall seconds for the whole sweep; `speedup` = local_1thread / ray (the issue's
 ratio: W workers of 1 thread against one process of 1 thread); `speedup_vs_threads` = local_<W>threads
 / ray; `rows_equal` = 1 when every table of the Ray store equals the local store's (time columns left
-out, as compute/reports/store_diff.py) and 0 otherwise, with the differing tables in params. The 1-minute
+out, as compute/reports/store_diff.py) and 0 otherwise, with the differing tables in params;
+`max_rel_diff` the largest relative difference of a number between the two stores (0 when equal;
+inf for a differing row count or text). The 1-minute
 load average before and after is in params: on a shared machine it bounds what W workers can gain.
 
     gandissect bench --only scale [--samples N]     # N per checkpoint, default 64
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -109,8 +112,11 @@ def _run_child(engine: str, directory: Path, samples: int, threads: int, workers
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def differing_tables(a: Path, b: Path) -> list[str]:
-    """Tables whose rows differ between two stores (time columns left out; a table in one store only counts)."""
+def compare_stores(a: Path, b: Path) -> tuple[list[str], float]:
+    """(tables whose rows differ, the largest relative difference of a number between them).
+
+    Time columns are left out (as compute/reports/store_diff.py). Rows are paired in sorted order; a table
+    in one store only, another row count, or a differing non-number makes the difference infinite."""
     import duckdb
 
     from compute.reports.store_diff import _kept, _tables  # the one definition of "rows equal" between stores
@@ -118,17 +124,39 @@ def differing_tables(a: Path, b: Path) -> list[str]:
     ca, cb = duckdb.connect(str(a), read_only=True), duckdb.connect(str(b), read_only=True)
     try:
         ta, tb = _tables(ca), _tables(cb)
-        out = sorted(ta ^ tb)
+        out, worst = sorted(ta ^ tb), (math.inf if ta ^ tb else 0.0)
         for t in sorted(ta & tb):
             cols = [c for c in _kept(ca, t) if c in set(_kept(cb, t))]
             sel = ", ".join(f'"{c}"' for c in cols)
-            if ca.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall() != \
-                    cb.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall():
-                out.append(t)
-        return sorted(out)
+            ra = ca.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
+            rb = cb.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
+            if ra == rb:
+                continue
+            out.append(t)
+            worst = max(worst, _max_rel_diff(ra, rb))
+        return sorted(out), worst
     finally:
         ca.close()
         cb.close()
+
+
+def differing_tables(a: Path, b: Path) -> list[str]:
+    """Tables whose rows differ between two stores (time columns left out; a table in one store only counts)."""
+    return compare_stores(a, b)[0]
+
+
+def _max_rel_diff(ra: list[tuple], rb: list[tuple]) -> float:
+    if len(ra) != len(rb):
+        return math.inf
+    worst = 0.0
+    for x, y in zip(ra, rb):
+        for u, v in zip(x, y):
+            if u == v or (isinstance(u, float) and isinstance(v, float) and math.isnan(u) and math.isnan(v)):
+                continue
+            if not (isinstance(u, (int, float)) and isinstance(v, (int, float))):
+                return math.inf
+            worst = max(worst, abs(u - v) / max(abs(u), abs(v)))
+    return worst
 
 
 def bench_scale(samples: int = SAMPLES, workers: int = WORKERS) -> list[dict[str, Any]]:
@@ -147,7 +175,7 @@ def bench_scale(samples: int = SAMPLES, workers: int = WORKERS) -> list[dict[str
         local1 = _run_child("local", root / "local1", samples, 1)
         localw = _run_child("local", root / f"local{workers}", samples, workers)
         on_ray = _run_child("ray", root / "ray", samples, 1, workers)
-        differ = differing_tables(root / "local1" / "sweep.duckdb", root / "ray" / "sweep.duckdb")
+        differ, rel = compare_stores(root / "local1" / "sweep.duckdb", root / "ray" / "sweep.duckdb")
     load_after = os.getloadavg()[0]
     params = json.dumps({
         "samples_per_checkpoint": samples, "checkpoints": checkpoints, "runs": on_ray["runs"], "kind": "dissect",
@@ -163,6 +191,7 @@ def bench_scale(samples: int = SAMPLES, workers: int = WORKERS) -> list[dict[str
         ("speedup", local1["seconds"] / on_ray["seconds"], "x"),
         ("speedup_vs_threads", localw["seconds"] / on_ray["seconds"], "x"),
         ("rows_equal", 0.0 if differ else 1.0, "bool"),
+        ("max_rel_diff", rel, "ratio"),
     ]
     return [{"bench": "scale", "metric": m, "value": v, "unit": u, "params": params} for m, v, u in metrics]
 
