@@ -83,7 +83,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "ablate artifact unit sets (manual, worst realism, union, random) and measure the Frechet distance",
          ("repair_effects", "repair_concepts", "realism_flag_pr"), needs=("realism",),
          optional_needs=("dissect",), unrecorded=("real",), resolved=("flagged",)),
-    Kind("invert", _Q + "invert", "1",
+    Kind("invert", _Q + "invert", "2",  # 2: the optimiser's layer-step learning rate 0.03 -> 0.05
          "invert photos or rendered scenes into the generator; PSNR and omitted concepts per image",
          ("inversions", "inversion_concepts"), resolved=("encoder_sha256",)),
     Kind("unit_roles", _Q + "unit_roles", "1",
