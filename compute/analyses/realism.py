@@ -11,7 +11,10 @@ Parameters (spec keys, defaults): top_fraction 0.05, real "village" (or a folder
 when the model's dataset is not "village"), real_samples 2000, real_seed 0, real_exclude [] (leave out
 real images that hold these concepts), presence_share 0.005 (an image holds a concept when it covers at
 least this share of its pixels), features "segmenter" | "inception", inception_weights,
-batch_size 64, strip 8 (top sample indices kept per unit for the dashboard's image strips).
+batch_size 64, strip 8 (top sample indices kept per unit for the dashboard's image strips); read from
+`job.config` and checked at parse time (defaults in compute/analyses/params.py; code version and tables in
+the registry, compute/analyses/__init__.py). Repair reads its real images through `real_set` and
+`job_extractor` here, with its own configuration's keys of the same names.
 Too few images for a stable distance (fewer than 2 x the feature dimension) is refused before any work.
 
     gandissect run gandissect.toml --only realism
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compute import analyses
 from compute.analyses.quantiles import check_finite
 from compute.jobs.context import Job, RunContext
 from compute.core.features import Extractor, check_count, extractor, features_and_masks
@@ -34,20 +38,10 @@ from compute.core.tap import Tap
 from ingest.real import RealImagesError, real_images, to_input
 from ingest.samples import latents
 
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ()
-TABLES = ("unit_realism", "concept_coverage")
-DEFAULTS: dict[str, Any] = {"top_fraction": 0.05, "real_samples": 2000, "real_seed": 0, "real_exclude": [],
-                            "presence_share": 0.005,
-                            "features": "segmenter", "inception_weights": None, "batch_size": 64, "strip": 8}
-
-
-def param(job: Job, key: str) -> Any:
-    return job.analysis.param(key, DEFAULTS.get(key))
-
-
 def real_source(job: Job) -> str:
-    src = job.analysis.param("real")
+    """The job's real images: "village" (rendered scenes) or the `real` path resolved against the spec's
+    directory; `real` is needed when the model's dataset is not "village"."""
+    src = job.config.real
     if src is not None and src != "village":
         return str(job.analysis.path_param("real"))
     if src is None:
@@ -104,11 +98,11 @@ class Coverage:
 
 def job_extractor(job: Job, ctx: RunContext) -> Extractor:
     """The job's feature extractor on the context's device, built once per context (kept with its models)."""
-    key = f"f:{param(job, 'features')}:{job.analysis.path_param('inception_weights')}:{job.segmenter.name if job.segmenter else ''}"
+    features, weights = str(job.config.features), job.analysis.path_param("inception_weights")
+    key = f"f:{features}:{weights}:{job.segmenter.name if job.segmenter else ''}"
     models = ctx._models
     if key not in models:
-        models[key] = extractor(str(param(job, "features")), ctx.segmenter(job), ctx.device,
-                                job.analysis.path_param("inception_weights"))
+        models[key] = extractor(features, ctx.segmenter(job), ctx.device, weights)
     return models[key]
 
 
@@ -143,16 +137,18 @@ def generated_pool(job: Job, ctx: RunContext, n_concepts: int, seed: int, n: int
 
 
 def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.device,
-             exclude: list[str] | None = None) -> tuple[np.ndarray, Coverage]:
-    """Features float64 [n_real, D] and concept coverage of the job's real images (one segmenter pass).
+             exclude: list[str] | None = None, presence_share: float = 0.0) -> tuple[np.ndarray, Coverage]:
+    """Features float64 [n_real, D] and concept coverage of the job's real images (one segmenter pass),
+    read from the job's `real`, `real_samples`, `real_seed` and `real_exclude` (a realism or repair job).
 
-    exclude: concepts whose images are left out (None: the job's `real_exclude`; [] = the full distribution)."""
+    exclude: concepts whose images are left out (None: the job's `real_exclude`; [] = the full distribution).
+    presence_share: the coverage's presence share (realism's parameter; repair reads only the features)."""
+    cfg = job.config
     src = real_source(job)
-    exclude = list(param(job, "real_exclude")) if exclude is None else list(exclude)
-    images, _ = real_images(src, int(param(job, "real_samples")), int(param(job, "real_seed")), size=size,
-                            exclude=exclude)
+    exclude = list(cfg.real_exclude) if exclude is None else list(exclude)
+    images, _ = real_images(src, int(cfg.real_samples), int(cfg.real_seed), size=size, exclude=exclude)
     x = to_input(images)
-    cov = Coverage(len(seg.concepts), float(param(job, "presence_share")))
+    cov = Coverage(len(seg.concepts), float(presence_share))
     names = [c.name for c in seg.concepts]
     feats: list[np.ndarray] = []
     with torch.no_grad():
@@ -180,23 +176,23 @@ def unit_scores(acts: torch.Tensor, feats: np.ndarray, real_mu: np.ndarray, real
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
+    name, samples = cfg.name, int(cfg.samples)
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     feat = job_extractor(job, ctx)
-    frac = float(param(job, "top_fraction"))
-    if not 0 < frac <= 1:
-        raise ValueError(f"analysis {a.name!r}: top_fraction must be in (0, 1], got {frac}")
-    n_top = max(1, int(math.floor(frac * a.samples + 0.5)))
-    check_count(n_top, feat.dim, f"analysis {a.name!r}: top images per unit ({frac} x {a.samples} samples)")
-    check_count(int(param(job, "real_samples")), feat.dim, f"analysis {a.name!r}: real_samples")
-    real_f, real_cov = real_set(job, seg, feat, int(gen.resolution), ctx.device)
-    check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
-    acts, gen_f, gen_cov = generated_pool(job, ctx, len(seg.concepts), a.seed, a.samples,
-                                          int(param(job, "batch_size")), float(param(job, "presence_share")))
+    frac = float(cfg.top_fraction)  # in (0, 1]: checked at parse time
+    n_top = max(1, int(math.floor(frac * samples + 0.5)))
+    check_count(n_top, feat.dim, f"analysis {name!r}: top images per unit ({frac} x {samples} samples)")
+    check_count(int(cfg.real_samples), feat.dim, f"analysis {name!r}: real_samples")
+    real_f, real_cov = real_set(job, seg, feat, int(gen.resolution), ctx.device,
+                                presence_share=float(cfg.presence_share))
+    check_count(real_f.shape[0], feat.dim, f"analysis {name!r}: real images left after real_exclude")
+    acts, gen_f, gen_cov = generated_pool(job, ctx, len(seg.concepts), int(cfg.seed), samples,
+                                          int(cfg.batch_size), float(cfg.presence_share))
     mu_r, s_r = feature_stats(real_f)
-    strip = int(param(job, "strip"))
+    strip = int(cfg.strip)
     base = {"run_key": job.run_key, "model": job.model.name}
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("realism").tables}
     for layer in ctx.progress(job.layers, desc="realism: scores"):
         scores, tops = unit_scores(acts[layer], gen_f, mu_r, s_r, n_top)
         for u, (fd, top) in enumerate(zip(scores, tops)):
