@@ -4,7 +4,7 @@ Reads the bundled (or spec-declared) village-gan and village-seg; writes rows (b
 unit, params, created_at) to the store named by the spec / $GANDISSECT_DB. Each dissection
 measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    gandissect bench [--json] [--only dissect|edit|ace|insert|invert|scale] [--samples N] [--device cpu|cuda]
+    gandissect bench [--json] [--only dissect|edit|ace|insert|invert|adapt|scale] [--samples N] [--device cpu|cuda]
     python -m compute.bench.main --child N [--method one-pass|two-pass] [--device D]   # internal
     python -m compute.bench.main --width C      # JointHist peak RSS at layer width C (internal)
 
