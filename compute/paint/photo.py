@@ -25,6 +25,7 @@ The method of "Semantic Photo Manipulation with a Generative Image Prior" (Bau e
 
     gandissect edit --photo scene.png --model village-gan --brush tree --action remove --region 10,20,40,60
     python -m compute.paint.photo --evaluate --db STORE --n 20     # remove-tree on rendered scenes (issue 19)
+    gandissect bench --only adapt                                    # adaptation seconds, stroke ms (bench_adapt)
 """
 from __future__ import annotations
 
