@@ -9,7 +9,9 @@ the bottom third, where buildings' walls and doors usually stand in the village 
 sample. At every later layer the change |edited - unedited| of each channel is divided by that
 channel's mean |activation| over the unedited samples, averaged over channels and then over samples:
 one value per location of the later layer's featuremap. The sample pool (constants and channel scales)
-and each concept's changes are resumable passes of a `compute.core.pool.LayerPool`.
+and each concept's changes are resumable passes of a `compute.core.pool.LayerPool`. Parameters (units,
+radius, batch_size, location) are `job.config`'s (defaults in compute/analyses/params.py; code version,
+needs and tables in the registry, compute/analyses/__init__.py).
 
     gandissect run examples/intervene.toml --only trace
 """
@@ -25,29 +27,22 @@ from compute.core.pool import LayerPool, PoolBatch, Sum
 from compute.core.stats import ConditionalMean
 from compute.jobs.context import Job, RunContext
 
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ("ace",)
-TABLES = ("trace_effects",)
-DEFAULTS: dict[str, Any] = {"units": 20, "radius": 0, "batch_size": 32}
-
 
 def default_location(h: int, w: int) -> tuple[int, int]:
     return (min(h - 1, (5 * h) // 6), w // 2)
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     concepts = require_concepts(job)
-    n_units = int(a.param("units", DEFAULTS["units"]))
-    radius = int(a.param("radius", DEFAULTS["radius"]))
-    bs = int(a.param("batch_size", DEFAULTS["batch_size"]))
+    n_units, radius, bs = int(cfg.units), int(cfg.radius), int(cfg.batch_size)
+    seed, n = int(cfg.seed), int(cfg.samples)
     base = {"run_key": job.run_key, "model": job.model.name}
     rows: list[dict[str, Any]] = []
-    n = a.samples
     for layer in job.layers:
         targets = later_layers(gen, layer)
-        pool = LayerPool.of(job, ctx, layer, a.seed)
+        pool = LayerPool.of(job, ctx, layer, seed)
 
         def make(_: Any) -> dict[str, Any]:
             return {"k": ConditionalMean(), **{f"scale.{t}": Sum() for t in targets}}
@@ -62,7 +57,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         first = pool.batch(0, min(bs, n))
         device = first.r.device
         units, h, w = first.r.shape[1:]
-        loc = a.param("location", None)
+        loc = cfg.location
         y, x = (int(loc[0]), int(loc[1])) if loc is not None else default_location(h, w)
         if not (0 <= y < h and 0 <= x < w):
             raise InterventionError(f"trace location ({y}, {x}) is outside the {h}x{w} featuremap of {layer!r}")
@@ -70,7 +65,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         k = stats["k"].result().T.float()
         for name in concepts:
             c = concept_index(seg, name)
-            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(device)
+            kc = constant_for(k, seg, name, f"the {n} samples of seed {seed}").to(device)
             alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer, device=device)
 
             def fold_change(p: LayerPool, st: dict[str, Any], b: PoolBatch) -> None:
