@@ -11,7 +11,9 @@ on an nn.Sequential generator; elsewhere each copy reruns the forward on its lat
 edited copies are stacked `chunk` per pass). The effect is the number of pixels labelled c after the
 edit that were not before, within the pixel block of the location's (2*neighbourhood+1)^2 cells.
 The constants and the effects are resumable passes of a `compute.core.pool.LayerPool` (checkpointed
-under `.cache/<run_key>/`).
+under `.cache/<run_key>/`). Parameters (units, radius, neighbourhood, chunk, batch_size) are
+`job.config`'s (defaults in compute/analyses/params.py; code version, needs and tables in the registry,
+compute/analyses/__init__.py).
 
 Context = what the unedited image shows at the location: per segmenter category (object, part,
 material), the concept covering the largest share of the location's pixel block (unless most of it
@@ -27,16 +29,12 @@ from typing import Any
 
 import torch
 
+from compute import analyses
 from compute.analyses.ace import require_concepts
 from compute.core.intervene import (InterventionError, cell_contexts, concept_index, constant_for, insertion_effects,
                                     map_context, unit_alpha)
 from compute.core.pool import Gather, LayerPool, PoolBatch
 from compute.jobs.context import Job, RunContext
-
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ("ace",)
-TABLES = ("insertion_contexts", "insertion_maps")
-DEFAULTS: dict[str, Any] = {"units": 20, "radius": 0, "neighbourhood": 1, "chunk": 256, "batch_size": 32}
 
 TOP_SQL = ("select unit from ace_alpha where run_key = ? and layer = ? and concept = ? "
            "order by alpha desc, unit limit ?")
@@ -65,24 +63,24 @@ def context_rows(seg: Any, effects: torch.Tensor, contexts: dict[str, torch.Tens
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
     seg = ctx.segmenter(job)
     concepts = require_concepts(job)
-    d = {k: a.param(k, v) for k, v in DEFAULTS.items()}
-    n_units, radius, hood = int(d["units"]), int(d["radius"]), int(d["neighbourhood"])
-    chunk, bs = int(d["chunk"]), int(d["batch_size"])
+    n_units, radius, hood = int(cfg.units), int(cfg.radius), int(cfg.neighbourhood)
+    chunk, bs = int(cfg.chunk), int(cfg.batch_size)
+    seed, samples = int(cfg.seed), int(cfg.samples)
     base = {"run_key": job.run_key, "model": job.model.name}
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("insert").tables}
     for layer in job.layers:
-        pool = LayerPool.of(job, ctx, layer, a.seed)
-        k = pool.constants(ctx, job, a.samples, bs, f"insert.{layer}.k")
-        held = pool.all(a.samples, bs)
+        pool = LayerPool.of(job, ctx, layer, seed)
+        k = pool.constants(ctx, job, samples, bs, f"insert.{layer}.k")
+        held = pool.all(samples, bs)
         n, units, h, w = held.r.shape
         contexts = cell_contexts(seg, held.masks, h, w)
         single = map_context(contexts).cpu()
         for name in concepts:
             c = concept_index(seg, name)
-            kc = constant_for(k, seg, name, f"the {n} samples of seed {a.seed}").to(held.r.device)
+            kc = constant_for(k, seg, name, f"the {n} samples of seed {seed}").to(held.r.device)
             alpha = unit_alpha(top_units(ctx, job.dep("ace"), layer, name, n_units), units, layer=layer,
                                device=held.r.device)
 
@@ -91,7 +89,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                                                     radius=radius, neighbourhood=hood, chunk=chunk).view(-1, h, w))
 
             effects = pool.stream(ctx, job, f"insert.{layer}.{name}.effects", lambda _: {"effects": Gather()}, fold,
-                                  a.samples, bs)["effects"].result()  # [N, h, w]
+                                  samples, bs)["effects"].result()  # [N, h, w]
             row = {**base, "layer": layer, "concept": name}
             out["insertion_contexts"] += [{**row, **cr} for cr in context_rows(seg, effects, contexts)]
             for i in range(n):
@@ -99,6 +97,6 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                     for x in range(w):
                         lab = int(single[i, y, x])
                         out["insertion_maps"].append({
-                            **row, "seed": a.seed, "sample": i, "y": y, "x": x,
+                            **row, "seed": seed, "sample": i, "y": y, "x": x,
                             "context": seg.concepts[lab].name if lab else None, "effect": float(effects[i, y, x])})
     return out
