@@ -21,6 +21,9 @@ run's seed. The generator below the layer runs once per sample (on an nn.Sequent
 StyleGAN2 and module generators each edited copy reruns the whole forward pass on its latent with the
 layer's output replaced: `compute.core.intervene.finish`); all edits run on stacked copies. The held-out
 pool (`compute.core.pool.LayerPool`) and each concept's ablated pixel counts are resumable passes.
+Parameters (n_max, n_units, draws, effect_units, insert_locations, chunk, batch_size) are `job.config`'s
+(defaults in compute/analyses/params.py; code version, needs and tables in the registry,
+compute/analyses/__init__.py).
 
     gandissect run examples/intervene.toml --only ablate
 """
@@ -32,17 +35,12 @@ from typing import Any
 
 import torch
 
+from compute import analyses
 from compute.analyses.ace import require_concepts
 from compute.core.intervene import (InterventionError, block_mean, concept_index, edit_featuremap, location_masks,
                                     unit_alpha)
 from compute.core.pool import LayerPool, PoolBatch, Sum
 from compute.jobs.context import Job, RunContext
-
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ("dissect", "ace")
-TABLES = ("ablation_curves", "causal_effects")
-DEFAULTS: dict[str, Any] = {"n_max": 30, "draws": 5, "effect_units": 20, "insert_locations": 2, "chunk": 64,
-                            "batch_size": 32}
 
 ALPHA_SQL = ("select a.unit, a.alpha, i.iou from ace_alpha a left join unit_iou i on i.run_key = ? "
              "and i.layer = a.layer and i.unit = a.unit and i.concept = a.concept "
@@ -138,37 +136,38 @@ def insertion_share(layer: str, data: Samples, units: tuple[int, ...], c: int,
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
+    analysis, seed = cfg.name, int(cfg.seed)
     seg = ctx.segmenter(job)
     concepts = require_concepts(job)
     ace_run = ctx.read(RUN_SQL, [job.dep("ace")])
-    if len(ace_run) and int(ace_run["seed"][0]) == a.seed:
-        raise InterventionError(f"analysis {a.name!r}: seed {a.seed} is the ACE run's seed; the ablation set must "
+    if len(ace_run) and int(ace_run["seed"][0]) == seed:
+        raise InterventionError(f"analysis {analysis!r}: seed {seed} is the ACE run's seed; the ablation set must "
                                 f"be held out: choose another seed")
-    d = {k: a.param(k, v) for k, v in DEFAULTS.items()}
-    n_max, draws, top = int(d["n_max"]), int(d["draws"]), int(d["effect_units"])
-    n_loc, chunk, bs = int(d["insert_locations"]), int(d["chunk"]), int(d["batch_size"])
+    n_max, draws, top = int(cfg.n_max), int(cfg.draws), int(cfg.effect_units)
+    n_loc, chunk, bs = int(cfg.insert_locations), int(cfg.chunk), int(cfg.batch_size)
+    sizes = cfg.n_units if cfg.n_units is not None else range(0, n_max + 1)
     base = {"run_key": job.run_key, "model": job.model.name}
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("ablate").tables}
     for layer in job.layers:
-        data = Samples(job, ctx, layer, a.seed, a.samples, bs)
+        data = Samples(job, ctx, layer, seed, int(cfg.samples), bs)
         units = data.r[0].shape[1]
-        grid = sorted({int(n) for n in a.param("n_units", range(0, n_max + 1)) if 0 <= int(n) <= units} | {0})
+        grid = sorted({int(n) for n in sizes if 0 <= int(n) <= units} | {0})
         h, w = data.r[0].shape[2:]
         pixels = float(data.masks.shape[0] * data.masks.shape[2] * data.masks.shape[3])
         for name in concepts:
             c = concept_index(seg, name)
             if data.counts[c] == 0:
-                print(f"note: {a.name} [{job.model.name}] {layer}: concept {name!r} is absent from every held-out "
+                print(f"note: {analysis} [{job.model.name}] {layer}: concept {name!r} is absent from every held-out "
                       f"sample; no ablation curve")
                 continue
             by_alpha, by_iou = rankings(ctx, job, layer, name, units)
-            rand = random_orders(units, draws, a.seed, c)
+            rand = random_orders(units, draws, seed, c)
             orders = {"ace": [by_alpha], "iou": [by_iou], "random": rand}
             sets = [tuple(sorted(o[:n])) for os in orders.values() for o in os for n in grid]
             sets += [tuple(sorted(o[:top])) for os in orders.values() for o in os]
             counts = ablated_counts(job, ctx, f"ablate.{layer}.{name}.counts", layer, data, sets, chunk)
-            g = torch.Generator().manual_seed(a.seed * 7 + c)
+            g = torch.Generator().manual_seed(seed * 7 + c)
             locs = torch.stack([torch.randint(h, (data.n, n_loc), generator=g),
                                 torch.randint(w, (data.n, n_loc), generator=g)], -1)
             effects = {}
