@@ -32,9 +32,10 @@ Method, for each declared concept c and layer:
    default (the paper's "l2") with measurements.
 4. After every epoch, delta and the loss are evaluated on a fixed set of `eval_items` locations.
 
-Parameters (spec keys; the defaults below apply when absent, and the example spec states them all):
-epochs, steps_per_epoch, batch, lr, l2 (lambda), penalty ("l2" | "l2sq"), presence, probe, eval_items,
-batch_size.
+Parameters (spec keys; the example spec states them all): epochs, steps_per_epoch, batch, lr, l2 (lambda),
+penalty ("l2" | "l2sq"), presence, probe, eval_items, batch_size. A run reads them from `job.config`
+(`AceConfig.from_job`); their defaults are compute/analyses/params.py's, which `AceConfig`'s fields
+take (code version, needs and tables in the registry, compute/analyses/__init__.py).
 
     gandissect run examples/intervene.toml --only ace
 """
@@ -47,32 +48,36 @@ from typing import Any
 
 import torch
 
+from compute import analyses
+from compute.analyses.params import defaults
 from compute.core.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap, finish,
                                     location_masks)
 from compute.core.pool import LayerPool
 from compute.jobs.context import Checkpoint, Job, RunContext
 from compute.jobs.tally import tally
 
-CODE_VERSION = "1"
-NEEDS: tuple[str, ...] = ("dissect",)
-TABLES = ("ace_alpha", "ace_epochs", "ace_trajectory")
-
 IOU_SQL = "select unit, iou from unit_iou where run_key = ? and layer = ? and concept = ? order by unit"
+
+
+_D = defaults("ace")  # the parameter table's defaults (compute/analyses/params.py), the one place they live
 
 
 @dataclass(frozen=True)
 class AceConfig:
-    epochs: int = 10
-    steps_per_epoch: int = 10
-    batch: int = 32          # locations per optimisation step (half removal, half insertion)
-    lr: float = 0.03         # Adam learning rate
-    l2: float = 0.1          # lambda of the L2 penalty on alpha (0.01 left most alphas saturated at 1)
-    presence: float = 0.1    # share of a location's pixel block the concept must cover to count as present
-    probe: int = 4           # absent locations per sample tried as insertion candidates
-    eval_items: int = 64     # fixed locations on which delta is evaluated after every epoch
-    seed: int = 1            # seed of the sample pool (and of the location sampling)
-    batch_size: int = 32     # generator batch of the pool pass
-    penalty: str = "l2"      # "l2": lambda * ||alpha||_2 (eq. 6 as printed); "l2sq": lambda * ||alpha||_2^2 (reference code)
+    """The optimiser's configuration: a run's is built from its `job.config` (`from_job`); benches and
+    tests build their own. Defaults: the ace parameter table's."""
+
+    epochs: int = _D["epochs"]
+    steps_per_epoch: int = _D["steps_per_epoch"]
+    batch: int = _D["batch"]          # locations per optimisation step (half removal, half insertion)
+    lr: float = _D["lr"]              # Adam learning rate
+    l2: float = _D["l2"]              # lambda of the L2 penalty on alpha (0.01 left most alphas saturated at 1)
+    presence: float = _D["presence"]  # share of a location's pixel block the concept must cover to count as present
+    probe: int = _D["probe"]          # absent locations per sample tried as insertion candidates
+    eval_items: int = _D["eval_items"]  # fixed locations on which delta is evaluated after every epoch
+    seed: int = 1                     # seed of the sample pool (and of the location sampling)
+    batch_size: int = _D["batch_size"]  # generator batch of the pool pass
+    penalty: str = _D["penalty"]      # "l2": lambda * ||alpha||_2 (eq. 6 as printed); "l2sq": lambda * ||alpha||_2^2 (reference code)
 
     def __post_init__(self) -> None:
         if self.penalty not in PENALTIES:
@@ -80,13 +85,10 @@ class AceConfig:
 
     @classmethod
     def from_job(cls, job: Job) -> "AceConfig":
-        a = job.analysis
-        kw = {f: type(getattr(cls, f))(a.param(f, getattr(cls, f))) for f in cls.__dataclass_fields__
-              if f != "seed"}
-        return cls(seed=a.seed, **kw)
-
-
-DEFAULTS: dict[str, Any] = {f: getattr(AceConfig, f) for f in AceConfig.__dataclass_fields__ if f != "seed"}
+        """The run's optimiser configuration: every field from `job.config`, cast to the field's type."""
+        cfg = job.config
+        kw = {f: type(getattr(cls, f))(getattr(cfg, f)) for f in cls.__dataclass_fields__ if f != "seed"}
+        return cls(seed=int(cfg.seed), **kw)
 
 
 @dataclass
@@ -325,10 +327,10 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     cfg = AceConfig.from_job(job)
     concepts = require_concepts(job)
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("ace").tables}
     base = {"run_key": job.run_key, "model": job.model.name}
     for layer in job.layers:
-        pool = build_pool(LayerPool.of(job, ctx, layer, job.analysis.seed, probs=True), job.analysis.samples, cfg,
+        pool = build_pool(LayerPool.of(job, ctx, layer, cfg.seed, probs=True), int(job.config.samples), cfg,
                           ctx, job)
         units = pool.r.shape[1]
         for name in concepts:
