@@ -23,7 +23,9 @@ inception_weights, batch_size). Scoring only against watermark-free scenes rewar
 watermarks by construction, though real scenes carry them too (15 % of rendered village scenes): the
 full-distribution columns say whether the repair still helps when the real watermarks count.
 The generated sample's features and coverage, before and after each ablation, are one resumable pass of a
-`compute.core.pool.LayerPool` (checkpointed under `.cache/<run_key>/`).
+`compute.core.pool.LayerPool` (checkpointed under `.cache/<run_key>/`). Parameters are `job.config`'s,
+checked at parse time (defaults in compute/analyses/params.py; code version, needs and tables in the
+registry, compute/analyses/__init__.py); `flagged` is resolved at plan time (`resolve`).
 
     gandissect run gandissect.toml --only repair
 """
@@ -36,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from compute import analyses
+from compute.analyses.params import defaults
 from compute.analyses.realism import Coverage, job_extractor, real_set
 from compute.core.features import check_count, features_and_masks
 from compute.core.frechet import feature_stats, frechet_from_stats
@@ -44,13 +48,6 @@ from compute.core.pool import Gather, LayerPool, PoolBatch
 from compute.jobs.context import Job, RunContext
 from db.errors import BadInput
 
-CODE_VERSION = "2"  # 2: fd_before_full / fd_after_full
-NEEDS: tuple[str, ...] = ("realism",)
-OPTIONAL_NEEDS: tuple[str, ...] = ("dissect",)
-TABLES = ("repair_effects", "repair_concepts", "realism_flag_pr")
-DEFAULTS: dict[str, Any] = {"n_units": 20, "draws": 5, "manual": "flags", "manual_min_iou": 0.04,
-                            "real_samples": 2000, "real_seed": 0, "real_exclude": [], "features": "segmenter",
-                            "inception_weights": None, "batch_size": 64}
 FLAGS_SQL = ("select layer, list(distinct unit order by unit) as units from unit_flags "
              "where model = ? and flag in ('artifact', 'watermark') group by layer")
 REALISM_SQL = "select unit, frechet from unit_realism where run_key = ? and layer = ? order by unit"
@@ -62,13 +59,9 @@ class RepairError(BadInput):
     """Bad repair input (one line)."""
 
 
-def param(job: Job, key: str) -> Any:
-    return job.analysis.param(key, DEFAULTS.get(key))
-
-
 def resolve(store_path: str, analysis: Any, model: str, layers: tuple[str, ...]) -> dict[str, Any]:
     """Parameters read from the store when the run is planned: the hand-flagged units per layer."""
-    if analysis.param("manual", DEFAULTS["manual"]) != "flags" or not Path(store_path).exists():
+    if analysis.param("manual", defaults("repair")["manual"]) != "flags" or not Path(store_path).exists():
         return {"flagged": {}}
     from db.store import read
 
@@ -81,21 +74,21 @@ def resolve(store_path: str, analysis: Any, model: str, layers: tuple[str, ...])
 
 
 def manual_units(job: Job, ctx: RunContext, layer: str, units: int) -> list[int]:
-    how = str(param(job, "manual"))
+    cfg = job.config
+    how = str(cfg.manual)
     if how == "flags":
-        flagged = json.loads(job.params).get("flagged", {})
+        flagged = cfg.flagged or {}
         return sorted(int(u) for u in flagged.get(layer, []) if 0 <= int(u) < units)
     if how.startswith("concept:"):
         concept = how.split(":", 1)[1]
         try:
             dissect = job.dep("dissect")
         except KeyError:
-            raise RepairError(f"analysis {job.analysis.name!r}: manual = {how!r} needs a dissect analysis of model "
+            raise RepairError(f"analysis {cfg.name!r}: manual = {how!r} needs a dissect analysis of model "
                               f"{job.model.name!r} covering layer {layer!r} in the spec") from None
-        df = ctx.read(CONCEPT_SQL, [dissect, layer, concept, float(param(job, "manual_min_iou")),
-                                    int(param(job, "n_units"))])
+        df = ctx.read(CONCEPT_SQL, [dissect, layer, concept, float(cfg.manual_min_iou), int(cfg.n_units)])
         return sorted(int(u) for u in df["unit"])
-    raise RepairError(f"analysis {job.analysis.name!r}: manual = {how!r}; allowed: \"flags\", \"concept:<name>\"")
+    raise RepairError(f"analysis {cfg.name!r}: manual = {how!r}; allowed: \"flags\", \"concept:<name>\"")
 
 
 def unit_sets(manual: list[int], scores: list[float], n_units: int, draws: int, seed: int, layer_index: int
@@ -159,37 +152,36 @@ def ablated_features(job: Job, ctx: RunContext, layer: str, seed: int, n: int, b
 
 
 def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
-    a = job.analysis
+    cfg = job.config
+    analysis, seed, samples = cfg.name, int(cfg.seed), int(cfg.samples)
     gen, seg = ctx.generator(job), ctx.segmenter(job)
     feat = job_extractor(job, ctx)
-    check_count(a.samples, feat.dim, f"analysis {a.name!r}: samples")
-    n_units, draws = int(param(job, "n_units")), int(param(job, "draws"))
-    if n_units <= 0:
-        raise RepairError(f"analysis {a.name!r}: n_units must be positive, got {n_units}")
+    check_count(samples, feat.dim, f"analysis {analysis!r}: samples")
+    n_units, draws = int(cfg.n_units), int(cfg.draws)  # n_units >= 1: checked at parse time
     real_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device)
-    check_count(real_f.shape[0], feat.dim, f"analysis {a.name!r}: real images left after real_exclude")
+    check_count(real_f.shape[0], feat.dim, f"analysis {analysis!r}: real images left after real_exclude")
     mu_r, s_r = feature_stats(real_f)
-    if list(param(job, "real_exclude")):  # the full real distribution: the same sources, nothing left out
+    if list(cfg.real_exclude):  # the full real distribution: the same sources, nothing left out
         full_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device, exclude=[])
-        check_count(full_f.shape[0], feat.dim, f"analysis {a.name!r}: real images")
+        check_count(full_f.shape[0], feat.dim, f"analysis {analysis!r}: real images")
         mu_full, s_full = feature_stats(full_f)
     else:
         mu_full, s_full = mu_r, s_r
     names = [c.name for c in seg.concepts]
     base = {"run_key": job.run_key, "model": job.model.name}
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("repair").tables}
     for li, layer in enumerate(job.layers):
         df = ctx.read(REALISM_SQL, [job.dep("realism"), layer])
         if len(df) == 0:
-            raise RepairError(f"analysis {a.name!r}: the realism run has no scores for layer {layer!r}; "
+            raise RepairError(f"analysis {analysis!r}: the realism run has no scores for layer {layer!r}; "
                               f"declare the layer in the realism analysis")
         scores = [float(v) for v in df["frechet"]]
         manual = manual_units(job, ctx, layer, len(scores))
         if not manual:
-            print(f"note: {a.name} [{job.model.name}] {layer}: no manual units (manual = {param(job, 'manual')!r}); "
+            print(f"note: {analysis} [{job.model.name}] {layer}: no manual units (manual = {cfg.manual!r}); "
                   f"only the realism and random sets are ablated")
-        sets = unit_sets(manual, scores, n_units, draws, a.seed, li)
-        f0, c0, fs, cs = ablated_features(job, ctx, layer, a.seed, a.samples, int(param(job, "batch_size")),
+        sets = unit_sets(manual, scores, n_units, draws, seed, li)
+        f0, c0, fs, cs = ablated_features(job, ctx, layer, seed, samples, int(cfg.batch_size),
                                           [us for _, _, us in sets])
         st0 = feature_stats(f0)
         sts = [feature_stats(f) for f in fs]
