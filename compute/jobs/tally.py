@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar
 
@@ -107,20 +108,39 @@ def batches(n: int, batch_size: int, start: int = 0) -> list[Batch]:
     return [(s, min(batch_size, n - s)) for s in range(start, n, batch_size)]
 
 
-def save_stats(cache: Checkpoint, done: int, stats: Mapping[str, Stat], extra: dict | None = None) -> None:
-    """All named statistics' state in one atomic checkpoint, with `done` batches folded in."""
+def _identity(stats: Mapping[str, Stat], items: int | None) -> dict[str, Any]:
+    """What a checkpoint must match to be this pass's: its statistics' names and kinds (and the pass length)."""
+    ident: dict[str, Any] = {"stats": {name: type(st).__name__ for name, st in sorted(stats.items())}}
+    if items is not None:
+        ident["items"] = items
+    return ident
+
+
+def save_stats(cache: Checkpoint, done: int, stats: Mapping[str, Stat], extra: dict | None = None,
+               items: int | None = None) -> None:
+    """All named statistics' state in one atomic checkpoint, with `done` batches folded in; the metadata
+    records the statistics' names and kinds (and the pass length) so a foreign file is never loaded."""
     tensors = {}
     for name, st in stats.items():
         tensors.update(flat_state(name, st.state_dict()))
-    cache.save(done, tensors, extra)
+    cache.save(done, tensors, {**(extra or {}), "pass": _identity(stats, items)})
 
 
-def load_stats(cache: Checkpoint, stats: Mapping[str, Stat]) -> int:
-    """Load a checkpoint into the (empty) statistics; returns the number of batches it holds (0: none)."""
-    done, saved, _ = cache.load()
-    if done:
-        for name, st in stats.items():
-            st.load_state_dict(unflat_state(name, saved))
+def load_stats(cache: Checkpoint, stats: Mapping[str, Stat], items: int | None = None) -> int:
+    """Load a checkpoint into the (empty) statistics; returns the number of batches it holds (0: none).
+
+    A checkpoint of another pass (other statistics, other length: a file left by an older version of
+    the code under the same run key, or a pass whose name collides) is not loaded: the pass starts
+    over, with a note on stderr, instead of failing on a state it cannot read."""
+    done, saved, extra = cache.load()
+    if not done:
+        return 0
+    if extra.get("pass") != _identity(stats, items):
+        print(f"note: {cache.path} is not a checkpoint of this pass (left by another version of the code?); "
+              f"starting the pass over", file=sys.stderr)
+        return 0
+    for name, st in stats.items():
+        st.load_state_dict(unflat_state(name, saved))
     return done
 
 
@@ -130,9 +150,7 @@ def tally(stats: Mapping[str, Stat], items: Sequence[T], cache: Checkpoint | Non
     for the next. With a cache, the statistics are loaded from it first (the items already done are
     skipped), saved every `every` items and once at the end, so a kill at any moment loses at most
     `every` items of work. `progress` wraps the remaining range (e.g. `ctx.progress`)."""
-    done = load_stats(cache, stats) if cache is not None else 0
-    if done > len(items):
-        raise ValueError(f"checkpoint {cache.path if cache else ''} holds {done} batches, the pass has {len(items)}")
+    done = load_stats(cache, stats, len(items)) if cache is not None else 0
     todo: Iterable[int] = range(done, len(items))
     if progress is not None:
         todo = progress(todo, desc=desc, total=len(items), initial=done)
@@ -140,10 +158,10 @@ def tally(stats: Mapping[str, Stat], items: Sequence[T], cache: Checkpoint | Non
     for i in todo:
         yield items[i]
         if cache is not None and (i + 1) % every == 0:
-            save_stats(cache, i + 1, stats)
+            save_stats(cache, i + 1, stats, items=len(items))
             last_saved = i + 1
     if cache is not None and last_saved != len(items):
-        save_stats(cache, len(items), stats)
+        save_stats(cache, len(items), stats, items=len(items))
 
 
 class Engine(Protocol):

@@ -65,17 +65,30 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path: Path) -> None:
     _same(resumed, full)
     assert cache.load()[0] == 13
     again = _stats()
-    assert load_stats(cache, again) == 13
+    assert load_stats(cache, again, 13) == 13
     _same(again, full)
 
 
-def test_checkpoint_longer_than_pass_is_an_error(tmp_path: Path) -> None:
+def test_foreign_checkpoint_is_not_loaded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint of another pass (other length, other statistics, or an old file without the pass
+    identity) starts the pass over instead of loading a state it does not hold."""
+    x = _data(20)
     cache = Checkpoint(tmp_path, "p")
     st = _stats()
     for s, k in tally(st, batches(20, 4), cache):
-        _fold(st, _data(20), s, k)
-    with pytest.raises(ValueError, match="holds 5 batches"):
-        list(tally(_stats(), batches(8, 4), cache))
+        _fold(st, x, s, k)
+    assert list(tally(_stats(), batches(20, 4), cache)) == []          # its own pass: nothing left to do
+    short, redone = _stats(), []
+    for s, k in tally(short, batches(8, 4), cache):                     # another length: from the start
+        _fold(short, x, s, k)
+        redone.append(s)
+    assert redone == [0, 4]
+    other = {"q": Quantile(), "u": TopK(5)}
+    assert load_stats(Checkpoint(tmp_path, "p"), other, 5) == 0          # other statistics
+    cache.save(3, {"q.x": torch.zeros(1)})                              # an old-format file
+    fresh = _stats()
+    assert load_stats(cache, fresh, 5) == 0
+    assert "not a checkpoint of this pass" in capsys.readouterr().err
 
 
 class _Ctx:
