@@ -644,7 +644,8 @@ class PermutationNull:
     |A| and |M| do not depend on the pairing, so a test on I is a test on IoU = I / (|A| + |M| - I).
 
     Thresholds are [C] (one per unit) or [C, K] (one per unit and concept: concept k is counted at
-    t[:, k]). The observed counts (the diagonal pairing) are kept too: `inter`, `above`, `concept`,
+    t[:, k]). [C] on CPU counts with exact int8 matmuls (`_add_int8`), elsewhere with float32 matmuls
+    of 0/1 maps (exact: counts <= HW < 2**24); both give the same integers. The observed counts (the diagonal pairing) are kept too: `inter`, `above`, `concept`,
     so iou() / iqr() need no other stat. merge() equals adding everything to one stat when the merged
     stats saw whole blocks (blocks never span two add() calls).
     """
@@ -684,7 +685,7 @@ class PermutationNull:
         if k != self.concept.numel():
             raise ValueError(f"PermutationNull.add: {k} concepts, this stat has {self.concept.numel()}")
         a = _units(a.to(self.device), "PermutationNull.add")                              # [N, C, HW]
-        if self.thresholds.dim() == 1 and a.device.type == "cpu":
+        if self.thresholds.dim() == 1 and a.device.type == "cpu" and hasattr(torch, "_int_mm"):
             self._add_int8(a, m.to(self.device).reshape(n, k, hw))
             return
         mf = m.to(self.device).reshape(n, k, hw).float()
@@ -715,7 +716,7 @@ class PermutationNull:
         n, c, hw = a.shape
         k = m.shape[1]
         b0 = min(self.block, n)
-        t = self.thresholds[None, :, None].expand(b0, c, hw)        # expanded: a much faster gt than [1, C, 1]
+        t = self.thresholds[None, :, None].expand(b0, c, hw)
         rows = torch.ones(1 + b0 * c, hw, dtype=torch.bool, device=self.device)    # row 0: ones
         cols = torch.ones(1 + b0 * k, hw, dtype=torch.bool, device=self.device)    # row 0: ones
         for s in range(0, n, self.block):
