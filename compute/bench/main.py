@@ -151,6 +151,7 @@ def bench_dissect(gen: Path, seg: Path, n: int = SMALL_N, device: str = "cpu") -
         print("bench dissect --device cuda: skipped (no CUDA device)", file=sys.stderr)
         return []
     bench = "dissect" if device == "cpu" else f"dissect-{device}"
+    load_start = os.getloadavg()[0]                    # the machine may be shared: load before and after
     fwd = forward_seconds(n, gen, seg, device)
     one = _run_child(n, gen, seg, "one-pass", device)
     small = _run_child(max(BATCH, n // 4), gen, seg, "one-pass", device)
@@ -162,7 +163,7 @@ def bench_dissect(gen: Path, seg: Path, n: int = SMALL_N, device: str = "cpu") -
                          "threads": one["threads"], "generator": gen.name, "segmenter": seg.name,
                          "layers": "all", "threshold": "q0.99", "default_method": default_method("q0.99"),
                          "memory": "one-pass at samples_small vs samples; JointHist alone at width 256 vs 512",
-                         "load_average_1m": os.getloadavg()[0]})
+                         "load_average_1m_start": load_start, "load_average_1m": os.getloadavg()[0]})
     per_1k = lambda sec: sec / n * 1000  # noqa: E731
     fwd_1k, one_1k = per_1k(fwd), per_1k(one["compute_seconds"])
     two_1k, ref_1k = per_1k(two["compute_seconds"]), per_1k(ref["seconds"])
