@@ -52,6 +52,12 @@ def real_source(job: Job) -> str:
     return str(src)
 
 
+def real_exclude(job: Job) -> list[str]:
+    """The job's `real_exclude` as a list of concept names (the spec may give one name as a string)."""
+    v = job.config.real_exclude
+    return [v] if isinstance(v, str) else list(v)
+
+
 class Coverage:
     """Per-concept pixel counts and presence counts over a stream of segmentations (exact sums).
 
@@ -145,7 +151,7 @@ def real_set(job: Job, seg: Any, feat: Extractor, size: int, device: torch.devic
     presence_share: the coverage's presence share (realism's parameter; repair reads only the features)."""
     cfg = job.config
     src = real_source(job)
-    exclude = list(cfg.real_exclude) if exclude is None else list(exclude)
+    exclude = real_exclude(job) if exclude is None else list(exclude)
     images, _ = real_images(src, int(cfg.real_samples), int(cfg.real_seed), size=size, exclude=exclude)
     x = to_input(images)
     cov = Coverage(len(seg.concepts), float(presence_share))

@@ -40,7 +40,7 @@ import torch
 
 from compute import analyses
 from compute.analyses.params import defaults
-from compute.analyses.realism import Coverage, job_extractor, real_set
+from compute.analyses.realism import Coverage, job_extractor, real_exclude, real_set
 from compute.core.features import check_count, features_and_masks
 from compute.core.frechet import feature_stats, frechet_from_stats
 from compute.core.intervene import edit_featuremap, unit_alpha
@@ -161,7 +161,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     real_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device)
     check_count(real_f.shape[0], feat.dim, f"analysis {analysis!r}: real images left after real_exclude")
     mu_r, s_r = feature_stats(real_f)
-    if list(cfg.real_exclude):  # the full real distribution: the same sources, nothing left out
+    if real_exclude(job):  # the full real distribution: the same sources, nothing left out
         full_f, _ = real_set(job, seg, feat, int(gen.resolution), ctx.device, exclude=[])
         check_count(full_f.shape[0], feat.dim, f"analysis {analysis!r}: real images")
         mu_full, s_full = feature_stats(full_f)

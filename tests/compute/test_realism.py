@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compute import runner, spec as specmod
-from compute.analyses.realism import Coverage, unit_scores
+from compute.analyses.realism import Coverage, real_exclude, unit_scores
 from compute.analyses.repair import flag_pr, unit_sets
 from compute.core.frechet import feature_stats, frechet_distance
 from db import store
@@ -260,3 +260,15 @@ def test_only_refuses_a_run_whose_dependency_is_not_done(tmp_path, tiny_gan, tin
     assert not os.path.exists(spec.store)  # refused before anything is written, not even the store (issue 16)
     assert [o.state for o in runner.run(spec, only="realism", quiet=True, echo=lambda s: None)] == ["done"]
     assert [o.state for o in runner.run(spec, only="repair", quiet=True, echo=lambda s: None)] == ["done"]
+
+
+def test_real_exclude_given_as_one_name_is_one_concept() -> None:
+    """The spec accepts real_exclude = "watermark" (StrList): one concept, not its letters."""
+    from types import SimpleNamespace
+
+    def job(v):
+        return SimpleNamespace(config=SimpleNamespace(real_exclude=v))
+
+    assert real_exclude(job("watermark")) == ["watermark"]
+    assert real_exclude(job(("watermark", "tree"))) == ["watermark", "tree"]
+    assert real_exclude(job(())) == []
