@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from compute.bench.main import BENCHES
 from compute.spec import store_path
 from db.errors import BadInput, is_bad_input, one_line
 
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="performance benchmarks (also written to the benchmarks table)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--spec", default="gandissect.toml")
-    b.add_argument("--only", help="one bench: dissect | edit | ace | insert | invert")
+    b.add_argument("--only", choices=BENCHES, help="one bench (default: all)")
     b.add_argument("--samples", type=int, help="samples of the dissect bench (default $GANDISSECT_BENCH_N or 256)")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="device of the dissect bench (cuda: bench 'dissect-cuda', skipped without CUDA)")

@@ -197,6 +197,9 @@ def _optional(bench: str, module: str, func: str) -> list[dict[str, Any]]:
     return [dict(r, bench=bench) for r in rows]
 
 
+BENCHES: tuple[str, ...] = ("dissect", "edit", "ace", "insert", "invert", "adapt", "scale")  # `--only` choices
+
+
 def main(a: argparse.Namespace) -> int:
     from compute.spec import store_path
     from db import store
@@ -232,7 +235,7 @@ def main(a: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         for r in rows:
-            print(f"{r['bench']:<8} {r['metric']:<24} {r['value']:>10.3f} {r['unit']}")
+            print(f"{r['bench']:<8} {r['metric']:<24} {r['value']:>10.4g} {r['unit']}")
     return 0
 
 
