@@ -164,7 +164,8 @@ def exit_status(outcomes: list[Outcome]) -> int:
 
 class _Signals:
     """SIGINT / SIGTERM raise WatchStop once (in the main thread: between bytecodes, never inside a C
-    call); the previous handlers come back on exit."""
+    call); a second signal while the watcher stops exits at once (status 128 + signal, as a shell
+    reports it), so a hung clean-up never needs SIGKILL; the previous handlers come back on exit."""
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -174,6 +175,7 @@ class _Signals:
         if self.name is None:
             self.name = signal.Signals(signum).name
             raise WatchStop(self.name)
+        raise SystemExit(128 + signum)
 
     def __enter__(self) -> "_Signals":
         for s in (signal.SIGINT, signal.SIGTERM):

@@ -155,7 +155,10 @@ def _max_rel_diff(ra: list[tuple], rb: list[tuple]) -> float:
                 continue
             if not (isinstance(u, (int, float)) and isinstance(v, (int, float))):
                 return math.inf
-            worst = max(worst, abs(u - v) / max(abs(u), abs(v)))
+            d = abs(u - v) / max(abs(u), abs(v))
+            if math.isnan(d):  # NaN against a number, inf against a finite value: not a rounding difference
+                return math.inf
+            worst = max(worst, d)
     return worst
 
 

@@ -66,3 +66,16 @@ def test_sweep_local_vs_ray(tmp_path: Path) -> None:
     ray_s, local_s = rows["ray_2workers_s"]["value"], rows["local_1thread_s"]["value"]
     assert rows["speedup"]["value"] == pytest.approx(local_s / ray_s)
     assert rows["speedup_vs_threads"]["value"] == pytest.approx(rows["local_2threads_s"]["value"] / ray_s)
+
+
+def test_max_rel_diff_never_hides_a_difference() -> None:
+    """NaN against a number or inf against a finite value is an infinite difference, not 0."""
+    import math
+
+    from compute.bench.scale import _max_rel_diff
+
+    assert _max_rel_diff([(1.0, 2)], [(1.0, 2)]) == 0.0
+    assert 0 < _max_rel_diff([(1.0,)], [(1.0 + 1e-15,)]) < 1e-14
+    assert _max_rel_diff([(1.0,)], [(float("nan"),)]) == math.inf
+    assert _max_rel_diff([(1.0,)], [(float("inf"),)]) == math.inf
+    assert _max_rel_diff([(1.0,)], []) == math.inf

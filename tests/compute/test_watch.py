@@ -211,3 +211,18 @@ def test_ray_watcher_equals_local_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
     assert _done_models(tmp_path) == ["run@a"]
     assert differing_tables(tmp_path / "local.duckdb", tmp_path / "store.duckdb") == []
+
+
+def test_a_second_signal_exits_at_once() -> None:
+    """The first SIGTERM asks for a clean stop (WatchStop); a second one while stopping exits."""
+    import os
+    import signal
+
+    from compute.watch import WatchStop, _Signals
+
+    with _Signals():
+        with pytest.raises(WatchStop):
+            os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert e.value.code == 128 + signal.SIGTERM
