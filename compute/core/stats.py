@@ -119,6 +119,9 @@ class Quantile:
     def _init(self, c: int, device: torch.device) -> None:
         self.device = self.device or device
         d = self.device
+        if 3 * c * self.half + self._shift >= 2 ** 31:  # the flat int32 binning keys of `_count`
+            raise ValueError(f"Quantile: {c} units x {2 * self.half} bins exceed the int32 binning keys; "
+                             f"use fewer bits or octaves (bits={self.bits}, octaves={self.octaves})")
         self.counts = torch.zeros(c, 2 * self.half, dtype=torch.int64, device=d)
         self.g = torch.full((c,), -200, dtype=torch.int64, device=d)
         self.lo = torch.full((c,), math.inf, dtype=torch.float64, device=d)
