@@ -494,9 +494,9 @@ def test_permutation_null_int8_path_equals_float_path() -> None:
 
 
 def test_quantile_refuses_more_units_than_its_int32_keys_hold() -> None:
-    """bits=12, octaves=63: 2**19 bins per unit; 3000 units would overflow the flat int32 binning keys."""
+    """bits=12, octaves=63: 2**19 bins per unit; 3000 units would overflow the flat int32 binning keys
+    (refused before anything is allocated)."""
     import pytest
 
     with pytest.raises(ValueError, match="int32 binning keys"):
         Quantile(bits=12, octaves=63).add(torch.zeros(1, 3000, 1, 1))
-    Quantile(bits=12, octaves=63).add(torch.zeros(1, 2000, 1, 1))  # 3 * 2000 * 2**18 + 2**20 < 2**31
