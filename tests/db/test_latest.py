@@ -154,3 +154,16 @@ def test_ace_latest_is_per_concept(small_store) -> None:
     assert df.rows() == [("door", "k-ace-door-2", 0.9), ("sky", "k-ace-sky", 0.3)]
     r = store.read("SELECT DISTINCT run_key FROM unit_realism_latest", path=small_store)
     assert r["run_key"].to_list() == ["k-real-2"]
+
+
+def test_run_layers_audit_covers_the_tables_run_layers_is_derived_from() -> None:
+    """audits.sql spells out run_layers_match_results' tables (an audit is plain SQL); they must be the
+    tables `run_layers_sql()` derives run_layers from, or a new result table would fail every publish."""
+    import re
+
+    from db import store
+
+    audit = store.audits()["run_layers_match_results"]
+    in_audit = set(re.findall(r"FROM (\w+)\s*(?:\n|\)|UNION)", audit.split(")\nSELECT")[0])) - {"runs", "run_layers"}
+    derived = set(re.findall(r"FROM (\w+)", store.run_layers_sql())) - {"("}
+    assert in_audit == derived, (sorted(in_audit ^ derived))
