@@ -119,17 +119,14 @@ def compare_stores(a: Path, b: Path) -> tuple[list[str], float]:
     in one store only, another row count, or a differing non-number makes the difference infinite."""
     import duckdb
 
-    from compute.reports.store_diff import _kept, _tables  # the one definition of "rows equal" between stores
+    from compute.reports.store_diff import _tables, table_rows  # the one definition of "rows equal" between stores
 
     ca, cb = duckdb.connect(str(a), read_only=True), duckdb.connect(str(b), read_only=True)
     try:
         ta, tb = _tables(ca), _tables(cb)
         out, worst = sorted(ta ^ tb), (math.inf if ta ^ tb else 0.0)
         for t in sorted(ta & tb):
-            cols = [c for c in _kept(ca, t) if c in set(_kept(cb, t))]
-            sel = ", ".join(f'"{c}"' for c in cols)
-            ra = ca.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
-            rb = cb.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
+            ra, rb = table_rows(ca, cb, t)
             if ra == rb:
                 continue
             out.append(t)

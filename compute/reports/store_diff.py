@@ -25,6 +25,14 @@ def _kept(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
             if r[0] not in TIME_COLUMNS and not r[0].endswith("_at") and "second" not in r[0]]
 
 
+def table_rows(a: duckdb.DuckDBPyConnection, b: duckdb.DuckDBPyConnection, table: str) -> tuple[list[tuple], list[tuple]]:
+    """A table's rows in both stores, over the columns both keep (time columns left out), sorted."""
+    cols = [c for c in _kept(a, table) if c in set(_kept(b, table))]
+    sel = ", ".join(f'"{c}"' for c in cols)
+    return (a.execute(f'SELECT {sel} FROM "{table}" ORDER BY ALL').fetchall(),
+            b.execute(f'SELECT {sel} FROM "{table}" ORDER BY ALL').fetchall())
+
+
 def main(argv: list[str] | None = None) -> int:
     old_path, new_path = (argv if argv is not None else sys.argv[1:])[:2]
     old, new = duckdb.connect(old_path, read_only=True), duckdb.connect(new_path, read_only=True)
@@ -32,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     print("only in old:", sorted(t_old - t_new))
     print("only in new:", sorted(t_new - t_old))
     for t in sorted(t_old & t_new):
-        cols = [c for c in _kept(old, t) if c in set(_kept(new, t))]
-        sel = ", ".join(f'"{c}"' for c in cols)
-        ra = old.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
-        rb = new.execute(f'SELECT {sel} FROM "{t}" ORDER BY ALL').fetchall()
+        ra, rb = table_rows(old, new, t)
         if ra == rb:
             print(f"{t}: equal ({len(ra)} rows)")
         else:
