@@ -93,7 +93,9 @@ def evaluate(gen: Any, enc: Any, seg: Any, *, n_generated: int = 16, n_rendered:
             acc["miou"] += miou(seg, xb, inv.reconstruction.to(device)).tolist()
             acc["seconds"].append(inv.seconds / xb.shape[0])
             recs.append(inv.reconstruction)
-            log(f"  {s + xb.shape[0]}/{x.shape[0]}: PSNR {np.mean(acc['psnr']):.2f} dB")
+            log(f"  {s + xb.shape[0]}/{x.shape[0]}: PSNR {np.mean(acc['psnr']):.2f} dB, mIoU {np.nanmean(acc['miou']):.4f} "
+                f"(this batch: PSNR {[round(v, 2) for v in inv.psnr.tolist()]}, mIoU {[round(v, 4) for v in acc['miou'][-xb.shape[0]:]]}, "
+                f"{inv.seconds:.0f} s)")
         acc["recs"] = torch.cat(recs)  # type: ignore[assignment]
         return acc
 
