@@ -10,7 +10,8 @@ A kind's module exposes `compute(job, ctx) -> dict[table, rows]`, and `resolve(s
 layers) -> dict` when `Kind.resolves` (plan-time parameters read from the store or the file system,
 recorded in runs.params and the run key). The runner builds each run's configuration once, as a frozen
 dataclass (`job.config`, from `config(...)` here): the kind's recorded defaults, then the spec's values,
-then the resolved ones.
+then the resolved ones. Its fields carry real types (`typing.get_type_hints`): the parameter tables'
+`Param.type`, `STRUCTURE_TYPES` and `RESOLVED_TYPES` here; `config()` refuses a value of another type.
 
     python -c "import compute.analyses as a; print(a.describe())"      # print the registry
 """
@@ -19,14 +20,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import types
+import typing
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional, Union
 
 from compute.analyses import params as _params
 
 # the keys of every run's parameters that come from the analysis entry's structure, not a parameter table
 STRUCTURE_RECORDED = ("kind", "name", "layers", "segmenter", "samples", "seed", "threshold", "concepts")
+# their types in a run's configuration (samples, seed and threshold are typed by params.COMMON)
+STRUCTURE_TYPES: dict[str, Any] = {"kind": str, "name": str, "layers": tuple[str, ...], "segmenter": Optional[str],
+                                   "concepts": tuple[str, ...]}
+# the types of the keys a kind's `resolve()` adds that are not in its parameter table (None: not resolved)
+RESOLVED_TYPES: dict[str, Any] = {
+    "flagged": Optional[dict[str, list[int]]],  # repair: hand-flagged units per layer
+    "encoder_sha256": Optional[str],  # invert: the encoder file's hash (None: no encoder file)
+}
 
 
 @dataclass(frozen=True)
@@ -130,13 +141,57 @@ class Config:
                 if f.name in self._recorded}
 
 
+def field_type(name: str, key: str) -> Any:
+    """The declared type of configuration key `key` of kind `name`: its parameter table's (Optional when the
+    default is None), else the structure's, else the resolved keys' (KeyError names where to declare it)."""
+    table = _params.table(name)
+    if key in table:
+        return table[key].hint
+    if key in STRUCTURE_TYPES:
+        return STRUCTURE_TYPES[key]
+    if key in RESOLVED_TYPES and key in kind(name).resolved:
+        return RESOLVED_TYPES[key]
+    raise KeyError(f"a {name} configuration key {key!r} has no declared type: add it to RESOLVED_TYPES or "
+                   f"STRUCTURE_TYPES in compute/analyses/__init__.py, or to the parameter table")
+
+
+def conforms(value: Any, tp: Any) -> bool:
+    """Whether `value` is an instance of the type hint `tp` (unions, Optional, Literal, tuple[X, ...],
+    list[X], dict[K, V], classes). As the type checkers read hints (PEP 484), an int is a float; as the
+    parameter tables check values, a bool is neither an int nor a float."""
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return any(conforms(value, a) for a in args)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args))
+    if origin is list:
+        return isinstance(value, list) and all(conforms(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(conforms(k, args[0]) and conforms(v, args[1])
+                                               for k, v in value.items())
+    if tp is type(None):
+        return value is None
+    if tp in (int, float):
+        return not isinstance(value, bool) and isinstance(value, (int, float) if tp is float else int)
+    return isinstance(value, tp)
+
+
 @functools.cache
 def config_type(name: str) -> type[Config]:
     """The frozen dataclass of a kind's configuration: one field per structure key, parameter-table key
-    (common keys, then the kind's own) and resolved key; generated from the tables, not written by hand."""
+    (common keys, then the kind's own) and resolved key, each with its declared type (`field_type`);
+    generated from the tables, not written by hand."""
     k = kind(name)
     keys = list(dict.fromkeys([*STRUCTURE_RECORDED, *_params.table(name), *k.resolved]))
-    fields: list[Any] = [(key, Any) for key in keys]
+    fields: list[Any] = [(key, field_type(name, key)) for key in keys]
     fields.append(("_recorded", frozenset, dataclasses.field(default=frozenset(), repr=False, compare=False)))
     cls = dataclasses.make_dataclass(f"{''.join(p.title() for p in name.split('_'))}Config", fields,
                                      bases=(Config,), frozen=True)
@@ -147,7 +202,9 @@ def config_type(name: str) -> type[Config]:
 def config(name: str, values: Mapping[str, Any]) -> Config:
     """A kind's configuration from the run's recorded parameters (`values`: defaults, then the spec's,
     then the resolved ones, as the runner builds them). Keys not in `values` take their table default
-    (None where the analysis computes it) and are not recorded."""
+    (None where the analysis computes it; structure keys: see `absent`) and are not recorded. Lists are held as tuples (frozen; their
+    canonical JSON, so runs.params and the run key, is the same); a value of another type than its
+    field's declared one is a TypeError."""
     cls = config_type(name)
     table = _params.table(name)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "_recorded"]
@@ -155,7 +212,15 @@ def config(name: str, values: Mapping[str, Any]) -> Config:
     if unknown:
         raise KeyError(f"a {name} configuration has no key(s) {', '.join(unknown)}: add them to "
                        f"compute/analyses/params.py or the kind's `resolved` keys")
-    filled = {n: values[n] if n in values else (table[n].default if n in table else None) for n in names}
+    # a configuration built from some keys only (tools, tests): the structure keys default to an unnamed
+    # entry of the kind over no declared layers or concepts
+    absent = {"kind": name, "name": name, "layers": (), "concepts": ()}
+    filled = {n: values[n] if n in values else table[n].default if n in table else absent.get(n) for n in names}
+    filled = {n: tuple(v) if isinstance(v, list) else v for n, v in filled.items()}
+    hints = typing.get_type_hints(cls)
+    wrong = [f"{n} = {v!r} (declared {hints[n]})" for n, v in filled.items() if not conforms(v, hints[n])]
+    if wrong:
+        raise TypeError(f"a {name} configuration's value(s) of the wrong type: {'; '.join(wrong)}")
     return cls(**filled, _recorded=frozenset(values))
 
 

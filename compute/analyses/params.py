@@ -6,7 +6,7 @@ of bounds is a one-line message. The CLI turns both into exit status 2 before an
 written. The kinds are declared in the registry (`compute/analyses/__init__.py`; KINDS must list the
 same kinds in the same order: tests/compute/test_registry.py). A run records its kind's defaults from
 these tables in runs.params, except the registry's `unrecorded` keys (recorded only when the spec gives
-them), and each run's frozen `job.config` has one field per key here.
+them), and each run's frozen `job.config` has one field per key here, typed with the `Param`'s `type`.
 
     python -m compute.analyses.params            # print every kind's parameter table
     python -m compute.analyses.params dissect    # one kind
@@ -113,7 +113,7 @@ KINDS: dict[str, dict[str, Param]] = {
         **_REAL,
         "n_units": Int(20, 1, 100_000, "units per ablated set"),
         "draws": Int(5, 0, 10_000, "random sets drawn"),
-        "manual": Param('"flags" or "concept:<name>"', _manual, "flags", "the hand-picked set"),
+        "manual": Param('"flags" or "concept:<name>"', _manual, "flags", "the hand-picked set", type=str),
         "manual_min_iou": Float(0.04, 0, 1, help="IoU cut of manual = \"concept:<name>\""),
     },
     "invert": {
