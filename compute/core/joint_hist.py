@@ -47,6 +47,7 @@ the matmul at the top candidate, and the scatter of the window pixels. Units are
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Sequence
 
 import torch
@@ -180,75 +181,94 @@ class JointHist:
             self._init(c, k)
         if k != self.concept.numel():
             raise ValueError(f"JointHist.add: {k} concepts, this stat has {self.concept.numel()}")
-        mf = m.to(self.device).reshape(n, k, hw)
-        self.concept += mf.sum((0, 2))
-        pattern, table = _patterns(mf)                                             # [N HW], [P, K] int64
-        mblocks = [mf[s:s + self.block].float().permute(2, 0, 1).reshape(hw, -1)   # [HW, b K] per block
-                   for s in range(0, n, self.block)]
-        for units, v in self._chunks(a, lift):
-            self._add_chunk(units, v, n, hw, pattern, table, mblocks)
+        masks = _masks(m.to(self.device), self.block)
+        self.concept += masks.concept
+        for units, v in self._lifted(a, lift):
+            self._add_chunk(units, v, masks)
         self.samples += n
         self.pixels += n * hw
 
-    def _add_chunk(self, units: slice, v: torch.Tensor, n: int, hw: int, pattern: torch.Tensor,
-                   table: torch.Tensor, mblocks: list[torch.Tensor]) -> None:
-        """Count one chunk of units: v [c, N HW] float32 (image-major along dim 1). int32 throughout."""
-        c, e = v.shape[0], self.edges.shape[1]
-        half2 = self.cells + 2
-        self.lo[units] = torch.minimum(self.lo[units], v.amin(1).double())
-        self.hi[units] = torch.maximum(self.hi[units], v.amax(1).double())
-        self.zeros[units] += (v == 0).sum(1)
-        fine = _cells(v, self.grid[units], self.cells)                             # [c, N HW] int32
-        fine += (torch.arange(c, device=v.device, dtype=torch.int32) * half2)[:, None]
-        fine = fine.view(-1)
-        lut = self._lut[units].reshape(-1)
-        keys = lut.index_select(0, fine).view(c, -1).to(torch.int32)               # #{e < a}
-        p = table.shape[0]
-        keys += (torch.arange(c, device=v.device, dtype=torch.int32) * (e + 1))[:, None]
-        keys *= p
-        keys += pattern[None, :]
-        counts = torch.bincount(keys.view(-1), minlength=c * (e + 1) * p).view(c, e + 1, p)
-        self.hist[units] += counts.sum(2)
-        self.joint[units] += (counts.view(-1, p).double() @ table.double()).round().long().view(c, e + 1, -1)
-        del keys, counts
-        # the null at every candidate edge, block by block; a > e_cand[l] <=> l < wbin
-        L = self.cand.shape[1]
-        wbin = self._lutw[units].reshape(-1).index_select(0, fine).view(c, n, hw)  # [c, N, HW] in [0, L]
-        s = 0
-        k = self.concept.numel()
-        for mrow in mblocks:
-            b = mrow.shape[1] // k
-            self._null_block(units, wbin[:, s:s + b], mrow, k, L)
-            s += b
+    def _lifted(self, a: torch.Tensor, lift: Lift | None):
+        """Yield (units slice, values [N, c, HW] float32) per chunk of units (lifted per chunk), in the
+        layer's own layout (no transposed copy)."""
+        n, c = a.shape[:2]
+        hw = (a[:1, :1] if lift is None else lift(a[:1, :1]))[0, 0].numel()
+        step = max(1, min(c, self.chunk // max(1, n * hw)))
+        for c0 in range(0, c, step):
+            part = a[:, c0:c0 + step]
+            part = part if lift is None else lift(part)
+            yield slice(c0, c0 + part.shape[1]), part.to(self.device, torch.float32).reshape(n, part.shape[1], hw)
 
-    def _null_block(self, units: slice, wbin: torch.Tensor, mrow: torch.Tensor, k: int, L: int) -> None:
-        """wbin [c, b, HW] = number of candidate edges below each value (L: above all), mrow [HW, b K]
-        float masks of the block: c_ij(l) = |(a_i > e_l) & M_j| for every candidate l, then
-        PermutationNull's moments."""
-        c, b, hw = wbin.shape
-        top = (wbin == L).to(torch.float32).view(c * b, hw)                        # a > every candidate
-        dense = (top @ mrow).view(c, b, 1, b * k).transpose(0, 1)                  # [b, c, 1, bK]
-        inside = (wbin > 0) & (wbin < L)                                           # above some candidates
-        win = torch.zeros(b, c, L, b * k, dtype=torch.float32, device=wbin.device)
-        u, i, px = inside.nonzero(as_tuple=True)
-        if u.numel():
-            idx = (i * c + u) * L + wbin[u, i, px].long()
-            win.view(-1, b * k).index_add_(0, idx, mrow[px])
-        # a value in window bin w is above candidates 0..w-1: c(l) = dense + sum_{w > l} win[w]
-        #                                                          = dense + total - prefix[l]
-        prefix = win.cumsum(2)
-        cross = (dense + prefix[:, :, L - 1:]) - prefix                            # [b_i, c, L, b_j K], exact
-        cross = cross.view(b, c, L, b, k)                                         # integers <= HW
+    def _add_chunk(self, units: slice, v: torch.Tensor, masks: "_Masks") -> None:
+        """Count one chunk of units: v [N, c, HW] float32. Every count is an exact integer."""
+        n, c, hw = v.shape
+        e, half2, L = self.edges.shape[1], self.cells + 2, self.cand.shape[1]
+        d = v.device
+        lo, hi = v.amin((0, 2)), v.amax((0, 2))
+        self.lo[units] = torch.minimum(self.lo[units], lo.double())
+        self.hi[units] = torch.maximum(self.hi[units], hi.double())
+        self.zeros[units] += n * hw - torch.count_nonzero(v, dim=(0, 2))
+        grid = self.grid[units]
+        fine = _cells_units(v, grid, self.cells)                                    # [N, c, HW] int32, cell - 1
+        fine += (torch.arange(c, device=d, dtype=torch.int32) * half2 + 1)[None, :, None]  # cell + unit * half2
+        flat = fine.view(-1)
+        # (unit, bin) key of every value: one gather from a table with the unit offset folded in, plus
+        # the pixel's concept pattern (pattern-major), then one bincount
+        lut = (self._lut[units].to(torch.int32) + (torch.arange(c, device=d, dtype=torch.int32) * (e + 1))[:, None])
+        keys = lut.view(-1).index_select(0, flat).view(n, c, hw)
+        if masks.table.shape[0] * c * (e + 1) >= 2 ** 31:
+            keys = keys.long()
+        keys += (masks.pattern * (c * (e + 1))).to(keys.dtype).view(n, 1, hw)
+        p = masks.table.shape[0]
+        counts = torch.bincount(keys.view(-1), minlength=p * c * (e + 1)).view(p, c * (e + 1))
+        del keys
+        self.hist[units] += counts.sum(0).view(c, e + 1)
+        exact32 = n * hw < 2 ** 24                                                    # float32 sums stay exact
+        ftype = torch.float32 if exact32 else torch.float64
+        joint = counts.t().to(ftype) @ masks.table.to(ftype)                          # [c (E+1), K]
+        self.joint[units] += joint.round().long().view(c, e + 1, -1)
+        del counts, joint
+        # the null: only values above the lowest candidate edge take part (about 2 * window + 1 - level
+        # of them); window bin wb in [1, L] (L: above every candidate), a > e_cand[l] <=> l < wb
+        low = self.edge_cells[units].gather(1, self.cand[units, :1])[:, 0].to(torch.int32)    # [c]
+        low = low + torch.arange(c, device=d, dtype=torch.int32) * half2
+        idx = (fine > low[None, :, None]).view(-1).nonzero()[:, 0]                   # flat (image, unit, px)
+        lutw = self._lutw[units].reshape(-1)
+        wb = lutw.index_select(0, flat.index_select(0, idx)).long()                  # [M] in [1, L]
+        img = idx // (c * hw)
+        unit = (idx // hw) % c
+        px = idx % hw
+        bounds = torch.searchsorted(img, torch.arange(0, n + 1, self.block, device=d)).tolist() + [idx.numel()]
+        for bi, s in enumerate(range(0, n, self.block)):
+            a0, a1 = bounds[bi], bounds[bi + 1]
+            self._null_block(units, c, img[a0:a1] - s, unit[a0:a1], px[a0:a1], wb[a0:a1], masks.blocks[bi], L)
+
+    def _null_block(self, units: slice, c: int, img: torch.Tensor, unit: torch.Tensor, px: torch.Tensor,
+                    wb: torch.Tensor, mrow: torch.Tensor, L: int) -> None:
+        """One block of b images: the values above the lowest candidate (their image in the block, unit,
+        pixel and window bin wb in [1, L]) and the block's float masks mrow [HW, b K]. win[i, u, w] = the
+        masks summed over the pixels of image i, unit u in window bin w; c_ij(l) = |(a_i > e_l) & M_j| =
+        sum_{w > l} win[i, u, w, j]; then PermutationNull's moments."""
+        k = self.concept.numel()
+        b = mrow.shape[1] // k
+        win = torch.zeros(b * c * (L + 1), b * k, dtype=torch.float32, device=mrow.device)
+        if px.numel():
+            win.index_add_(0, (img * c + unit) * (L + 1) + wb, mrow.index_select(0, px))
+        prefix = win.view(b, c, L + 1, b * k).cumsum(2)
+        cross = (prefix[:, :, L:] - prefix[:, :, :L]).view(b, c, L, b, k)            # exact integers <= HW
+        hw = mrow.shape[0]
         if hw > 4096:                                                              # c^2 past float32's exact range
             cross = cross.double()
         if b == 1:
             self.null_mean[units] += cross[0, :, :, 0].double()
             return
         # sum_ij d_ij^2 = sum c^2 - sum_i r_i^2 / b - sum_j s_j^2 / b + g^2 / b^2; c^2 <= 2**24 is exact in
-        # float32, every sum is taken in float64 (exact integers)
+        # float32; row and column sums (<= b HW) in float32 while that is exact, then every sum in float64
         f64 = torch.float64
-        r = cross.sum(3, dtype=f64)                                                # [b, c, L, K]
-        col = cross.sum(0, dtype=f64)                                              # [c, L, b, K]
+        small = cross.dtype == torch.float32 and b * hw < 2 ** 24
+        r = cross.sum(3) if small else cross.sum(3, dtype=f64)                   # [b, c, L, K]
+        col = cross.sum(0) if small else cross.sum(0, dtype=f64)                 # [c, L, b, K]
+        r, col = r.double(), col.double()
         g = r.sum(0)                                                               # [c, L, K]
         sq = (cross * cross).sum((0, 3), dtype=f64)
         var = sq - (r * r).sum(0) / b - (col * col).sum(2) / b + g * g / b ** 2
@@ -385,6 +405,14 @@ def _cells(v: torch.Tensor, grid: torch.Tensor, cells: int) -> torch.Tensor:
     return x.to(torch.int32) + 1
 
 
+def _cells_units(v: torch.Tensor, grid: torch.Tensor, cells: int) -> torch.Tensor:
+    """`_cells` for v [N, c, M] (units in dim 1): the same float32 operations value by value, so the
+    same cells; without the final + 1 (the caller adds it with the unit offset), int32 [N, c, M]."""
+    x = v - grid[:, 0].view(1, -1, 1)
+    x *= grid[:, 1].view(1, -1, 1)
+    return torch.floor_(x).clamp_(-1.0, float(cells)).to(torch.int32)
+
+
 def _cell_top(cell: torch.Tensor, grid: torch.Tensor, cells: int) -> torch.Tensor:
     """The largest float32 in each fine cell (cell [c, E] int, grid [c, 2]): found by bisection over the
     floats in order (their bits as order-preserving integers), with `_cells`' own arithmetic, so it is
@@ -418,3 +446,32 @@ def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return inv, table
     uniq, inv = torch.unique(flat.t(), dim=0, return_inverse=True)              # many concepts: by rows
     return inv, uniq.long()
+
+
+class _Masks:
+    """What every unit's counting needs from one batch's masks m bool [N, K, HW], computed once per
+    batch (the layers of one step share their masks): per-concept pixel counts [K], the concept pattern
+    of every pixel [N HW] with its table [P, K], and per null block the float masks [HW, b K]."""
+
+    def __init__(self, m: torch.Tensor, block: int) -> None:
+        n, k = m.shape[:2]
+        mf = m.reshape(n, k, -1)
+        self.concept = mf.sum((0, 2))
+        self.pattern, self.table = _patterns(mf)                                  # [N HW], [P, K] int64
+        self.blocks = [mf[s:s + block].float().permute(2, 0, 1).reshape(mf.shape[2], -1)
+                       for s in range(0, n, block)]
+
+
+_MASKS_CACHE: list = []   # [(weakref to the masks tensor, its version, block, _Masks)]: the last batch's
+
+
+def _masks(m: torch.Tensor, block: int) -> _Masks:
+    """_Masks of m, reused while m is the same, unchanged tensor (every layer of a step passes the same
+    masks); a weak reference, so a freed tensor is never mistaken for a new one at its address."""
+    if _MASKS_CACHE:
+        ref, version, blk, out = _MASKS_CACHE[0]
+        if ref() is m and version == m._version and blk == block:
+            return out
+    out = _Masks(m, block)
+    _MASKS_CACHE[:] = [(weakref.ref(m), m._version, block, out)]
+    return out
