@@ -53,7 +53,7 @@ from compute.analyses.params import defaults
 from compute.core.intervene import (ConceptAbsentError, block_mean, concept_index, coverage, edit_featuremap, finish,
                                     location_masks)
 from compute.core.pool import LayerPool
-from compute.jobs.context import Checkpoint, Job, RunContext
+from compute.jobs.context import Checkpoint, Job, RunContext, pass_name
 from compute.jobs.tally import tally
 
 IOU_SQL = "select unit, iou from unit_iou where run_key = ? and layer = ? and concept = ? order by unit"
@@ -107,7 +107,7 @@ def build_pool(lp: LayerPool, n: int, cfg: AceConfig, ctx: RunContext | None = N
                ) -> Pool:
     """Featuremaps, coverage, block probabilities and insertion constants of samples 0..n-1 of the layer
     pool's seed (a resumable pass of the job when ctx and job are given); the pool must segment with probs."""
-    k = lp.constants(ctx, job, n, cfg.batch_size, f"ace.{lp.layer}.pool")
+    k = lp.constants(ctx, job, n, cfg.batch_size, pass_name("ace", lp.layer, "pool"))
     held = lp.all(n, cfg.batch_size)
     h, w = held.r.shape[2:]
     return Pool(held.r, held.z, coverage(held.masks, h, w), held.probs, k, int(lp.seed), n)
@@ -336,7 +336,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
         for name in concepts:
             c = concept_index(seg, name)
             init = iou_init(ctx, job.dep("dissect"), layer, name, units)
-            ckpt = Checkpoint(ctx.cache_dir(job), f"ace.{layer}.{name}.alpha")
+            ckpt = Checkpoint(ctx.cache_dir(job), pass_name("ace", layer, name, "alpha"))
             res = optimise_alpha(gen, seg, layer, pool, c, init, cfg, ckpt, ctx.progress)
             for note in res.notes:
                 print(f"note: {job.analysis.name} [{job.model.name}] {layer}: {note}")

@@ -34,7 +34,7 @@ from compute.analyses.ace import require_concepts
 from compute.core.intervene import (InterventionError, cell_contexts, concept_index, constant_for, insertion_effects,
                                     map_context, unit_alpha)
 from compute.core.pool import Gather, LayerPool, PoolBatch
-from compute.jobs.context import Job, RunContext
+from compute.jobs.context import Job, RunContext, pass_name
 
 TOP_SQL = ("select unit from ace_alpha where run_key = ? and layer = ? and concept = ? "
            "order by alpha desc, unit limit ?")
@@ -73,7 +73,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {t: [] for t in analyses.kind("insert").tables}
     for layer in job.layers:
         pool = LayerPool.of(job, ctx, layer, seed)
-        k = pool.constants(ctx, job, samples, bs, f"insert.{layer}.k")
+        k = pool.constants(ctx, job, samples, bs, pass_name("insert", layer, "k"))
         held = pool.all(samples, bs)
         n, units, h, w = held.r.shape
         contexts = cell_contexts(seg, held.masks, h, w)
@@ -88,8 +88,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                 st["effects"].add(insertion_effects(p.gen, p.seg, layer, b.r, b.z, b.masks[:, c], alpha, kc, c,
                                                     radius=radius, neighbourhood=hood, chunk=chunk).view(-1, h, w))
 
-            effects = pool.stream(ctx, job, f"insert.{layer}.{name}.effects", lambda _: {"effects": Gather()}, fold,
-                                  samples, bs)["effects"].result()  # [N, h, w]
+            effects = pool.stream(ctx, job, pass_name("insert", layer, name, "effects"), lambda _: {"effects": Gather()},
+                                  fold, samples, bs)["effects"].result()  # [N, h, w]
             row = {**base, "layer": layer, "concept": name}
             out["insertion_contexts"] += [{**row, **cr} for cr in context_rows(seg, effects, contexts)]
             for i in range(n):

@@ -106,10 +106,7 @@ def job_extractor(job: Job, ctx: RunContext) -> Extractor:
     """The job's feature extractor on the context's device, built once per context (kept with its models)."""
     features, weights = str(job.config.features), job.analysis.path_param("inception_weights")
     key = f"f:{features}:{weights}:{job.segmenter.name if job.segmenter else ''}"
-    models = ctx._models
-    if key not in models:
-        models[key] = extractor(features, ctx.segmenter(job), ctx.device, weights)
-    return models[key]
+    return ctx.cached(key, lambda: extractor(features, ctx.segmenter(job), ctx.device, weights))
 
 
 def generated_pool(job: Job, ctx: RunContext, n_concepts: int, seed: int, n: int, batch_size: int,

@@ -9,7 +9,8 @@ the bottom third, where buildings' walls and doors usually stand in the village 
 sample. At every later layer the change |edited - unedited| of each channel is divided by that
 channel's mean |activation| over the unedited samples, averaged over channels and then over samples:
 one value per location of the later layer's featuremap. The sample pool (constants and channel scales)
-and each concept's changes are resumable passes of a `compute.core.pool.LayerPool`. Parameters (units,
+and each concept's changes are resumable passes of a `compute.core.pool.LayerPool` (named by
+`compute.jobs.context.pass_name`: a concept named "pool" has its own checkpoint). Parameters (units,
 radius, batch_size, location) are `job.config`'s (defaults in compute/analyses/params.py; code version,
 needs and tables in the registry, compute/analyses/__init__.py).
 
@@ -25,7 +26,7 @@ from compute.core.intervene import (InterventionError, channel_scales, concept_i
                                     trace_insertion, unit_alpha)
 from compute.core.pool import LayerPool, PoolBatch, Sum
 from compute.core.stats import ConditionalMean
-from compute.jobs.context import Job, RunContext
+from compute.jobs.context import Job, RunContext, pass_name
 
 
 def default_location(h: int, w: int) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             for t, v in channel_scales(p.gen, layer, b.r, b.z, targets).items():
                 st[f"scale.{t}"].add(v * (b.r.shape[0] / n))
 
-        stats = pool.stream(ctx, job, f"trace.{layer}.pool", make, fold, n, bs)
+        stats = pool.stream(ctx, job, pass_name("trace", layer, "pool"), make, fold, n, bs)
         first = pool.batch(0, min(bs, n))
         device = first.r.device
         units, h, w = first.r.shape[1:]
@@ -73,8 +74,8 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                                              radius).items():
                     st[t].add(ch.sum(0))
 
-            sums = pool.stream(ctx, job, f"trace.{layer}.{name}", lambda _: {t: Sum() for t in targets}, fold_change,
-                               n, bs)
+            sums = pool.stream(ctx, job, pass_name("trace", layer, name, "change"), lambda _: {t: Sum() for t in targets},
+                               fold_change, n, bs)
             for t in targets:
                 mean = (sums[t].result() / n).double()
                 rows += [{**base, "layer": layer, "concept": name, "target_layer": t, "y": yy, "x": xx,
