@@ -157,7 +157,7 @@ else:
     with st.expander(f"table of every scored unit ({units.height})"):
         table = units.drop("top_samples", "flag_state")
         st.dataframe(table, hide_index=True)
-        st.download_button("CSV", table.write_csv().encode(), f"{model}-{layer}-realism.csv", "text/csv",
+        st.download_button("CSV", lambda: table.write_csv().encode(), f"{model}-{layer}-realism.csv", "text/csv",
                            key="realism_csv")
 
 # ---------------------------------------------------------------- repair

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import polars as pl
 import streamlit as st
 
 from dashboard import queries, ui
@@ -24,6 +25,12 @@ if "sql_text" not in st.session_state:
 def load_example() -> None:
     st.session_state["sql_text"] = examples[st.session_state["sql_example"]]
     st.session_state.pop("sql_result", None)
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
 
 
 @st.fragment
@@ -56,11 +63,10 @@ def sql_area() -> None:
         st.caption(f"{frame.height} rows × {frame.width} columns in {result.seconds:.3f} s"
                    + (f" — truncated at the row limit ({int(row_limit)})" if result.truncated else ""))
         st.dataframe(frame, hide_index=True, column_config=ui.number_columns(frame))
-        parquet = io.BytesIO()
-        frame.write_parquet(parquet)
-        dl = st.columns([1, 1, 6])
-        dl[0].download_button("CSV", frame.write_csv().encode(), "query.csv", "text/csv", key="sql_csv")
-        dl[1].download_button("Parquet", parquet.getvalue(), "query.parquet", "application/vnd.apache.parquet",
+        dl = st.columns([1, 1, 6])  # deferred: each file is written when its button is clicked, not per rerun
+        dl[0].download_button("CSV", lambda: frame.write_csv().encode(), "query.csv", "text/csv", key="sql_csv")
+        dl[1].download_button("Parquet", lambda: parquet_bytes(frame), "query.parquet",
+                              "application/vnd.apache.parquet",
                               key="sql_parquet")
     elif not st.session_state.get("sql_error"):
         st.caption("Run a query to see its rows.")

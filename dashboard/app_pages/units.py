@@ -81,7 +81,8 @@ for start in range(0, len(rows), per_row):
 with st.expander("table of every unit"):
     linked, links = ui.with_unit_links(table, model, layer)
     st.dataframe(linked, hide_index=True, column_config={**links, **ui.number_columns(table)})
-    st.download_button("CSV", table.write_csv().encode(), f"{model}-{layer}-units.csv", "text/csv",
+    # deferred: the CSV is written when the button is clicked, not on every rerun (issue 18)
+    st.download_button("CSV", lambda: table.write_csv().encode(), f"{model}-{layer}-units.csv", "text/csv",
                        key="units_csv")
 
 # images last: every card's text is on screen before the generator runs
