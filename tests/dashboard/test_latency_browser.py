@@ -4,7 +4,8 @@ from the sidebar of a tab kept open; first content (the page's title drawn) must
 ways and a widget change must be answered (the rerun's last visible change drawn) within ANSWER_S.
 Then, on a unit page, → and ← are followed and the address bar checked, and a reload must show the unit
 the address names. A screenshot of every page goes to test-output/dashboard/page-<name>.png and every
-number (with the machine's load) to test-output/dashboard/latency.json; a miss fails the test with its
+number (with the machine's load, and where a fresh tab's first content went: HTML, Streamlit's frontend
+scripts, app shell, title) to test-output/dashboard/latency.json; a miss fails the test with its
 number (the bounds are the issue's, never loosened here). A miss is reported (a warning with its numbers,
 and the JSON) but fails the test only with GANDISSECT_LATENCY_STRICT=1: on this 2-core machine the
 bounds are not met yet (README), and a widget that cannot be changed or a wrong address bar always fails.
@@ -57,6 +58,31 @@ BUSY_JS = """
       || !!document.querySelector("[data-stale='true']")
       || !!document.querySelector("[data-testid='stSpinner']")
 """
+
+
+# where a fresh tab's first content goes (ms from the navigation's start): the HTML answered, Streamlit's
+# frontend scripts loaded and run (DOMContentLoaded: module scripts are deferred), the app shell drawn
+# (React mounted; it then opens the websocket and asks for a script run), and the page's title drawn
+PHASES_INIT_JS = """
+window.__phases = {};
+new MutationObserver(() => {
+  const p = window.__phases, now = performance.now();
+  if (!p.shell && document.querySelector("[data-testid='stApp']")) p.shell = now;
+  if (!p.title && document.querySelector('h1')) p.title = now;
+}).observe(document, {subtree: true, childList: true});
+"""
+PHASES_JS = """
+() => { const n = performance.getEntriesByType('navigation')[0], p = window.__phases || {};
+        const js = performance.getEntriesByType('resource').filter(r => r.name.includes('/static/js/'));
+        return {html: n.responseEnd, scripts_run: n.domContentLoadedEventEnd, shell: p.shell || null,
+                title: p.title || null, js_files: js.length}; }
+"""
+
+
+def phases(page: Any) -> dict[str, Any]:
+    """The fresh tab's first-content phases in seconds (see PHASES_INIT_JS) and the scripts it fetched."""
+    raw = page.evaluate(PHASES_JS)
+    return {k: (v if k == "js_files" or v is None else round(v / 1000, 3)) for k, v in raw.items()}
 
 
 NO_CHANGE_S = 5.0  # an action after which nothing changes for this long was not answered at all
@@ -165,6 +191,7 @@ def test_every_page_answers_in_time_and_the_url_follows_the_unit(dash_store, out
             warm.close()
             for name, (query, widget, action) in PAGES.items():
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.add_init_script(PHASES_INIT_JS)
                 t0 = time.perf_counter()
                 page.goto(f"{server}/{'' if name == 'overview' else name}{query}")  # the default page's path is ""
                 page.locator("h1").first.wait_for(timeout=60_000)
@@ -172,7 +199,7 @@ def test_every_page_answers_in_time_and_the_url_follows_the_unit(dash_store, out
                 page.evaluate(OBSERVER_JS)
                 drawn = first + wait_answer(page, page.evaluate("() => performance.now()"), expect_change=False)
                 row: dict[str, Any] = {"first_content_s": round(first, 3), "settled_after_s": round(drawn, 3),
-                                       "widget": widget}
+                                       "widget": widget, "first_content_phases_s": phases(page)}
                 errors = page.locator("[data-testid='stException']").all_inner_texts()
                 assert not errors, (name, errors)
                 row["answer_s"] = None
