@@ -30,35 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compute.bench.specs import BATCH, dissect_spec
+
 REPO = Path(__file__).resolve().parents[2]
 GEN = REPO / "ingest" / "zoo" / "village-gan.safetensors"
 SEG = REPO / "ingest" / "zoo" / "village-seg.safetensors"
 SMALL_N = int(os.environ.get("GANDISSECT_BENCH_N", "256"))
-BATCH = 32
-
-
-def _spec_text(store: Path, n: int, gen: Path, seg: Path, method: str = "one-pass") -> str:
-    return f"""
-[store]
-path = "{store}"
-[[models]]
-name = "bench-gan"
-family = "progan"
-checkpoint = "{gen}"
-[[segmenters]]
-name = "bench-seg"
-family = "village"
-checkpoint = "{seg}"
-[[analyses]]
-name = "bench-dissect"
-kind = "dissect"
-models = ["bench-gan"]
-segmenter = "bench-seg"
-samples = {n}
-seed = 1
-batch_size = {BATCH}
-method = "{method}"
-"""
 
 
 def child(n: int, gen: Path, seg: Path, method: str = "one-pass", device: str = "cpu") -> dict[str, Any]:
@@ -70,7 +47,7 @@ def child(n: int, gen: Path, seg: Path, method: str = "one-pass", device: str = 
     with tempfile.TemporaryDirectory() as d:
         os.chdir(d)
         p = Path(d) / "bench.toml"
-        p.write_text(_spec_text(Path(d) / "bench.duckdb", n, gen, seg, method))
+        p.write_text(dissect_spec(Path(d) / "bench.duckdb", gen, seg, n, method=method))
         s = specmod.load(p)
         t0 = time.perf_counter()
         out = runner.run(s, quiet=True, device=device, echo=lambda m: None)

@@ -37,41 +37,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compute.bench.specs import BATCH, dissect_spec
+
 REPO = Path(__file__).resolve().parents[2]
 ZOO = REPO / "ingest" / "zoo"
 CHECKPOINTS = "village-gan-step*.safetensors"  # the bundled training checkpoints (ingest/zoo/village-gan.md)
 SEG = ZOO / "village-seg.safetensors"
 SAMPLES = 64
 WORKERS = 2
-BATCH = 32
 
 
 def spec_text(store: Path, samples: int) -> str:
     """The sweep: one glob model entry over the training checkpoints, one dissection of every layer."""
-    return f"""
-[store]
-path = {json.dumps(str(store))}
-
-[[models]]
-name = "sweep"
-family = "progan"
-checkpoint = {json.dumps(str(ZOO / CHECKPOINTS))}
-dataset = "village"
-
-[[segmenters]]
-name = "seg"
-family = "village"
-checkpoint = {json.dumps(str(SEG))}
-
-[[analyses]]
-name = "sweep-dissect"
-kind = "dissect"
-models = ["sweep"]
-segmenter = "seg"
-samples = {samples}
-seed = 1
-batch_size = {BATCH}
-"""
+    return dissect_spec(store, ZOO / CHECKPOINTS, SEG, samples, names=("sweep", "seg", "sweep-dissect"),
+                        dataset="village")
 
 
 def child(engine: str, directory: Path, samples: int, threads: int, workers: int | None) -> dict[str, Any]:
