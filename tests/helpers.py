@@ -9,29 +9,15 @@ Reads nothing; writes the spec files it is asked for (and, through the runner, t
 from __future__ import annotations
 
 import contextlib
-import json
 import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from compute.bench.specs import toml_value  # the one TOML value writer (the benches' spec files use it too)
+
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "ingest" / "zoo"
 Entry = Mapping[str, Any]
-
-
-def toml_value(value: Any) -> str:
-    """A TOML value: strings and paths as basic strings, numbers, booleans, arrays, inline tables."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return json.dumps(str(value))  # JSON's escapes are TOML basic-string escapes
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
 
 
 def _tables(header: str, entries: Iterable[Entry]) -> list[str]:

@@ -16,13 +16,16 @@ BATCH = 32  # the benches' generator batch
 
 
 def toml_value(value: Any) -> str:
-    """A TOML value: strings and paths as basic strings (JSON's escapes are TOML's), numbers, booleans, arrays."""
+    """A TOML value: strings and paths as basic strings (JSON's escapes are TOML's), numbers, booleans, arrays,
+    inline tables (tests/helpers.py builds its spec files with it too)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (str, Path)):
         return json.dumps(str(value))
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")

@@ -30,6 +30,10 @@ def test_dissect_spec_loads_as_given(tmp_path: Path, method: str | None, monkeyp
     assert dict(a.params) == {"batch_size": specs.BATCH, **({"method": method} if method else {})}
 
 
-def test_a_value_without_a_toml_form_is_refused() -> None:
+def test_toml_values_round_trip() -> None:
+    import tomllib
+
+    value = {"s": 'a"b\\c', "i": 3, "f": 0.5, "b": True, "l": [1, "x"], "t": {"k": [2.5]}}
+    assert tomllib.loads(f"v = {specs.toml_value(value)}")["v"] == value
     with pytest.raises(TypeError):
-        specs.toml_value({"a": 1})
+        specs.toml_value(None)
