@@ -246,34 +246,29 @@ class JointHist:
     def _null_block(self, units: slice, c: int, img: torch.Tensor, unit: torch.Tensor, px: torch.Tensor,
                     wb: torch.Tensor, mrow: torch.Tensor, L: int) -> None:
         """One block of b images: the values above the lowest candidate (their image in the block, unit,
-        pixel and window bin wb in [1, L]) and the block's float masks mrow [HW, b K]. win[i, u, w] = the
-        masks summed over the pixels of image i, unit u in window bin w; c_ij(l) = |(a_i > e_l) & M_j| =
-        sum_{w > l} win[i, u, w, j]; then PermutationNull's moments."""
+        pixel and window bin wb in [1, L]) and the block's int32 masks mrow [HW, b K]. win[i, u, L - w] =
+        the masks summed over the pixels of image i, unit u in window bin w, so that its running sum over
+        the last-but-one dim at L - 1 - l is c_ij(l) = |(a_i > e_l) & M_j| = sum_{w > l} win[w]; then
+        PermutationNull's moments, in exact integers (int32 while b^2 HW^2 < 2^31, else int64)."""
         k = self.concept.numel()
-        b = mrow.shape[1] // k
-        win = torch.zeros(b * c * (L + 1), b * k, dtype=torch.float32, device=mrow.device)
+        b, hw = mrow.shape[1] // k, mrow.shape[0]
+        itype = torch.int32 if b * b * hw * hw < 2 ** 31 else torch.int64
+        win = torch.zeros(b * c * L, b * k, dtype=itype, device=mrow.device)
         if px.numel():
-            win.index_add_(0, (img * c + unit) * (L + 1) + wb, mrow.index_select(0, px))
-        prefix = win.view(b, c, L + 1, b * k).cumsum(2)
-        cross = (prefix[:, :, L:] - prefix[:, :, :L]).view(b, c, L, b, k)            # exact integers <= HW
-        hw = mrow.shape[0]
-        if hw > 4096:                                                              # c^2 past float32's exact range
-            cross = cross.double()
-        if b == 1:
-            self.null_mean[units] += cross[0, :, :, 0].double()
-            return
-        # sum_ij d_ij^2 = sum c^2 - sum_i r_i^2 / b - sum_j s_j^2 / b + g^2 / b^2; c^2 <= 2**24 is exact in
-        # float32; row and column sums (<= b HW) in float32 while that is exact, then every sum in float64
+            win.index_add_(0, (img * c + unit) * L + (L - wb), mrow.index_select(0, px).to(itype))
+        cross = win.view(b, c, L, b, k).cumsum_(2)                  # [b_i, c, L (reversed), b_j, K] = c_ij(l)
         f64 = torch.float64
-        small = cross.dtype == torch.float32 and b * hw < 2 ** 24
-        r = cross.sum(3) if small else cross.sum(3, dtype=f64)                   # [b, c, L, K]
-        col = cross.sum(0) if small else cross.sum(0, dtype=f64)                 # [c, L, b, K]
-        r, col = r.double(), col.double()
+        if b == 1:
+            self.null_mean[units] += cross[0, :, :, 0].double().flip(1)
+            return
+        # sum_ij d_ij^2 = sum c^2 - sum_i r_i^2 / b - sum_j s_j^2 / b + g^2 / b^2: every sum exact
+        r = cross.sum(3, dtype=itype).double()                                     # [b, c, L, K]
+        col = cross.sum(0, dtype=itype).double()                                   # [c, L, b, K]
         g = r.sum(0)                                                               # [c, L, K]
-        sq = (cross * cross).sum((0, 3), dtype=f64)
+        sq = cross.square_().sum((0, 3), dtype=itype).double()
         var = sq - (r * r).sum(0) / b - (col * col).sum(2) / b + g * g / b ** 2
-        self.null_mean[units] += g / b
-        self.null_var[units] += var / (b - 1)
+        self.null_mean[units] += (g / b).flip(1)
+        self.null_var[units] += (var / (b - 1)).flip(1)
 
     # -- answers ----------------------------------------------------------------------------------
     def _check(self) -> None:
@@ -451,14 +446,14 @@ def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _Masks:
     """What every unit's counting needs from one batch's masks m bool [N, K, HW], computed once per
     batch (the layers of one step share their masks): per-concept pixel counts [K], the concept pattern
-    of every pixel [N HW] with its table [P, K], and per null block the float masks [HW, b K]."""
+    of every pixel [N HW] with its table [P, K], and per null block the int32 masks [HW, b K]."""
 
     def __init__(self, m: torch.Tensor, block: int) -> None:
         n, k = m.shape[:2]
         mf = m.reshape(n, k, -1)
         self.concept = mf.sum((0, 2))
         self.pattern, self.table = _patterns(mf)                                  # [N HW], [P, K] int64
-        self.blocks = [mf[s:s + block].float().permute(2, 0, 1).reshape(mf.shape[2], -1)
+        self.blocks = [mf[s:s + block].to(torch.int32).permute(2, 0, 1).reshape(mf.shape[2], -1)
                        for s in range(0, n, block)]
 
 
