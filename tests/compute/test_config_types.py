@@ -1,25 +1,24 @@
 """Every run's frozen configuration (`job.config`) has real field types, from the parameter tables'
-`Param.type` (ingest/checks.py) and the registry's STRUCTURE_TYPES / RESOLVED_TYPES: no field is `Any`, every
-value built from the defaults or from a shipped spec is an instance of its declared type, and a value of
-another type is refused when the configuration is built."""
+`Param.type` (ingest/checks.py) and the registry's STRUCTURE_TYPES / RESOLVED_TYPES: no field is `Any`,
+every value built from the defaults (here) or from a shipped spec (tests/compute/test_registry.py) is an
+instance of its declared type, and a value of another type is refused when the configuration is built."""
 from __future__ import annotations
 
 import dataclasses
 import typing
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import pytest
 
-from compute import analyses, runner, spec as specmod
+from compute import analyses
 from compute.analyses import conforms, params
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "gandissect.toml", *(ROOT / "examples").glob("*.toml")])
 
-
-def _fields(cfg: analyses.Config) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "_recorded"}  # type: ignore[arg-type]
+def typed_fields(cfg: analyses.Config) -> dict[str, tuple[Any, Any]]:
+    """Every field's (value, declared type); tests/compute/test_registry.py checks every shipped spec's with it."""
+    hints = typing.get_type_hints(type(cfg))
+    return {f.name: (getattr(cfg, f.name), hints[f.name])  # type: ignore[arg-type]
+            for f in dataclasses.fields(cfg) if f.name != "_recorded"}  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", list(analyses.KINDS))
@@ -38,21 +37,9 @@ def test_defaults_are_instances_of_their_declared_types(kind: str) -> None:
     k = analyses.kind(kind)
     cfg = analyses.config(kind, {**k.defaults, "kind": kind, "name": "a", "layers": ["layer4"], "concepts": ["tree"],
                                  "segmenter": None, "samples": 8, "seed": 1, "threshold": "q0.99"})
-    hints = typing.get_type_hints(type(cfg))
-    for name, value in _fields(cfg).items():
-        assert conforms(value, hints[name]), (kind, name, value, hints[name])
+    for name, (value, tp) in typed_fields(cfg).items():
+        assert conforms(value, tp), (kind, name, value, tp)
     assert cfg.layers == ("layer4",) and cfg.concepts == ("tree",)  # lists held as tuples
-
-
-@pytest.mark.parametrize("path", SHIPPED)
-def test_shipped_specs_configs_are_instances_of_their_declared_types(path: str, monkeypatch) -> None:
-    monkeypatch.delenv("GANDISSECT_DB", raising=False)
-    jobs = runner.plan(specmod.load(ROOT / path))
-    assert jobs
-    for job in jobs:
-        hints = typing.get_type_hints(type(job.config))
-        for name, value in _fields(job.config).items():
-            assert conforms(value, hints[name]), (path, job.analysis.name, name, value, hints[name])
 
 
 @pytest.mark.parametrize("kind, key, value", [

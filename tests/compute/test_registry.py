@@ -14,6 +14,7 @@ from compute import analyses, runner, spec as specmod
 from compute.analyses import params
 from compute.spec import canonical
 from db import store
+from tests.compute.test_config_types import typed_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "gandissect.toml", *(ROOT / "examples").glob("*.toml")])
@@ -70,7 +71,8 @@ def test_a_circle_among_needs_is_refused() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED)
 def test_config_records_exactly_the_run_params(path: str, monkeypatch) -> None:
-    """job.config is frozen, reads every parameter by attribute, and its recorded part is runs.params."""
+    """job.config is frozen, reads every parameter by attribute, each of its declared type, and its recorded
+    part is runs.params."""
     monkeypatch.delenv("GANDISSECT_DB", raising=False)
     jobs = runner.plan(specmod.load(ROOT / path))
     assert jobs
@@ -83,6 +85,8 @@ def test_config_records_exactly_the_run_params(path: str, monkeypatch) -> None:
             cfg.samples = 1  # type: ignore[misc]
         for key in params.table(job.analysis.kind):
             getattr(cfg, key)  # every parameter has an attribute
+        for key, (value, tp) in typed_fields(cfg).items():  # ... of its declared type
+            assert analyses.conforms(value, tp), (path, job.analysis.name, key, value, tp)
 
 
 def test_config_fills_unrecorded_keys_without_recording_them() -> None:
