@@ -4,7 +4,9 @@
 -- read the tables being published inside the publish transaction (a failure rolls it back, so bad rows
 -- never become visible). Each query is preceded by `-- audit: name`. Ranges are written
 -- `NOT (x BETWEEN a AND b)` so that NaN (greater than every number in DuckDB) fails them too;
--- one-sided bounds test isnan() explicitly.
+-- one-sided bounds test isnan() explicitly. A line `-- each result table with COLUMNS:` stands for the
+-- next line written once per result table that has those columns (db/tables.py RESULT_TABLES, in
+-- declaration order; `{table}` is its name), joined by UNION ALL: db/store.py `audits()` expands it.
 
 -- ===== grain uniqueness: one per table, grouped by the table's key =====
 
@@ -150,25 +152,9 @@ SELECT run_key, n_samples FROM runs WHERE n_samples < 1;
 -- (the *_latest views find a run's rows through it), none left over
 WITH result_layers AS (
     SELECT DISTINCT run_key, model, layer FROM (
-        SELECT run_key, model, layer FROM unit_quantiles
-        UNION ALL SELECT run_key, model, layer FROM unit_topk
-        UNION ALL SELECT run_key, model, layer FROM unit_iou
-        UNION ALL SELECT run_key, model, layer FROM layer_null_iou
-        UNION ALL SELECT run_key, model, layer FROM ace_alpha
-        UNION ALL SELECT run_key, model, layer FROM ace_epochs
-        UNION ALL SELECT run_key, model, layer FROM ace_trajectory
-        UNION ALL SELECT run_key, model, layer FROM ablation_curves
-        UNION ALL SELECT run_key, model, layer FROM insertion_contexts
-        UNION ALL SELECT run_key, model, layer FROM insertion_maps
-        UNION ALL SELECT run_key, model, layer FROM trace_effects
-        UNION ALL SELECT run_key, model, layer FROM causal_effects
-        UNION ALL SELECT run_key, model, layer FROM unit_realism
-        UNION ALL SELECT run_key, model, layer FROM repair_effects
-        UNION ALL SELECT run_key, model, layer FROM repair_concepts
-        UNION ALL SELECT run_key, model, layer FROM realism_flag_pr
-        UNION ALL SELECT run_key, model, layer FROM class_unit_effects
-        UNION ALL SELECT run_key, model, layer FROM class_ablation_curves
-        UNION ALL SELECT run_key, model, layer FROM inversions)
+        -- each result table with model, layer:
+        SELECT run_key, model, layer FROM {table}
+    )
 )
 SELECT 'missing' AS problem, t.run_key, t.model, t.layer
 FROM result_layers t JOIN runs r USING (run_key)
@@ -184,23 +170,8 @@ WHERE NOT EXISTS (
 
 -- audit: rows_of_runs_not_done
 WITH result_runs AS (
-    SELECT DISTINCT 'unit_quantiles' AS tbl, run_key FROM unit_quantiles
-    UNION ALL SELECT DISTINCT 'unit_topk', run_key FROM unit_topk
-    UNION ALL SELECT DISTINCT 'unit_iou', run_key FROM unit_iou
-    UNION ALL SELECT DISTINCT 'layer_null_iou', run_key FROM layer_null_iou
-    UNION ALL SELECT DISTINCT 'ace_alpha', run_key FROM ace_alpha
-    UNION ALL SELECT DISTINCT 'ace_epochs', run_key FROM ace_epochs
-    UNION ALL SELECT DISTINCT 'ace_trajectory', run_key FROM ace_trajectory
-    UNION ALL SELECT DISTINCT 'ablation_curves', run_key FROM ablation_curves
-    UNION ALL SELECT DISTINCT 'insertion_contexts', run_key FROM insertion_contexts
-    UNION ALL SELECT DISTINCT 'insertion_maps', run_key FROM insertion_maps
-    UNION ALL SELECT DISTINCT 'trace_effects', run_key FROM trace_effects
-    UNION ALL SELECT DISTINCT 'causal_effects', run_key FROM causal_effects
-    UNION ALL SELECT DISTINCT 'unit_realism', run_key FROM unit_realism
-    UNION ALL SELECT DISTINCT 'repair_effects', run_key FROM repair_effects
-    UNION ALL SELECT DISTINCT 'concept_coverage', run_key FROM concept_coverage
-    UNION ALL SELECT DISTINCT 'repair_concepts', run_key FROM repair_concepts
-    UNION ALL SELECT DISTINCT 'realism_flag_pr', run_key FROM realism_flag_pr
+    -- each result table with run_key:
+    SELECT DISTINCT '{table}' AS tbl, run_key FROM {table}
 )
 SELECT t.tbl, t.run_key, r.status
 FROM result_runs t LEFT JOIN runs r USING (run_key)
@@ -208,23 +179,8 @@ WHERE r.status IS DISTINCT FROM 'done';
 
 -- audit: rows_model_differs_from_run
 WITH result_models AS (
-    SELECT DISTINCT 'unit_quantiles' AS tbl, run_key, model FROM unit_quantiles
-    UNION ALL SELECT DISTINCT 'unit_topk', run_key, model FROM unit_topk
-    UNION ALL SELECT DISTINCT 'unit_iou', run_key, model FROM unit_iou
-    UNION ALL SELECT DISTINCT 'layer_null_iou', run_key, model FROM layer_null_iou
-    UNION ALL SELECT DISTINCT 'ace_alpha', run_key, model FROM ace_alpha
-    UNION ALL SELECT DISTINCT 'ace_epochs', run_key, model FROM ace_epochs
-    UNION ALL SELECT DISTINCT 'ace_trajectory', run_key, model FROM ace_trajectory
-    UNION ALL SELECT DISTINCT 'ablation_curves', run_key, model FROM ablation_curves
-    UNION ALL SELECT DISTINCT 'insertion_contexts', run_key, model FROM insertion_contexts
-    UNION ALL SELECT DISTINCT 'insertion_maps', run_key, model FROM insertion_maps
-    UNION ALL SELECT DISTINCT 'trace_effects', run_key, model FROM trace_effects
-    UNION ALL SELECT DISTINCT 'causal_effects', run_key, model FROM causal_effects
-    UNION ALL SELECT DISTINCT 'unit_realism', run_key, model FROM unit_realism
-    UNION ALL SELECT DISTINCT 'repair_effects', run_key, model FROM repair_effects
-    UNION ALL SELECT DISTINCT 'concept_coverage', run_key, model FROM concept_coverage
-    UNION ALL SELECT DISTINCT 'repair_concepts', run_key, model FROM repair_concepts
-    UNION ALL SELECT DISTINCT 'realism_flag_pr', run_key, model FROM realism_flag_pr
+    -- each result table with run_key, model:
+    SELECT DISTINCT '{table}' AS tbl, run_key, model FROM {table}
 )
 SELECT t.tbl, t.run_key, t.model, r.model AS run_model
 FROM result_models t JOIN runs r USING (run_key)
@@ -232,37 +188,19 @@ WHERE r.model IS NOT NULL AND r.model <> t.model;
 
 -- audit: rows_on_unregistered_layers
 WITH result_layers AS (
-    SELECT DISTINCT 'unit_quantiles' AS tbl, model, layer FROM unit_quantiles
-    UNION ALL SELECT DISTINCT 'unit_topk', model, layer FROM unit_topk
-    UNION ALL SELECT DISTINCT 'unit_iou', model, layer FROM unit_iou
-    UNION ALL SELECT DISTINCT 'layer_null_iou', model, layer FROM layer_null_iou
-    UNION ALL SELECT DISTINCT 'ace_alpha', model, layer FROM ace_alpha
-    UNION ALL SELECT DISTINCT 'ace_epochs', model, layer FROM ace_epochs
-    UNION ALL SELECT DISTINCT 'ace_trajectory', model, layer FROM ace_trajectory
-    UNION ALL SELECT DISTINCT 'ablation_curves', model, layer FROM ablation_curves
-    UNION ALL SELECT DISTINCT 'insertion_contexts', model, layer FROM insertion_contexts
-    UNION ALL SELECT DISTINCT 'insertion_maps', model, layer FROM insertion_maps
-    UNION ALL SELECT DISTINCT 'trace_effects', model, layer FROM trace_effects
+    -- each result table with model, layer:
+    SELECT DISTINCT '{table}' AS tbl, model, layer FROM {table} WHERE layer <> ''
     UNION ALL SELECT DISTINCT 'trace_effects.target_layer', model, target_layer FROM trace_effects
-    UNION ALL SELECT DISTINCT 'causal_effects', model, layer FROM causal_effects
     UNION ALL SELECT DISTINCT 'unit_flags', model, layer FROM unit_flags
-    UNION ALL SELECT DISTINCT 'unit_realism', model, layer FROM unit_realism
-    UNION ALL SELECT DISTINCT 'repair_effects', model, layer FROM repair_effects
-    UNION ALL SELECT DISTINCT 'repair_concepts', model, layer FROM repair_concepts
-    UNION ALL SELECT DISTINCT 'realism_flag_pr', model, layer FROM realism_flag_pr
 )
 SELECT t.tbl, t.model, t.layer
 FROM result_layers t ANTI JOIN layers l USING (model, layer);
 
 -- audit: units_out_of_range
 WITH result_units AS (
-    SELECT DISTINCT 'unit_quantiles' AS tbl, model, layer, unit FROM unit_quantiles
-    UNION ALL SELECT DISTINCT 'unit_topk', model, layer, unit FROM unit_topk
-    UNION ALL SELECT DISTINCT 'unit_iou', model, layer, unit FROM unit_iou
-    UNION ALL SELECT DISTINCT 'ace_alpha', model, layer, unit FROM ace_alpha
-    UNION ALL SELECT DISTINCT 'ace_trajectory', model, layer, unit FROM ace_trajectory
+    -- each result table with model, layer, unit:
+    SELECT DISTINCT '{table}' AS tbl, model, layer, unit FROM {table}
     UNION ALL SELECT DISTINCT 'unit_flags', model, layer, unit FROM unit_flags
-    UNION ALL SELECT DISTINCT 'unit_realism', model, layer, unit FROM unit_realism
 )
 SELECT t.tbl, t.model, t.layer, t.unit, l.units
 FROM result_units t JOIN layers l USING (model, layer)
@@ -270,16 +208,9 @@ WHERE t.unit < 0 OR t.unit >= l.units;
 
 -- audit: concepts_unregistered
 WITH result_concepts AS (
-    SELECT DISTINCT 'unit_iou' AS tbl, run_key, concept FROM unit_iou
-    UNION ALL SELECT DISTINCT 'ace_alpha', run_key, concept FROM ace_alpha
-    UNION ALL SELECT DISTINCT 'ablation_curves', run_key, concept FROM ablation_curves
-    UNION ALL SELECT DISTINCT 'insertion_contexts', run_key, concept FROM insertion_contexts
+    -- each result table with run_key, concept:
+    SELECT DISTINCT '{table}' AS tbl, run_key, concept FROM {table}
     UNION ALL SELECT DISTINCT 'insertion_contexts.context', run_key, context FROM insertion_contexts
-    UNION ALL SELECT DISTINCT 'insertion_maps', run_key, concept FROM insertion_maps
-    UNION ALL SELECT DISTINCT 'trace_effects', run_key, concept FROM trace_effects
-    UNION ALL SELECT DISTINCT 'causal_effects', run_key, concept FROM causal_effects
-    UNION ALL SELECT DISTINCT 'concept_coverage', run_key, concept FROM concept_coverage
-    UNION ALL SELECT DISTINCT 'repair_concepts', run_key, concept FROM repair_concepts
 )
 SELECT t.tbl, t.run_key, r.segmenter, t.concept
 FROM result_concepts t

@@ -41,7 +41,8 @@ except ImportError:  # not POSIX: no writer gate, plain retry
     fcntl = None  # type: ignore[assignment]
 
 from db.errors import BadInput
-from db.tables import AUDITS_SQL, DIMENSIONS, RESULT_TABLES, SCHEMA_SQL, TABLES, VIEWS_SQL, Table, parse_schema
+from db.tables import (AUDITS_SQL, DIMENSIONS, LATEST_TABLES, RESULT_TABLES, SCHEMA_SQL, TABLES, VIEWS_SQL, Table,
+                       parse_schema, result_tables_with)
 from db.threshold import THRESHOLD_COLUMNS, run_columns
 
 DEFAULT_PATH = "gandissect.duckdb"
@@ -328,10 +329,55 @@ def read(sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
 # ---------------------------------------------------------------- schema
 
 def schema_fingerprint() -> str:
-    """sha256 of schema.sql + views.sql: a store whose recorded fingerprint matches needs no DDL."""
+    """sha256 of schema.sql + the expanded views (`views_sql()`): a store whose recorded fingerprint matches
+    needs no DDL; a change to a table's `latest` declaration changes it too."""
     h = hashlib.sha256(SCHEMA_SQL.read_bytes())
-    h.update(VIEWS_SQL.read_bytes())
+    h.update(views_sql().encode())
     return h.hexdigest()
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_TEMPLATE = re.compile(r"^-- template:.*?\n(-- view:.*?)^-- end template\n", re.M | re.S)
+_EACH = re.compile(r"^([ \t]*)-- each result table with ([\w, ]+):\n[ \t]*(.*)$", re.M)
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    """`{name}` placeholders replaced by `values` (names of tables and columns from TABLES, never user input)."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _words(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def latest_view_values(name: str) -> dict[str, str]:
+    """The template's placeholders for `<name>_latest` (db/tables.py `Table.latest`): the latest done run per
+    that key, found through run_layers_done when the key holds the layer, else through runs_done."""
+    t = TABLES[name]
+    per_layer = "layer" in t.latest
+    grain = [*t.latest, *(k for k in t.key if k != "run_key" and k not in t.latest)]
+    return {"table": name, "grain": _words(grain), "latest": _words(t.latest),
+            "runs": "run_layers_done" if per_layer else "runs_done",
+            "join": "run_key, model, layer" if per_layer else "run_key",
+            "partition": ", ".join(f"t.{c}" for c in t.latest)}
+
+
+@lru_cache(maxsize=1)
+def views_sql() -> str:
+    """views.sql with its `<table>_latest` template written out once per table in LATEST_TABLES."""
+    def expand(m: re.Match[str]) -> str:
+        return "\n".join(_fill(m.group(1), latest_view_values(name)) for name in LATEST_TABLES)
+    return _TEMPLATE.sub(expand, VIEWS_SQL.read_text())
+
+
+def expand_each(sql: str) -> str:
+    """Write out every `-- each result table with COLUMNS:` line (audits.sql): the line after it once per
+    result table that has those columns, `{table}` its name, joined by UNION ALL."""
+    def expand(m: re.Match[str]) -> str:
+        indent, columns, line = m.groups()
+        tables = result_tables_with(tuple(c.strip() for c in columns.split(",")))
+        return indent + f"\n{indent}UNION ALL ".join(_fill(line, {"table": t}) for t in tables)
+    return _EACH.sub(expand, sql)
 
 
 def _quote(text: str) -> str:
@@ -357,7 +403,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_SQL.read_text())
         _add_missing_columns(con)
         _backfill(con)
-        con.execute(VIEWS_SQL.read_text())
+        con.execute(views_sql())
         tables = parse_schema().values()
         con.execute(";\n".join([f"COMMENT ON TABLE {t.name} IS {_quote(t.grain)}" for t in tables]
                                + [f"COMMENT ON COLUMN {t.name}.{col} IS {_quote(text)}"
@@ -388,8 +434,7 @@ def run_layers_sql(where: str = "") -> str:
     run_layers holds (`where`, e.g. "run_key = $run_key", filters each table). The one derivation of the
     run -> layer relation: publish writes it, the migration back-fills it, an audit checks it."""
     cond = f" WHERE {where}" if where else ""
-    parts = [f"SELECT run_key, model, layer FROM {name}{cond}" for name in RESULT_TABLES
-             if {"model", "layer"} <= set(TABLES[name].names)]
+    parts = [f"SELECT run_key, model, layer FROM {name}{cond}" for name in result_tables_with(("model", "layer"))]
     return "SELECT DISTINCT run_key, model, layer FROM (" + " UNION ALL ".join(parts) + ")"
 
 
@@ -399,12 +444,19 @@ def _write_run_layers(c: duckdb.DuckDBPyConnection, run_key: str) -> None:
 
 
 def _backfill(con: duckdb.DuckDBPyConnection) -> None:
-    """Migrate a store written before run_layers and the runs threshold columns: run_layers rows for
-    done runs that have none, and the threshold columns of runs whose params name a threshold (parsed
-    by db.threshold, the one parser). A store already migrated finds nothing to do."""
-    con.execute(f"INSERT INTO run_layers SELECT * FROM ({run_layers_sql()}) "
-                "WHERE run_key IN (SELECT run_key FROM runs WHERE status = 'done') "
-                "AND run_key NOT IN (SELECT run_key FROM run_layers)")
+    """Migrate a store written by code that does not keep run_layers or the runs threshold columns (older
+    code, or an older-version process writing after the migration: it re-records its own schema fingerprint,
+    so the next write connection of this code comes here). run_layers is made to match the result rows, per
+    row: rows with no result rows behind them go (an old start_run or fail_run leaves them), and every
+    (run, model, layer) of a done run's rows is added (an old publish writes none, even for a run key that
+    has some). The threshold columns are filled for runs whose params name a threshold (parsed by
+    db.threshold, the one parser). A store already in order finds nothing to do."""
+    derived = run_layers_sql()
+    con.execute(f"DELETE FROM run_layers l WHERE NOT EXISTS (SELECT 1 FROM ({derived}) d "
+                "WHERE d.run_key = l.run_key AND d.model = l.model AND d.layer = l.layer)")
+    con.execute(f"INSERT INTO run_layers SELECT d.* FROM ({derived}) d "
+                "WHERE d.run_key IN (SELECT run_key FROM runs WHERE status = 'done') "
+                "AND NOT EXISTS (SELECT 1 FROM run_layers l WHERE l.run_key = d.run_key AND l.layer = d.layer)")
     todo = con.execute("SELECT run_key, params FROM runs WHERE threshold_mode IS NULL AND params IS NOT NULL "
                        "AND json_valid(params) AND params ->> 'threshold' IS NOT NULL").fetchall()
     sets = ", ".join(f"{col} = ?" for col in THRESHOLD_COLUMNS)
@@ -706,11 +758,11 @@ def record_benchmarks(rows: Rows, path: str | os.PathLike | None = None,
 
 @lru_cache(maxsize=1)
 def audits() -> dict[str, str]:
-    """audits.sql as {name: query}, in file order."""
+    """audits.sql as {name: query}, in file order, its table lists written out (`expand_each`)."""
     out: dict[str, str] = {}
     name = None
     body: list[str] = []
-    for line in AUDITS_SQL.read_text().splitlines() + ["-- audit: <end>"]:
+    for line in expand_each(AUDITS_SQL.read_text()).splitlines() + ["-- audit: <end>"]:
         if line.startswith("-- audit:"):
             if name is not None:
                 out[name] = "\n".join(body).strip().rstrip(";").strip()

@@ -1,6 +1,7 @@
 -- gandissect views: results shaped for display, in SQL only (no Python post-processing).
 --
--- Applied by db/store.py `ensure_schema` after schema.sql (CREATE OR REPLACE, idempotent). Each view
+-- Applied by db/store.py `ensure_schema` after schema.sql (CREATE OR REPLACE, idempotent), as
+-- `views_sql()` expands the `<table>_latest` template below over db/tables.py. Each view
 -- is preceded by `-- view: name` and `-- grain: one row per ...`. "Latest" is defined once, by
 -- `runs_done.recency` (1 = the latest finished done run); `run_layers_done` adds the run -> layer
 -- relation (table run_layers), and every `<table>_latest` view keeps the rows of the latest done run per
@@ -54,95 +55,16 @@ FROM layer_null_iou n
 JOIN dissections d USING (run_key, model, layer)
 WHERE d.is_latest;
 
--- view: unit_quantiles_latest
--- grain: one row per model, layer, unit and quantile level: unit_quantiles of the latest done run with quantiles of the layer
-CREATE OR REPLACE VIEW unit_quantiles_latest AS
-SELECT t.* FROM unit_quantiles t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
-
--- view: unit_topk_latest
--- grain: one row per model, layer, unit and rank: unit_topk of the latest done run with top-k rows of the layer
-CREATE OR REPLACE VIEW unit_topk_latest AS
-SELECT t.* FROM unit_topk t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
-
--- view: ace_alpha_latest
--- grain: one row per model, layer, concept and unit: the final alpha of the latest done ACE run of the concept
-CREATE OR REPLACE VIEW ace_alpha_latest AS
-SELECT t.* FROM ace_alpha t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: ace_epochs_latest
--- grain: one row per model, layer, concept and epoch: the latest done ACE run of the concept
-CREATE OR REPLACE VIEW ace_epochs_latest AS
-SELECT t.* FROM ace_epochs t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: ace_trajectory_latest
--- grain: one row per model, layer, concept, epoch and unit: the latest done ACE run of the concept
-CREATE OR REPLACE VIEW ace_trajectory_latest AS
-SELECT t.* FROM ace_trajectory t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: ablation_curves_latest
--- grain: one row per model, layer, concept, ranking and number of ablated units: the latest done ablation run of the concept
-CREATE OR REPLACE VIEW ablation_curves_latest AS
-SELECT t.* FROM ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: causal_effects_latest
--- grain: one row per model, layer, concept and unit set: the latest done run with causal effects of the concept
-CREATE OR REPLACE VIEW causal_effects_latest AS
-SELECT t.* FROM causal_effects t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: insertion_contexts_latest
--- grain: one row per model, layer, concept and context: the latest done insertion run of the concept
-CREATE OR REPLACE VIEW insertion_contexts_latest AS
-SELECT t.* FROM insertion_contexts t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: insertion_maps_latest
--- grain: one row per model, layer, concept, seed, sample and location: the latest done insertion run of the concept
-CREATE OR REPLACE VIEW insertion_maps_latest AS
-SELECT t.* FROM insertion_maps t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: trace_effects_latest
--- grain: one row per model, layer, concept, later layer and location: the latest done tracing run of the concept
-CREATE OR REPLACE VIEW trace_effects_latest AS
-SELECT t.* FROM trace_effects t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept);
-
--- view: class_unit_effects_latest
--- grain: one row per model, layer, unit and class: the latest done unit_roles run of the layer
-CREATE OR REPLACE VIEW class_unit_effects_latest AS
-SELECT t.* FROM class_unit_effects t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
-
--- view: class_ablation_curves_latest
--- grain: one row per model, layer, class, ranking and set size k: the latest done unit_roles run of the layer
-CREATE OR REPLACE VIEW class_ablation_curves_latest AS
-SELECT t.* FROM class_ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
-
--- view: repair_effects_latest
--- grain: one row per model, layer, unit set and draw: the latest done repair run of the layer
-CREATE OR REPLACE VIEW repair_effects_latest AS
-SELECT t.* FROM repair_effects t JOIN run_layers_done r USING (run_key, model, layer)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer);
-
--- view: inversions_latest
--- grain: one row per model and image: the latest done invert run of the image
-CREATE OR REPLACE VIEW inversions_latest AS
-SELECT t.* FROM inversions t JOIN runs_done r USING (run_key)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.image);
-
--- view: inversion_concepts_latest
--- grain: one row per model, segmenter, image and concept: the latest done invert run of the image with that segmenter
-CREATE OR REPLACE VIEW inversion_concepts_latest AS
-SELECT t.* FROM inversion_concepts t JOIN runs_done r USING (run_key)
-QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.segmenter, t.image);
+-- template: <table>_latest, once per table that db/tables.py declares a `latest` key for (in declaration
+-- order; db/store.py `views_sql()` expands it, table and column names from TABLES only): the rows of the
+-- latest done run per that key. {runs} is run_layers_done joined on (run_key, model, layer) when the key
+-- holds the layer, else runs_done joined on run_key.
+-- view: {table}_latest
+-- grain: one row per {grain}: {table} of the latest done run per {latest}
+CREATE OR REPLACE VIEW {table}_latest AS
+SELECT t.* FROM {table} t JOIN {runs} r USING ({join})
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY {partition});
+-- end template
 
 -- view: unit_labels
 -- grain: one row per model, layer, segmenter, threshold mode and unit: the unit's best concept in the latest done dissection

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from db import store
-from db.tables import RESULT_TABLES, TABLES
+from db.tables import LATEST_TABLES, RESULT_TABLES, TABLES
 from tests.db.fixture_store import MODEL, SEG
 
 # table -> the natural key its *_latest view picks the latest run by (the readers' keys)
@@ -167,3 +167,129 @@ def test_run_layers_audit_covers_the_tables_run_layers_is_derived_from() -> None
     in_audit = set(re.findall(r"FROM (\w+)\s*(?:\n|\)|UNION)", audit.split(")\nSELECT")[0])) - {"runs", "run_layers"}
     derived = set(re.findall(r"FROM (\w+)", store.run_layers_sql())) - {"("}
     assert in_audit == derived, (sorted(in_audit ^ derived))
+
+
+# The hand-written *_latest views as they stood before views.sql's template (commit 9e07188): the expanded
+# views must give exactly these rows, with these columns in this order.
+BEFORE_TEMPLATE: dict[str, str] = {
+    "unit_quantiles": """SELECT t.* FROM unit_quantiles t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer)""",
+    "unit_topk": """SELECT t.* FROM unit_topk t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer)""",
+    "ace_alpha": """SELECT t.* FROM ace_alpha t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "ace_epochs": """SELECT t.* FROM ace_epochs t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "ace_trajectory": """SELECT t.* FROM ace_trajectory t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "ablation_curves": """SELECT t.* FROM ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "causal_effects": """SELECT t.* FROM causal_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "insertion_contexts": """SELECT t.* FROM insertion_contexts t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "insertion_maps": """SELECT t.* FROM insertion_maps t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "trace_effects": """SELECT t.* FROM trace_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer, t.concept)""",
+    "class_unit_effects": """SELECT t.* FROM class_unit_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer)""",
+    "class_ablation_curves": """SELECT t.* FROM class_ablation_curves t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer)""",
+    "repair_effects": """SELECT t.* FROM repair_effects t JOIN run_layers_done r USING (run_key, model, layer)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.layer)""",
+    "inversions": """SELECT t.* FROM inversions t JOIN runs_done r USING (run_key)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.image)""",
+    "inversion_concepts": """SELECT t.* FROM inversion_concepts t JOIN runs_done r USING (run_key)
+QUALIFY r.recency = min(r.recency) OVER (PARTITION BY t.model, t.segmenter, t.image)""",
+}
+
+
+def _add_class_and_invert_runs(path: Path) -> None:
+    """Two unit_roles runs and two invert runs (the older one covering a second layer / image), so that each
+    of their *_latest views has rows to keep and rows to drop."""
+    done = {"status": "done", "seconds": 1.0}
+    for i, key in enumerate(["k-roles-1", "k-roles-2"]):
+        store.start_run(key, "unit_roles", name=key, model=MODEL, path=path)
+        layers = ["layer1", "layer2"] if i == 0 else ["layer1"]
+        effects = [{"model": MODEL, "layer": layer, "unit": u, "class": c, "class_index": j, "images": 10,
+                    "rank": u + 1, "accuracy": 0.5 + 0.1 * i, "accuracy_drop": 0.1, "true_logit": 1.0,
+                    "logit_drop": 0.2, "true_prob": 0.6, "prob_drop": 0.1}
+                   for layer in layers for u in range(3) for j, c in enumerate(["house", "field"])]
+        curves = [{"model": MODEL, "layer": layer, "class": "house", "ranking": "top", "k": k, "draws": 1,
+                   "accuracy": 0.9 - 0.1 * k - 0.05 * i, "other_accuracy": 0.8} for layer in layers for k in range(3)]
+        store.publish_many(key, {"class_unit_effects": effects, "class_ablation_curves": curves}, done, path)
+    for i, key in enumerate(["k-invert-1", "k-invert-2"]):
+        store.start_run(key, "invert", name=key, model=MODEL, segmenter=SEG, path=path)
+        images = ["a.png", "b.png"] if i == 0 else ["a.png"]
+        inv = [{"model": MODEL, "layer": "", "image": im, "image_sha256": "0" * 64, "width": 8, "height": 8,
+                "psnr": 20.0 + i, "psnr_z": 18.0, "psnr_encoder": 15.0, "seconds": 1.0, "n_omitted": 0}
+               for im in images]
+        concepts = [{"model": MODEL, "segmenter": SEG, "image": im, "concept": "sky", "photo_share": 0.5,
+                     "recon_share": 0.4 + 0.1 * i, "recall": 0.8, "present": True, "omitted": False} for im in images]
+        store.publish_many(key, {"inversions": inv, "inversion_concepts": concepts}, done, path)
+        with store.session(path) as con:
+            con.execute("UPDATE runs SET finished_at = ? WHERE run_key IN (?, ?)",
+                        [dt.datetime(2027, 3, 1) + dt.timedelta(hours=i), key, f"k-roles-{i + 1}"])
+
+
+def test_template_views_equal_the_hand_written_views_before(small_store) -> None:
+    _add_newer_runs(small_store)
+    _add_class_and_invert_runs(small_store)
+    assert store.run_audits(small_store) == []
+    assert set(BEFORE_TEMPLATE) == set(LATEST_TABLES)
+    dropping: set[str] = set()  # views that keep fewer rows than their table holds (an older run dropped)
+    with store.session(small_store, read_only=True) as con:
+        for table, old_sql in BEFORE_TEMPLATE.items():
+            old = con.execute(old_sql)
+            old_cols, old_rows = [d[0] for d in old.description], old.fetchall()
+            new = con.execute(f"SELECT * FROM {table}_latest")
+            new_cols, new_rows = [d[0] for d in new.description], new.fetchall()
+            assert new_cols == old_cols == list(TABLES[table].names), table
+            assert sorted(map(repr, new_rows)) == sorted(map(repr, old_rows)), table
+            assert old_rows, f"{table}: the fixture store has no rows to compare"
+            if len(old_rows) < con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+                dropping.add(table)
+    assert {"ace_alpha", "class_unit_effects", "class_ablation_curves", "inversions", "inversion_concepts"} <= dropping
+
+
+def test_declared_latest_keys_are_the_readers_keys() -> None:
+    assert {n: TABLES[n].latest for n in LATEST_TABLES} == LATEST_KEYS
+
+
+def _publish_as_an_older_version(path: Path, run_key: str, layer: str, unit: int) -> None:
+    """What a process of the code before run_layers (b0a5da6) does on a migrated store: it re-applies its own
+    DDL (recording its own schema fingerprint), then start_run deletes the result rows but not run_layers,
+    inserts the runs row without threshold columns, and publish_many writes rows and status without run_layers."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("UPDATE store_meta SET value = 'fingerprint of an older version' WHERE key = 'schema_sha256'")
+        for name in RESULT_TABLES:
+            con.execute(f"DELETE FROM {name} WHERE run_key = ?", [run_key])
+        con.execute("DELETE FROM runs WHERE run_key = ?", [run_key])
+        con.execute("INSERT INTO runs (run_key, analysis, name, model, layer, status, started_at, params) "
+                    "VALUES (?, 'ace', ?, ?, ?, 'running', ?, ?)",
+                    [run_key, run_key, MODEL, layer, dt.datetime(2027, 2, 1), '{"threshold":"q0.99"}'])
+        con.execute("INSERT INTO ace_alpha (run_key, model, layer, concept, unit, alpha) VALUES (?, ?, ?, 'door', ?, 0.5)",
+                    [run_key, MODEL, layer, unit])
+        con.execute("UPDATE runs SET status = 'done', finished_at = ? WHERE run_key = ?",
+                    [dt.datetime(2027, 2, 1, 1), run_key])
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("run_key", ["k-ace", "k-ace-new"])
+def test_an_older_version_publisher_gets_run_layers_at_the_next_write(small_store, run_key: str) -> None:
+    """k-ace: a run key that had run_layers (layer1) re-published by an older version on layer2 (before the
+    fix the back-fill skipped any run key with run_layers rows: layer1 stayed, layer2 was missing, the run
+    vanished from ace_alpha_latest and run_layers_match_results failed). k-ace-new: a new run key."""
+    _publish_as_an_older_version(small_store, run_key, "layer2", 1)
+    with store.session(small_store):  # this version's next write connection migrates
+        pass
+    assert {r for r in _stored(small_store) if r[0] == run_key} == {(run_key, MODEL, "layer2")}
+    assert store.run_audits(small_store) == []
+    latest = store.read("SELECT DISTINCT run_key FROM ace_alpha_latest WHERE layer = 'layer2' AND concept = 'door'",
+                        path=small_store)
+    assert latest["run_key"].to_list() == [run_key]
+    mode = store.read("SELECT threshold_mode FROM runs WHERE run_key = ?", [run_key], path=small_store)
+    assert mode["threshold_mode"].to_list() == ["quantile"]

@@ -8,7 +8,7 @@ import sys
 import duckdb
 
 from db import store
-from db.tables import SCHEMA_SQL, TABLES, VIEWS_SQL, parse_schema
+from db.tables import RESULT_TABLES, SCHEMA_SQL, TABLES, parse_schema
 
 
 def test_declarations_match_parsed_schema() -> None:
@@ -62,13 +62,16 @@ def test_store_documents_itself_and_views_exist(tmp_path) -> None:
                           "AND column_name = 'iou'").fetchall()[0][0]
     assert {n: t.grain for n, t in TABLES.items()} == comments
     assert "NULL when the concept never appears" in col
-    declared = re.findall(r"^-- view: (\w+)", VIEWS_SQL.read_text(), re.M)
-    macros = set(re.findall(r"^CREATE OR REPLACE MACRO (\w+)", VIEWS_SQL.read_text(), re.M))
+    views_sql = store.views_sql()  # views.sql with its <table>_latest template written out
+    declared = re.findall(r"^-- view: (\w+)", views_sql, re.M)
+    macros = set(re.findall(r"^CREATE OR REPLACE MACRO (\w+)", views_sql, re.M))
     assert macros == {"unit_labels_realistic", "realism_label_counts"}
     assert set(declared) - macros == views
     for m in macros:  # every table macro runs on an empty store
         assert store.read(f"SELECT * FROM {m}(1.0)", path=path).height == 0
-    assert len(re.findall(r"^-- grain: one row per", VIEWS_SQL.read_text(), re.M)) == len(declared)
+    assert len(declared) == len(set(declared))
+    assert len(re.findall(r"^-- grain: one row per", views_sql, re.M)) == len(declared)
+    assert "{" not in views_sql
     for v in views:  # every view runs on an empty store
         assert store.read(f"SELECT * FROM {v}", path=path).height == 0
 
@@ -90,3 +93,35 @@ def test_schema_is_idempotent_and_adds_missing_columns(tmp_path) -> None:
 def test_db_never_imports_torch() -> None:
     code = "import sys, db.store, db.guard, db.tables; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_latest_keys_are_columns_of_their_tables() -> None:
+    for name, t in TABLES.items():
+        assert set(t.latest) <= set(t.names), name
+        assert not t.latest or name in RESULT_TABLES, name
+
+
+def test_fingerprint_covers_the_expanded_views(monkeypatch) -> None:
+    """A change to a table's `latest` declaration changes the fingerprint, so the DDL is re-applied."""
+    before = store.schema_fingerprint()
+    t = TABLES["unit_topk"]
+    store.views_sql.cache_clear()
+    try:
+        monkeypatch.setitem(TABLES, "unit_topk", type(t)(t.name, t.grain, t.key, t.columns, t.required,
+                                                          ("model", "layer", "unit")))
+        changed = store.views_sql()
+        assert "PARTITION BY t.model, t.layer, t.unit)" in changed
+        assert store.schema_fingerprint() != before
+    finally:
+        monkeypatch.undo()
+        store.views_sql.cache_clear()
+    assert store.schema_fingerprint() == before
+
+
+def test_audit_table_lists_are_written_out_from_tables() -> None:
+    audits = store.audits()
+    assert not [n for n, sql in audits.items() if "{" in sql or "-- each" in sql]
+    for name in ("rows_of_runs_not_done", "rows_model_differs_from_run"):
+        assert set(re.findall(r"SELECT DISTINCT '(\w+)' AS tbl", audits[name])) == set(RESULT_TABLES), name
+    layers = set(re.findall(r"SELECT DISTINCT '(\w+)' AS tbl", audits["rows_on_unregistered_layers"]))
+    assert layers == {n for n in RESULT_TABLES if {"model", "layer"} <= set(TABLES[n].names)}
