@@ -204,7 +204,8 @@ class JointHist:
         n, c, hw = v.shape
         e, half2, L = self.edges.shape[1], self.cells + 2, self.cand.shape[1]
         d = v.device
-        lo, hi = v.amin((0, 2)), v.amax((0, 2))
+        lo, hi = torch.aminmax(v, dim=2)                                           # one pass, [N, c]
+        lo, hi = lo.amin(0), hi.amax(0)
         self.lo[units] = torch.minimum(self.lo[units], lo.double())
         self.hi[units] = torch.maximum(self.hi[units], hi.double())
         self.zeros[units] += n * hw - torch.count_nonzero(v, dim=(0, 2))
