@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--z-steps", type=int, default=150)
     ap.add_argument("--layer-steps", type=int, default=250)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--restarts", type=int, default=1, help="z-step starts per image (invert's `restarts`)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--card", default=None, help="write the model card for this encoder with --meta-from it")
@@ -218,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     enc = None if not a.encoder or a.encoder == "none" else load_encoder(a.encoder)
     seg = load_segmenter("village-seg")
     ev = evaluate(gen, enc, seg, n_generated=a.generated, n_rendered=a.rendered, n_coverage=a.coverage,
-                  z_steps=a.z_steps, layer_steps=a.layer_steps, batch=a.batch, seed=a.seed)
+                  z_steps=a.z_steps, layer_steps=a.layer_steps, batch=a.batch, seed=a.seed,
+                  **({"restarts": a.restarts} if a.restarts != 1 else {}))
     text = json.dumps({k: v for k, v in ev.items() if k != "dropped"} | {"dropped": ev.get("dropped")}, indent=1)
     if a.json_out:
         Path(a.json_out).write_text(text)

@@ -7,7 +7,9 @@ The two-step method of "Seeing What a GAN Cannot Generate" (Bau et al., ICCV 201
 1. z0 = E(x) from the layer-wise encoder, or, when it reconstructs x better, one of `candidates`
    fixed random latents (`start_z`);
 2. optimise z: minimise pixel MSE + `perceptual` x (segmenter feature MSE, normalised by the
-   target's feature variance) of G(z) against x;
+   target's feature variance) of G(z) against x; with `restarts` = R > 1, from each image's R best
+   starts at once (R times the z step's work), keeping per image the z of least final loss (a start
+   in a bad basin is what leaves an image tens of dB short);
 3. optimise the featuremap h of `layer` ("optimise latents by layer"): start at h = G_<=layer(z*),
    minimise the same loss of G_>layer(h) plus `reg` x mean((h - h0)^2), which keeps h near the
    generator's range (h0 = the features of z*).
@@ -119,29 +121,40 @@ def _cosine(opt: torch.optim.Optimizer, lr: float, step: int, steps: int) -> Non
         g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
-def start_z(gen: nn.Module, images: torch.Tensor, encoder: LayerwiseEncoder | None, candidates: int) -> torch.Tensor:
+def start_z(gen: nn.Module, images: torch.Tensor, encoder: LayerwiseEncoder | None, candidates: int,
+            k: int = 1) -> torch.Tensor:
     """The z step's start [N, z_dim]: per image, whichever of E(x) and `candidates` fixed random latents
-    (a torch stream seeded 0, shared by all images) reconstructs it with the least pixel MSE."""
+    (a torch stream seeded 0, shared by all images) reconstructs it with the least pixel MSE; with k > 1
+    the k best, best first [N, k, z_dim]."""
     dev = images.device
     pool = [encoder(images).unsqueeze(1)] if encoder is not None else []  # [N, 1, D]
     if candidates > 0 or not pool:
         c = normalise_z(torch.randn(max(candidates, 1), int(gen.z_dim), generator=torch.Generator().manual_seed(0))).to(dev)
         pool.append(c.unsqueeze(0).expand(images.shape[0], -1, -1))
     zs = torch.cat(pool, 1)  # [N, K, D]
-    n, k, d = zs.shape
-    err = torch.empty(n, k, device=dev)
-    for j in range(0, k, 32):
+    n, k_all, d = zs.shape
+    err = torch.empty(n, k_all, device=dev)
+    for j in range(0, k_all, 32):
         x = gen(zs[:, j:j + 32].reshape(-1, d)).view(n, -1, *images.shape[1:])
         err[:, j:j + 32] = (x - images[:, None]).pow(2).flatten(2).mean(2)
-    return zs[torch.arange(n), err.argmin(1)]
+    if k == 1:
+        return zs[torch.arange(n), err.argmin(1)]
+    if k > k_all:
+        raise ValueError(f"start_z: {k} starts asked of {k_all} (E(x) and {candidates} candidates)")
+    best = err.topk(k, 1, largest=False).indices  # [N, k], ascending error
+    return zs[torch.arange(n)[:, None], best]
 
 
 def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | None = None,
            segmenter: Any = None, layer: str = "layer4", z_steps: int = 150, layer_steps: int = 250,
            z_lr: float = 0.05, layer_lr: float = LAYER_LR, perceptual: float = 0.1, reg: float = 0.01,
-           z_init: torch.Tensor | None = None, candidates: int = 64, progress: Callable[[int, int], None] | None = None) -> Inversion:
+           z_init: torch.Tensor | None = None, candidates: int = 64, restarts: int = 1,
+           progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Invert images [N, 3, R, R] in [-1, 1] (on the generator's device) into `gen`; see the module
-    docstring. `progress(done, total)` is called every 10 steps."""
+    docstring. `z_init` [N, z_dim] or [N, restarts, z_dim] replaces the starts. `progress(done, total)`
+    is called every 10 steps."""
+    if restarts < 1:
+        raise ValueError(f"invert: restarts must be >= 1 (got {restarts})")
     t0 = time.perf_counter()
     gen = copy.deepcopy(gen).to(memory_format=torch.channels_last)  # 2x faster convolutions on CPU
     images = images.contiguous(memory_format=torch.channels_last)
@@ -152,10 +165,21 @@ def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | 
         target_f = feat(images) if feat is not None else None
         f_scale = target_f.flatten(1).var(1).clamp_min(1e-6) if target_f is not None else None
         if z_init is not None:
-            z0 = normalise_z(z_init.to(dev).float())
+            z0 = z_init.to(dev).float()
+            z0 = normalise_z(z0.reshape(-1, z0.shape[-1])).view_as(z0)  # each latent, also of [N, R, z_dim]
+            if restarts > 1 and z0.shape[:2] != (n, restarts):
+                raise ValueError(f"invert: z_init of shape {tuple(z_init.shape)} with restarts={restarts} "
+                                 f"must be [{n}, {restarts}, z_dim]")
         else:
-            z0 = start_z(gen, images, encoder, candidates)
-        p_enc = psnr(gen(z0), images)
+            z0 = start_z(gen, images, encoder, candidates, restarts)
+        p_enc = psnr(gen(z0 if restarts == 1 else z0[:, 0]), images)
+    # with restarts, the z step inverts each image from R starts as N * R independent rows
+    z_images, z_target_f, z_scale = images, target_f, f_scale
+    if restarts > 1:
+        z0 = z0.reshape(n * restarts, -1)
+        z_images = images.repeat_interleave(restarts, 0)
+        if target_f is not None:
+            z_target_f, z_scale = target_f.repeat_interleave(restarts, 0), f_scale.repeat_interleave(restarts, 0)
     total = z_steps + layer_steps
     history: list[float] = []
     z = z0.clone().requires_grad_(True)
@@ -163,14 +187,18 @@ def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | 
     for i in range(z_steps):
         _cosine(opt, z_lr, i, z_steps)
         opt.zero_grad(set_to_none=True)
-        loss = _loss(gen(z), images, feat, target_f, f_scale, perceptual).sum()
+        loss = _loss(gen(z), z_images, feat, z_target_f, z_scale, perceptual).sum()
         loss.backward()
         opt.step()
         if i % 10 == 0:
-            history.append(float(loss.detach()) / n)
+            history.append(float(loss.detach()) / (n * restarts))
             if progress:
                 progress(i, total)
     z = normalise_z(z.detach())
+    if restarts > 1:  # per image, the restart of least final loss
+        with torch.no_grad():
+            final = _loss(gen(z), z_images, feat, z_target_f, z_scale, perceptual).view(n, restarts)
+        z = z.view(n, restarts, -1)[torch.arange(n, device=dev), final.argmin(1)]
     with torch.no_grad():
         rec = gen(z)
     p_z = psnr(rec, images)

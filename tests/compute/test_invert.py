@@ -127,3 +127,30 @@ def test_train_encoder_command_for_any_progan(tiny_gan, tmp_path) -> None:
                "--hidden", "8", "--out", str(out)])
     assert rc == 0
     assert matches(load_encoder(out), load_progan(tiny_gan))
+
+
+def test_restarts_keep_each_images_best_start(gen: Generator) -> None:
+    z = truth(2, seed=12)
+    x = gen(z)
+    near = z + 0.3 * torch.randn(2, 8, generator=torch.Generator().manual_seed(13))
+    far = -z  # the opposite latent: a start the optimiser does not bring back in 120 steps
+    starts = torch.stack([torch.stack([far[0], near[0]]), torch.stack([near[1], far[1]])])  # [2, 2, 8]
+    one = invert(gen, x, z_init=far, layer_steps=0, z_steps=120, perceptual=0.0)
+    assert ((one.z - z).abs().amax(1) > 0.1).all()  # from the far start alone, z is not recovered
+    both = invert(gen, x, z_init=starts, restarts=2, layer_steps=0, z_steps=120, perceptual=0.0)
+    alone = invert(gen, x, z_init=near, layer_steps=0, z_steps=120, perceptual=0.0)
+    assert torch.allclose(both.z, alone.z, atol=1e-6)  # each image keeps its near start, wherever it stands
+    assert (both.z - z).abs().max() < 1e-2 and (both.psnr_z > 50).all()
+    with pytest.raises(ValueError):
+        invert(gen, x, z_init=far, restarts=2, layer_steps=0, z_steps=1)
+
+
+def test_start_z_best_k_come_best_first(gen: Generator) -> None:
+    from compute.invert.optimise import start_z
+
+    x = gen(truth(3, seed=14))
+    one = start_z(gen, x, None, candidates=16)
+    three = start_z(gen, x, None, candidates=16, k=3)
+    assert three.shape == (3, 3, 8) and torch.equal(three[:, 0], one)
+    err = torch.stack([(gen(three[:, j]) - x).pow(2).flatten(1).mean(1) for j in range(3)], 1)
+    assert (err[:, :-1] <= err[:, 1:]).all()
