@@ -150,3 +150,33 @@ def test_click_through_units_to_a_unit_page(server, output_dir):
     data["browser_s"] = {k: round(v, 3) for k, v in timings.items()}
     path.write_text(json.dumps(data, indent=1))
     print("browser timings:", data["browser_s"])
+
+
+def test_sql_downloads_are_written_on_click(server, dash_store, tmp_path):
+    """The SQL page's CSV and Parquet are generated when their button is clicked (deferred data, not
+    written on every rerun): each download holds exactly the first example's rows."""
+    import polars as pl
+    from playwright.sync_api import sync_playwright
+
+    from dashboard import queries
+    from db.guard import run_guarded
+
+    expected = run_guarded(next(iter(queries.examples().values())), dash_store, 1_000, 10.0).frame
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server}/sql")
+            page.locator(".st-key-sql_csv button").wait_for(timeout=60_000)
+            no_exception(page)
+            got = {}
+            for key, read in (("sql_csv", pl.read_csv), ("sql_parquet", pl.read_parquet)):
+                with page.expect_download(timeout=30_000) as info:
+                    page.locator(f".st-key-{key} button").click()
+                path = tmp_path / info.value.suggested_filename
+                info.value.save_as(path)
+                got[key] = read(path)
+        finally:
+            browser.close()
+    assert got["sql_parquet"].equals(expected), (got["sql_parquet"], expected)
+    assert got["sql_csv"].columns == expected.columns and got["sql_csv"].height == expected.height > 0
