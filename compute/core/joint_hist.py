@@ -33,16 +33,18 @@ tests use). IoU, above, inter and the null are exact at the chosen edge (no inte
 
 The null. PermutationNull's moments are quadratic in the thresholded maps within a block (sum_ij c_ij^2),
 so they cannot follow from a histogram summed over blocks at a threshold chosen after the pass; they are
-counted exactly at every candidate edge instead: per block one matmul at the top candidate
-(|a > e_top| x masks, the same matmul as PermutationNull) plus the pixels inside the window
-(about 2 * window of them) scattered into per-candidate counts, then per candidate the same mean and
-variance formula. At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
+counted exactly at every candidate edge instead. Only values above the lowest candidate edge take part
+(1 - level + about window of them): per block each is scattered (index_add) with its pixel's masks into
+win[image, unit, window bin], one running sum over the window bins gives c_ij(l) at every candidate l,
+and the same mean and variance formula follows in exact integers (int32, int64 where that could
+overflow). At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
 
-Work per pixel and unit: the fine cell from the float bits (a few integer ops), two table look-ups
-(cell -> bin, cell -> candidates below; no search), one bincount (unit x bin x concept pattern:
-the set of concepts present at a pixel is packed into one id, so overlapping masks cost one bincount),
-the matmul at the top candidate, and the scatter of the window pixels. Units are processed in chunks of
-`chunk` elements, so memory does not grow with the layer width beyond the [C, E+1, K] counts.
+Work per pixel and unit: min / max / zero counts, the fine cell (a few float ops and one conversion),
+one table look-up (cell -> unit offset + bin; no search), one bincount (pattern x unit x bin: the set
+of concepts present at a pixel is packed into one id, so overlapping masks cost one bincount; the
+patterns and the null's masks are computed once per batch and shared by every layer), and one compare
+against the lowest candidate; the null's work is on the few values above it. Units are processed in
+chunks of `chunk` elements, so memory does not grow with the layer width beyond the [C, E+1, K] counts.
 """
 from __future__ import annotations
 
