@@ -20,7 +20,8 @@ The held-out set is samples 0..samples-1 of this analysis's seed, which must dif
 run's seed. The generator below the layer runs once per sample (on an nn.Sequential generator; on
 StyleGAN2 and module generators each edited copy reruns the whole forward pass on its latent with the
 layer's output replaced: `compute.core.intervene.finish`); all edits run on stacked copies. The held-out
-pool (`compute.core.pool.LayerPool`) and each concept's ablated pixel counts are resumable passes.
+pool (`compute.core.pool.LayerPool`) and each concept's ablated pixel counts are resumable passes, named by
+`compute.jobs.context.pass_name` (a dotted layer or concept never shares another pass's checkpoint).
 Parameters (n_max, n_units, draws, effect_units, insert_locations, chunk, batch_size) are `job.config`'s
 (defaults in compute/analyses/params.py; code version, needs and tables in the registry,
 compute/analyses/__init__.py).
@@ -40,7 +41,7 @@ from compute.analyses.ace import require_concepts
 from compute.core.intervene import (InterventionError, block_mean, concept_index, edit_featuremap, location_masks,
                                     unit_alpha)
 from compute.core.pool import LayerPool, PoolBatch, Sum
-from compute.jobs.context import Job, RunContext
+from compute.jobs.context import Job, RunContext, pass_name
 
 ALPHA_SQL = ("select a.unit, a.alpha, i.iou from ace_alpha a left join unit_iou i on i.run_key = ? "
              "and i.layer = a.layer and i.unit = a.unit and i.concept = a.concept "
@@ -72,7 +73,7 @@ class Samples:
 
     def __init__(self, job: Job, ctx: RunContext, layer: str, seed: int, n: int, batch_size: int) -> None:
         self.pool = LayerPool.of(job, ctx, layer, seed)
-        self.k = self.pool.constants(ctx, job, n, batch_size, f"ablate.{layer}.k")  # [K, C]
+        self.k = self.pool.constants(ctx, job, n, batch_size, pass_name("ablate", layer, "k"))  # [K, C]
         self.parts = [self.pool.batch(s, min(batch_size, n - s)) for s in range(0, n, batch_size)]
         self.r = [b.r for b in self.parts]  # per batch: featuremaps [B, C, h, w]
         self.z = [b.z for b in self.parts]  # per batch: latents [B, z_dim]
@@ -166,7 +167,7 @@ def compute(job: Job, ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
             orders = {"ace": [by_alpha], "iou": [by_iou], "random": rand}
             sets = [tuple(sorted(o[:n])) for os in orders.values() for o in os for n in grid]
             sets += [tuple(sorted(o[:top])) for os in orders.values() for o in os]
-            counts = ablated_counts(job, ctx, f"ablate.{layer}.{name}.counts", layer, data, sets, chunk)
+            counts = ablated_counts(job, ctx, pass_name("ablate", layer, name, "counts"), layer, data, sets, chunk)
             g = torch.Generator().manual_seed(seed * 7 + c)
             locs = torch.stack([torch.randint(h, (data.n, n_loc), generator=g),
                                 torch.randint(w, (data.n, n_loc), generator=g)], -1)

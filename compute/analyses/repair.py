@@ -23,7 +23,8 @@ inception_weights, batch_size). Scoring only against watermark-free scenes rewar
 watermarks by construction, though real scenes carry them too (15 % of rendered village scenes): the
 full-distribution columns say whether the repair still helps when the real watermarks count.
 The generated sample's features and coverage, before and after each ablation, are one resumable pass of a
-`compute.core.pool.LayerPool` (checkpointed under `.cache/<run_key>/`). Parameters are `job.config`'s,
+`compute.core.pool.LayerPool` (checkpointed under `.cache/<run_key>/`, named by
+`compute.jobs.context.pass_name`). Parameters are `job.config`'s,
 checked at parse time (defaults in compute/analyses/params.py; code version, needs and tables in the
 registry, compute/analyses/__init__.py); `flagged` is resolved at plan time (`resolve`).
 
@@ -45,7 +46,7 @@ from compute.core.features import check_count, features_and_masks
 from compute.core.frechet import feature_stats, frechet_from_stats
 from compute.core.intervene import edit_featuremap, unit_alpha
 from compute.core.pool import Gather, LayerPool, PoolBatch
-from compute.jobs.context import Job, RunContext
+from compute.jobs.context import Job, RunContext, pass_name
 from db.errors import BadInput
 
 FLAGS_SQL = ("select layer, list(distinct unit order by unit) as units from unit_flags "
@@ -146,7 +147,7 @@ def ablated_features(job: Job, ctx: RunContext, layer: str, seed: int, n: int, b
                 st[f"f{i}"].add(torch.from_numpy(f))
                 st[f"c{i}"].add(m)
 
-    st = pool.stream(ctx, job, f"repair.{layer}", make, fold, n, batch_size)
+    st = pool.stream(ctx, job, pass_name("repair", layer), make, fold, n, batch_size)
     return (st["f"].result().numpy(), st["c"], [st[f"f{i}"].result().numpy() for i in range(len(sets))],
             [st[f"c{i}"] for i in range(len(sets))])
 
