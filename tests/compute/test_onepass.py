@@ -64,6 +64,39 @@ def test_null_at_every_candidate_equals_permutation_null(block: int) -> None:
         assert torch.allclose(got.p_value(), ref.p_value(), equal_nan=True)
 
 
+def test_null_in_int64_on_large_images_equals_permutation_null() -> None:
+    """112 x 112 images, blocks of 4, a low level and near-full masks: sum_ij c_ij^2 passes 2^31, so the
+    null block must count in int64 (b^2 HW^2 >= 2^31), not int32."""
+    a, _ = _data(n=8, c=2, k=3, size=112, seed=3)
+    m = torch.ones(8, 3, 112, 112, dtype=torch.bool)
+    m[:, 1, :4] = False
+    jh = JointHist(level=0.02, bins=16, candidates=5, window=0.01, block=4)
+    jh.add(a, m)
+    for j in range(jh.candidates):
+        got = jh.null_at(torch.full((a.shape[1],), j))
+        assert float(got.inter.max()) ** 2 * 16 >= 2 ** 31                      # int32 would overflow
+        ref = PermutationNull(got.thresholds, block=4)
+        ref.add(a, m)
+        assert torch.equal(got.inter, ref.inter) and torch.equal(got.above, ref.above)
+        assert torch.allclose(got.null_mean, ref.null_mean, rtol=1e-12, atol=1e-9)
+        assert torch.allclose(got.null_var, ref.null_var, rtol=1e-9, atol=1e-6)
+
+
+def test_masks_changed_in_place_between_adds_are_not_taken_from_the_cache() -> None:
+    """The per-batch masks cache (shared by the layers of a step) must see an edited masks tensor."""
+    a, m = _data(n=16)
+    m1 = m[:8].clone()
+    jh = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    jh.add(a[:8], m1)
+    m1.copy_(m[8:])                                                          # same tensor, new contents
+    jh.add(a[8:], m1)
+    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    ref.add(a[:8], m[:8].clone())
+    ref.add(a[8:], m[8:].clone())
+    for key, value in ref.state_dict().items():
+        assert torch.equal(jh.state_dict()[key], value), key
+
+
 def test_threshold_rank_error_within_the_bound_against_exact_order_statistics() -> None:
     a, m = _data(n=64, size=32, seed=3)
     jh = JointHist(level=0.99)                                               # defaults: the dissection's
