@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                               "('none': pixels only, no omissions)")
     p.add_argument("--z-steps", type=int, default=150)
     p.add_argument("--layer-steps", type=int, default=250)
+    p.add_argument("--restarts", type=int, default=1, help="z-step starts per photo (the best of E(x) and 64 "
+                   "fixed latents; R times the z step's time)")
     p.add_argument("--batch", type=int, default=16, help="photos inverted together")
     p.add_argument("--spec", default="gandissect.toml")
     p.add_argument("--device", default="cpu")
@@ -82,8 +84,8 @@ def load_models(model: str, spec: str | None, segmenter: str | None, encoder: st
 
 
 def invert_photos(gen: Any, enc: Any, seg: Any, images: Any, *, layer: str, z_steps: int, layer_steps: int,
-                  batch: int, device: str, progress: Callable[[int, int], None] | None = None
-                  ) -> list[dict[str, Any]]:
+                  batch: int, device: str, progress: Callable[[int, int], None] | None = None,
+                  restarts: int = 1) -> list[dict[str, Any]]:
     """uint8 [N, R, R, 3] photos -> per photo a dict: reconstruction (uint8 [R, R, 3]), omission map,
     psnr, psnr_z, psnr_encoder, seconds (its share of its batch's time), concepts, omitted, and the
     inversion itself: z [1, z_dim], layer and its features [1, C, h, w] (None without a layer step)."""
@@ -98,7 +100,7 @@ def invert_photos(gen: Any, enc: Any, seg: Any, images: Any, *, layer: str, z_st
     for s in range(0, n, batch):
         x = to_input(images[s:s + batch]).to(device)
         inv = invert(gen, x, encoder=enc, segmenter=seg, layer="" if layer == "none" else layer,
-                     z_steps=z_steps, layer_steps=0 if layer == "none" else layer_steps,
+                     z_steps=z_steps, layer_steps=0 if layer == "none" else layer_steps, restarts=restarts,
                      progress=(lambda d, t, s=s: progress(s * (z_steps + layer_steps) + d * x.shape[0],
                                                           n * (z_steps + layer_steps))) if progress else None)
         rec_u8 = to_uint8(inv.reconstruction).permute(0, 2, 3, 1).numpy()
@@ -131,8 +133,8 @@ def run(a: argparse.Namespace) -> int:
 
     from ingest.photos import load_photos
 
-    if a.z_steps < 0 or a.layer_steps < 0 or a.batch < 1 or a.threads < 1:
-        raise BadInput("invert: --z-steps and --layer-steps must be >= 0, --batch and --threads >= 1")
+    if a.z_steps < 0 or a.layer_steps < 0 or a.batch < 1 or a.threads < 1 or a.restarts < 1:
+        raise BadInput("invert: --z-steps and --layer-steps must be >= 0, --batch, --threads and --restarts >= 1")
     import torch
 
     torch.set_num_threads(a.threads)
@@ -146,7 +148,7 @@ def run(a: argparse.Namespace) -> int:
     photos = load_photos(a.photos, int(gen.resolution))  # every check before anything is written
     t0 = time.perf_counter()
     results = invert_photos(gen, enc, seg, np.stack([p.image for p in photos]), layer=a.layer, z_steps=a.z_steps,
-                            layer_steps=a.layer_steps, batch=a.batch, device=a.device)
+                            layer_steps=a.layer_steps, batch=a.batch, device=a.device, restarts=a.restarts)
     out.mkdir(parents=True, exist_ok=True)
     objs = []
     for p, stem, r in zip(photos, _stems(photos), results):

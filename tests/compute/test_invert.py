@@ -154,3 +154,22 @@ def test_start_z_best_k_come_best_first(gen: Generator) -> None:
     assert three.shape == (3, 3, 8) and torch.equal(three[:, 0], one)
     err = torch.stack([(gen(three[:, j]) - x).pow(2).flatten(1).mean(1) for j in range(3)], 1)
     assert (err[:, :-1] <= err[:, 1:]).all()
+
+
+def test_invert_command_restarts(tmp_path, capsys) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from compute.cli import main
+    from ingest.village.render import render
+
+    Image.fromarray(render(20000000, size=64).image).save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    args = ["invert", str(tmp_path / "scene.png"), "--model", "village-gan", "--out", str(out), "--json",
+            "--segmenter", "none", "--z-steps", "3", "--layer-steps", "0"]
+    assert main(args + ["--restarts", "0"]) == 2 and not out.exists()
+    assert main(args + ["--restarts", "2"]) == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["psnr"] > 0 and np.isfinite(d["psnr"])
