@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from compute.train.common import REPO, add_device_arguments, resolve_device
 from ingest.models.progan import WIDTH_PRESETS, Discriminator, Generator, save_progan
+from ingest.models.safetensors_io import save_safetensors
 
 ZOO = REPO / "ingest" / "zoo"
 POOL_SEED_START = 10_000_000  # training scenes: seeds POOL_SEED_START .. + pool_size - 1
@@ -319,10 +319,7 @@ def save_resume_point(nets: dict[str, dict[str, torch.Tensor]], step: int, elaps
                for k in RESUME_NETS for name, t in nets[k].items()}
     meta = {"step": str(step), "elapsed": f"{elapsed:.0f}", "config": json.dumps(config, sort_keys=True),
             "format": "gandissect-gan-resume", **(provenance or Provenance(since=step)).to_meta()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return save_safetensors(tensors, path, meta)
 
 
 def load_resume_point(st: dict, a: argparse.Namespace, path: Path) -> None:

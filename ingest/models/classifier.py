@@ -92,13 +92,13 @@ class VillageClassifier(nn.Module):
 
 def save_village_cls(net: VillageClassifier, path: str, extra: dict[str, str] | None = None) -> None:
     """Weights as float32 safetensors with the architecture in the metadata."""
-    from safetensors.torch import save_file
+    from ingest.models.safetensors_io import save_safetensors
 
     meta = {"format": FORMAT, "classes": json.dumps(list(net.classes)), "widths": json.dumps(list(net.widths)),
             "resolution": str(net.resolution), **(extra or {})}
     state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()
              if not k.endswith("num_batches_tracked")}
-    save_file(state, path, metadata=meta)
+    save_safetensors(state, path, meta)
 
 
 def read_meta(path: str) -> dict[str, str]:

@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ingest.models.safetensors_io import save_safetensors
 
 WIDTH_PRESETS: dict[str, tuple[int, ...]] = {
     "default": (128, 128, 128, 128, 128, 128, 64, 64, 32, 32),
@@ -203,11 +204,7 @@ def save_progan(generator: Generator, path: str | Path, step: int, extra: dict[s
     meta = {"format": FORMAT, "widths": json.dumps(list(generator.widths)), "z_dim": str(generator.z_dim),
             "resolution": str(generator.resolution), "step": str(int(step))}
     meta.update({k: str(v) for k, v in (extra or {}).items()})
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.chmod(0o644)
-    tmp.replace(path)
-    return path
+    return save_safetensors(tensors, path, meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

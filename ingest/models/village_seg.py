@@ -202,14 +202,14 @@ def quad_expand(masks: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, li
 
 def save_village_seg(model: VillageSegmenter, path: str, meta: dict | None = None) -> None:
     """Write the weights as float16 safetensors, with the architecture in the metadata."""
-    from safetensors.torch import save_file
+    from ingest.models.safetensors_io import save_safetensors
 
     state = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
     info = {"widths": json.dumps(list(model.net.widths)), "concepts": json.dumps([c.name for c in CONCEPTS]),
             "parts_anywhere": "1" if model.parts_anywhere else "0"}
     info.update({k: str(v) for k, v in (meta or {}).items()})
-    save_file(state, path, metadata=info)
+    save_safetensors(state, path, info)
 
 
 def load_village_seg(path: str, device: torch.device | str = "cpu") -> VillageSegmenter:
