@@ -250,8 +250,9 @@ class JointHist:
                     wb: torch.Tensor, mrow: torch.Tensor, L: int) -> None:
         """One block of b images: the values above the lowest candidate (their image in the block, unit,
         pixel and window bin wb in [1, L]) and the block's int32 masks mrow [HW, b K]. win[i, u, L - w] =
-        the masks summed over the pixels of image i, unit u in window bin w, so that its running sum over
-        the last-but-one dim at L - 1 - l is c_ij(l) = |(a_i > e_l) & M_j| = sum_{w > l} win[w]; then
+        the masks summed over the pixels of image i, unit u in window bin w (bins stored in reverse), so
+        that its running sum over the bins, read at L - 1 - l, is c_ij(l) = |(a_i > e_l) & M_j| =
+        sum_{w > l} win[w]; then
         PermutationNull's moments, in exact integers (int32 while b^2 HW^2 < 2^31, else int64)."""
         k = self.concept.numel()
         b, hw = mrow.shape[1] // k, mrow.shape[0]
@@ -260,7 +261,6 @@ class JointHist:
         if px.numel():
             win.index_add_(0, (img * c + unit) * L + (L - wb), mrow.index_select(0, px).to(itype))
         cross = win.view(b, c, L, b, k).cumsum_(2)                  # [b_i, c, L (reversed), b_j, K] = c_ij(l)
-        f64 = torch.float64
         if b == 1:
             self.null_mean[units] += cross[0, :, :, 0].double().flip(1)
             return
@@ -460,7 +460,7 @@ class _Masks:
                        for s in range(0, n, block)]
 
 
-_MASKS_CACHE: list = []   # [(weakref to the masks tensor, its version, block, _Masks)]: the last batch's
+_MASKS_CACHE: list[tuple[weakref.ref, int, int, _Masks]] = []   # the last batch's (masks, version, block, _Masks)
 
 
 def _masks(m: torch.Tensor, block: int) -> _Masks:
