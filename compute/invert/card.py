@@ -70,7 +70,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def evaluate(gen: Any, enc: Any, seg: Any, *, n_generated: int = 16, n_rendered: int = 48, n_coverage: int = 500,
              layer: str = "layer4", z_steps: int = 150, layer_steps: int = 250, batch: int = 16,
-             device: str = "cpu", seed: int = GEN_SEED, log: Any = print, **invert_kw: Any) -> dict[str, Any]:
+             device: str = "cpu", seed: int = GEN_SEED, start: int = 0, log: Any = print, **invert_kw: Any) -> dict[str, Any]:
     from compute.analyses.realism import Coverage
     from compute.invert.omissions import concept_rows, dropped
     from compute.invert.optimise import invert
@@ -110,10 +110,10 @@ def evaluate(gen: Any, enc: Any, seg: Any, *, n_generated: int = 16, n_rendered:
 
     t0 = time.perf_counter()
     if n_generated:
-        log(f"generated images (sample set {seed}, {n_generated})")
+        log(f"generated images (sample set {seed}, #{start}..{start + n_generated - 1})")
         with torch.no_grad():
-            xg = gen(latents(seed, n_generated, int(gen.z_dim)).to(device)).cpu()
-        out["generated"] = summary(run(xg)) | {"seed": seed}
+            xg = gen(latents(seed, n_generated, int(gen.z_dim), start=start).to(device)).cpu()
+        out["generated"] = summary(run(xg)) | {"seed": seed, "start": start}
     if n_rendered:
         log(f"rendered scenes ({n_rendered})")
         imgs, _, seeds = village_images(n_rendered, 0, size=int(gen.resolution))
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder", default=None, help="encoder .safetensors ('none': no encoder)")
     ap.add_argument("--generated", type=int, default=16)
     ap.add_argument("--seed", type=int, default=GEN_SEED, help="sample set of the held-out generated z")
+    ap.add_argument("--start", type=int, default=0, help="first sample of the set (to split a long evaluation)")
     ap.add_argument("--rendered", type=int, default=48)
     ap.add_argument("--coverage", type=int, default=500)
     ap.add_argument("--z-steps", type=int, default=150)
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = None if not a.encoder or a.encoder == "none" else load_encoder(a.encoder)
     seg = load_segmenter("village-seg")
     ev = evaluate(gen, enc, seg, n_generated=a.generated, n_rendered=a.rendered, n_coverage=a.coverage,
-                  z_steps=a.z_steps, layer_steps=a.layer_steps, batch=a.batch, seed=a.seed,
+                  z_steps=a.z_steps, layer_steps=a.layer_steps, batch=a.batch, seed=a.seed, start=a.start,
                   **({"restarts": a.restarts} if a.restarts != 1 else {}))
     text = json.dumps({k: v for k, v in ev.items() if k != "dropped"} | {"dropped": ev.get("dropped")}, indent=1)
     if a.json_out:
