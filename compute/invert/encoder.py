@@ -28,14 +28,17 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ingest.models.safetensors_io import save_safetensors
 
 FORMAT = "gandissect-layerwise-encoder"
 
 
 def normalise_z(z: torch.Tensor) -> torch.Tensor:
     """z [N, D] -> z scaled to length sqrt(D) (what the generator's first pixel norm sees)."""
+    if z.dim() != 2:
+        raise ValueError(f"normalise_z expects z of shape [N, D], got {tuple(z.shape)}")
     return z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
 
 
@@ -145,10 +148,7 @@ def save_encoder(enc: LayerwiseEncoder, path: str | Path, meta: dict[str, Any] |
     m = {"format": FORMAT, "shapes": json.dumps([[k, list(v)] for k, v in enc.shapes.items()]),
          "hidden": str(enc.hidden)}
     m.update({k: str(v) for k, v in (meta or {}).items()})
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=m)
-    tmp.replace(path)
-    return path
+    return save_safetensors(tensors, path, m)  # canonical bytes: the same encoder, the same sha256
 
 
 def read_encoder_meta(path: str | Path) -> dict[str, str]:

@@ -173,3 +173,11 @@ def test_invert_command_restarts(tmp_path, capsys) -> None:
     assert main(args + ["--restarts", "2"]) == 0
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert d["psnr"] > 0 and np.isfinite(d["psnr"])
+
+
+def test_normalise_z_refuses_a_shape_other_than_n_by_d():
+    """A [N, R, D] tensor was once normalised over R by mistake; the shape check makes that an error."""
+    z = torch.randn(4, 8)
+    assert torch.allclose(normalise_z(z).pow(2).mean(1), torch.ones(4), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        normalise_z(torch.randn(2, 3, 8))
