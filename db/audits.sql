@@ -189,7 +189,7 @@ WHERE r.model IS NOT NULL AND r.model <> t.model;
 -- audit: rows_on_unregistered_layers
 WITH result_layers AS (
     -- each result table with model, layer:
-    SELECT DISTINCT '{table}' AS tbl, model, layer FROM {table} WHERE layer <> ''
+    SELECT DISTINCT '{table}' AS tbl, model, layer FROM {table} WHERE layer <> '' OR '{table}' <> 'inversions'
     UNION ALL SELECT DISTINCT 'trace_effects.target_layer', model, target_layer FROM trace_effects
     UNION ALL SELECT DISTINCT 'unit_flags', model, layer FROM unit_flags
 )

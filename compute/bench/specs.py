@@ -23,7 +23,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (str, Path)):
-        return json.dumps(str(value))
+        return json.dumps(str(value), ensure_ascii=False)  # JSON's \uD83D\uDE00 surrogate pairs are not TOML
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):

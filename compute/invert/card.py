@@ -45,6 +45,9 @@ def spread(values: list[float], bar: float) -> dict[str, float]:
     images with no concept in either segmentation, are left out as in the mean)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
+    if v.size == 0:  # no image with a concept: nothing to summarise (rather than failing after a long evaluation)
+        return dict.fromkeys(("mean", "std", "min", "q1", "median", "q3", "share_ge_bar", "ci95_low", "ci95_high"),
+                             float("nan"))
     means = np.random.default_rng(0).choice(v, size=(BOOTSTRAP, v.size), replace=True).mean(1)
     q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "min": float(v.min()),

@@ -167,6 +167,9 @@ def invert(gen: nn.Module, images: torch.Tensor, *, encoder: LayerwiseEncoder | 
         target_f = feat(images) if feat is not None else None
         f_scale = target_f.flatten(1).var(1).clamp_min(1e-6) if target_f is not None else None
         if z_init is not None:
+            if z_init.dim() != (3 if restarts > 1 else 2):
+                raise ValueError(f"invert: z_init of shape {tuple(z_init.shape)} must be [N, z_dim]"
+                                 + (f" or, with restarts={restarts}, [N, {restarts}, z_dim]" if restarts > 1 else ""))
             z0 = z_init.to(dev).float()
             z0 = normalise_z(z0.reshape(-1, z0.shape[-1])).view_as(z0)  # each latent, also of [N, R, z_dim]
             if restarts > 1 and z0.shape[:2] != (n, restarts):

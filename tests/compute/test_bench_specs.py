@@ -33,7 +33,7 @@ def test_dissect_spec_loads_as_given(tmp_path: Path, method: str | None, monkeyp
 def test_toml_values_round_trip() -> None:
     import tomllib
 
-    value = {"s": 'a"b\\c', "i": 3, "f": 0.5, "b": True, "l": [1, "x"], "t": {"k": [2.5]}}
+    value = {"s": 'a"b\\c', "u": "/tmp/\U0001F600x/é", "i": 3, "f": 0.5, "b": True, "l": [1, "x"], "t": {"k": [2.5]}}
     assert tomllib.loads(f"v = {specs.toml_value(value)}")["v"] == value
     with pytest.raises(TypeError):
         specs.toml_value(None)

@@ -181,3 +181,19 @@ def test_normalise_z_refuses_a_shape_other_than_n_by_d():
     assert torch.allclose(normalise_z(z).pow(2).mean(1), torch.ones(4), atol=1e-5)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         normalise_z(torch.randn(2, 3, 8))
+
+
+def test_z_init_of_the_wrong_rank_is_refused(gen: Generator) -> None:
+    z = truth(2, seed=12)
+    with pytest.raises(ValueError, match=r"\[N, z_dim\]"):
+        invert(gen, gen(z), z_init=z[:, None], layer_steps=0, z_steps=1)  # [N, 1, D] without restarts
+
+
+def test_card_spread_of_no_values_is_nan() -> None:
+    import math
+
+    from compute.invert.card import spread
+
+    assert all(math.isnan(v) for v in spread([float("nan")] * 3, 0.9).values())
+    s = spread([0.8, 1.0], 0.9)
+    assert s["mean"] == pytest.approx(0.9) and s["share_ge_bar"] == 0.5
