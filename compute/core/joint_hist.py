@@ -37,7 +37,19 @@ counted exactly at every candidate edge instead. Only values above the lowest ca
 (1 - level + about window of them): per block each is scattered (index_add) with its pixel's masks into
 win[image, unit, window bin], one running sum over the window bins gives c_ij(l) at every candidate l,
 and the same mean and variance formula follows in exact integers (int32, int64 where that could
-overflow). At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
+overflow). Where more than SPARSE_SHARE of the values are above the lowest candidate (low levels), the
+scatter would cost more than a dense count: the values above every candidate are then counted by one
+matmul per block and only those inside the window are scattered (the same integers, so the same state
+bit for bit). At the chosen edge the result equals PermutationNull(thresholds=edge) exactly.
+
+Exact float matmuls. The joint counts (pattern counts x pattern table) and the dense null are matmuls of
+non-negative integers: float32 only on CPU at matmul precision "highest" and sums below 2^24, else
+float64 (TF32 or bfloat16 inside a float32 matmul would round counts past 2^8 to 2^11).
+
+Masks shared by layers. `add` keeps the last masks tensor's per-batch work (patterns, blocks, moved to
+the stat's device) while that tensor is alive and its version counter unchanged, so every layer of a
+step reuses it; it is freed with the tensor. Writes that bypass the version counter (`m.data`, a numpy
+array behind `torch.from_numpy`) are not seen: pass edited masks as a new tensor.
 
 Work per pixel and unit: min / max / zero counts, the fine cell (a few float ops and one conversion),
 one table look-up (cell -> unit offset + bin; no search), one bincount (pattern x unit x bin: the set
@@ -62,6 +74,8 @@ FINE_CELLS = 8192   # uniform fine cells per unit over the warm-up's range widen
 HEADROOM = 0.25
 WARM_VALUES = 1 << 14  # values per unit whose order statistics place the edges (a fixed random subsample + min / max)
 MAX_WINDOW = 0.02   # widest candidate window (rank half-width): 32 gaps of <= 1.25e-3, error <= 6.25e-4
+SPARSE_SHARE = 0.02  # the null scatters every value above the lowest candidate while at most this share of
+                     # values are (measured crossover with the dense path: see `_add_chunk`)
 Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
 
 
@@ -183,7 +197,7 @@ class JointHist:
             self._init(c, k)
         if k != self.concept.numel():
             raise ValueError(f"JointHist.add: {k} concepts, this stat has {self.concept.numel()}")
-        masks = _masks(m.to(self.device), self.block)
+        masks = _masks(m, self.block, self.device)
         self.concept += masks.concept
         for units, v in self._lifted(a, lift):
             self._add_chunk(units, v, masks)
@@ -226,16 +240,23 @@ class JointHist:
         counts = torch.bincount(keys.view(-1), minlength=p * c * (e + 1)).view(p, c * (e + 1))
         del keys
         self.hist[units] += counts.sum(0).view(c, e + 1)
-        exact32 = n * hw < 2 ** 24                                                    # float32 sums stay exact
-        ftype = torch.float32 if exact32 else torch.float64
+        ftype = _exact_float(d, n * hw)                                               # sums stay exact integers
         joint = counts.t().to(ftype) @ masks.table.to(ftype)                          # [c (E+1), K]
         self.joint[units] += joint.round().long().view(c, e + 1, -1)
         del counts, joint
-        # the null: only values above the lowest candidate edge take part (about 2 * window + 1 - level
-        # of them); window bin wb in [1, L] (L: above every candidate), a > e_cand[l] <=> l < wb
-        low = self.edge_cells[units].gather(1, self.cand[units, :1])[:, 0].to(torch.int32)    # [c]
-        low = low + torch.arange(c, device=d, dtype=torch.int32) * half2
-        idx = (fine > low[None, :, None]).view(-1).nonzero()[:, 0]                   # flat (image, unit, px)
+        # the null: only values above the lowest candidate edge take part; window bin wb in [1, L] (L:
+        # above every candidate), a > e_cand[l] <=> l < wb. Sparse (each such value scattered with its
+        # pixel's masks) while few are above; else the values above every candidate are counted densely
+        # (one matmul per block, the old path) and only those inside the window are scattered
+        off = torch.arange(c, device=d, dtype=torch.int32) * half2
+        cand_cells = self.edge_cells[units].gather(1, self.cand[units, ::L - 1]).to(torch.int32)   # [c, 2]
+        above = fine > (cand_cells[:, 0] + off)[None, :, None]                       # [N, c, HW]
+        top = None
+        if int(above.sum()) > SPARSE_SHARE * above.numel():
+            top = fine > (cand_cells[:, 1] + off)[None, :, None]                     # above every candidate
+            above &= ~top
+        idx = above.view(-1).nonzero()[:, 0]                                        # flat (image, unit, px)
+        del above
         lutw = self._lutw[units].reshape(-1)
         wb = lutw.index_select(0, flat.index_select(0, idx)).long()                  # [M] in [1, L]
         img = idx // (c * hw)
@@ -244,22 +265,31 @@ class JointHist:
         bounds = torch.searchsorted(img, torch.arange(0, n + 1, self.block, device=d)).tolist() + [idx.numel()]
         for bi, s in enumerate(range(0, n, self.block)):
             a0, a1 = bounds[bi], bounds[bi + 1]
-            self._null_block(units, c, img[a0:a1] - s, unit[a0:a1], px[a0:a1], wb[a0:a1], masks.blocks[bi], L)
+            dense = None
+            if top is not None:                                                     # [b c, b K] exact counts
+                blk = top[s:s + self.block]
+                dense = blk.reshape(-1, hw).to(ftype) @ masks.float_block(bi, ftype)
+            self._null_block(units, c, img[a0:a1] - s, unit[a0:a1], px[a0:a1], wb[a0:a1], masks.blocks[bi], L,
+                             dense)
 
     def _null_block(self, units: slice, c: int, img: torch.Tensor, unit: torch.Tensor, px: torch.Tensor,
-                    wb: torch.Tensor, mrow: torch.Tensor, L: int) -> None:
+                    wb: torch.Tensor, mrow: torch.Tensor, L: int, dense: torch.Tensor | None = None) -> None:
         """One block of b images: the values above the lowest candidate (their image in the block, unit,
         pixel and window bin wb in [1, L]) and the block's int32 masks mrow [HW, b K]. win[i, u, L - w] =
         the masks summed over the pixels of image i, unit u in window bin w (bins stored in reverse), so
         that its running sum over the bins, read at L - 1 - l, is c_ij(l) = |(a_i > e_l) & M_j| =
         sum_{w > l} win[w]; then
-        PermutationNull's moments, in exact integers (int32 while b^2 HW^2 < 2^31, else int64)."""
+        PermutationNull's moments, in exact integers (int32 while b^2 HW^2 < 2^31, else int64). dense
+        [b c, b K] (exact integer floats), when given: the masks summed over the pixels above every
+        candidate, which are then not among the scattered values (window bin L, stored first)."""
         k = self.concept.numel()
         b, hw = mrow.shape[1] // k, mrow.shape[0]
         itype = torch.int32 if b * b * hw * hw < 2 ** 31 else torch.int64
         win = torch.zeros(b * c * L, b * k, dtype=itype, device=mrow.device)
         if px.numel():
             win.index_add_(0, (img * c + unit) * L + (L - wb), mrow.index_select(0, px).to(itype))
+        if dense is not None:
+            win.view(b * c, L, b * k)[:, 0] += dense.to(itype)
         cross = win.view(b, c, L, b, k).cumsum_(2)                  # [b_i, c, L (reversed), b_j, K] = c_ij(l)
         if b == 1:
             self.null_mean[units] += cross[0, :, :, 0].double().flip(1)
@@ -449,7 +479,8 @@ def _patterns(mf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class _Masks:
     """What every unit's counting needs from one batch's masks m bool [N, K, HW], computed once per
     batch (the layers of one step share their masks): per-concept pixel counts [K], the concept pattern
-    of every pixel [N HW] with its table [P, K], and per null block the int32 masks [HW, b K]."""
+    of every pixel [N HW] with its table [P, K], and per null block the int32 masks [HW, b K] (and, for
+    the dense null, the same as floats, made on first use)."""
 
     def __init__(self, m: torch.Tensor, block: int) -> None:
         n, k = m.shape[:2]
@@ -458,18 +489,49 @@ class _Masks:
         self.pattern, self.table = _patterns(mf)                                  # [N HW], [P, K] int64
         self.blocks = [mf[s:s + block].to(torch.int32).permute(2, 0, 1).reshape(mf.shape[2], -1)
                        for s in range(0, n, block)]
+        self._floats: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def float_block(self, i: int, dtype: torch.dtype) -> torch.Tensor:
+        """Block i's masks [HW, b K] as `dtype`, converted once per batch."""
+        if (i, dtype) not in self._floats:
+            self._floats[i, dtype] = self.blocks[i].to(dtype)
+        return self._floats[i, dtype]
 
 
-_MASKS_CACHE: list[tuple[weakref.ref, int, int, _Masks]] = []   # the last batch's (masks, version, block, _Masks)
+def _exact_float(device: torch.device, most: int) -> torch.dtype:
+    """The float dtype in which a matmul of non-negative integers summing to at most `most` per output is
+    exact: float32 only on CPU at "highest" matmul precision (no bfloat16 inside) and below 2^24;
+    otherwise float64 (on CUDA TF32 or reduced-precision reductions would round counts past 2^11)."""
+    if device.type == "cpu" and torch.get_float32_matmul_precision() == "highest" and most < 2 ** 24:
+        return torch.float32
+    return torch.float64
 
 
-def _masks(m: torch.Tensor, block: int) -> _Masks:
-    """_Masks of m, reused while m is the same, unchanged tensor (every layer of a step passes the same
-    masks); a weak reference, so a freed tensor is never mistaken for a new one at its address."""
+# The last batch's masks: (weak reference to the masks tensor as passed, its version, block, device, _Masks).
+# Released when that tensor is freed (weakref.finalize), so a step's masks never outlive it here.
+_MASKS_CACHE: list[tuple[weakref.ref, int, int, torch.device, _Masks]] = []
+
+
+def _masks(m: torch.Tensor, block: int, device: torch.device) -> _Masks:
+    """_Masks of m on `device`, reused while m is the same tensor at the same version (every layer of a
+    step passes the same masks; masks on another device are moved once). Not reused for inference
+    tensors (no version counter). The version counter sees every in-place torch op on m, but not
+    writes that bypass it (`m.data[...] = ...`, a numpy array shared through `torch.from_numpy`): masks
+    edited that way between two adds must be passed as a new tensor (e.g. `m.clone()`)."""
+    if m.is_inference():
+        return _Masks(m.to(device), block)
     if _MASKS_CACHE:
-        ref, version, blk, out = _MASKS_CACHE[0]
-        if ref() is m and version == m._version and blk == block:
+        ref, version, blk, dev, out = _MASKS_CACHE[0]
+        if ref() is m and version == m._version and blk == block and dev == device:
             return out
-    out = _Masks(m, block)
-    _MASKS_CACHE[:] = [(weakref.ref(m), m._version, block, out)]
+    out = _Masks(m.to(device), block)
+    ref = weakref.ref(m)
+    _MASKS_CACHE[:] = [(ref, m._version, block, device, out)]
+    weakref.finalize(m, _forget, ref).atexit = False
     return out
+
+
+def _forget(ref: weakref.ref) -> None:
+    """Drop the cached _Masks of a freed masks tensor (called by weakref.finalize)."""
+    if _MASKS_CACHE and _MASKS_CACHE[0][0] is ref:
+        _MASKS_CACHE.clear()

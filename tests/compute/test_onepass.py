@@ -167,3 +167,97 @@ def test_lift_per_unit_chunk_equals_lifting_everything() -> None:
     ref.add(upsample(a, 16), m)
     for name, v in ref.state_dict().items():
         assert torch.allclose(one.state_dict()[name].double(), v.double()), name
+
+
+def _states_equal(x: JointHist, y: JointHist) -> None:
+    sy = y.state_dict()
+    for key, value in x.state_dict().items():
+        assert torch.equal(sy[key], value), key
+
+
+def test_masks_made_under_inference_mode_are_counted_and_never_cached() -> None:
+    """Inference tensors have no version counter: add must not read it, and an in-place edit made under
+    inference_mode between two adds must be seen."""
+    a, m = _data(n=16)
+    jh = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    with torch.inference_mode():
+        m1 = m[:8].clone()
+        jh.add(a[:8], m1)
+        m1.copy_(m[8:])                                                      # same tensor, new contents
+        jh.add(a[8:], m1)
+    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    ref.add(a[:8], m[:8].clone())
+    ref.add(a[8:], m[8:].clone())
+    _states_equal(jh, ref)
+
+
+def test_masks_cache_is_keyed_on_the_tensor_passed_and_released_with_it() -> None:
+    """Every layer of a step passing the same masks gets one _Masks (keyed on the tensor as passed, so
+    masks on another device than the stat are moved once), and it is freed when the masks are."""
+    import gc
+
+    from compute.core import joint_hist
+
+    a, m = _data(n=8)
+    m = m.clone()
+    cpu = torch.device("cpu")
+    first = joint_hist._masks(m, 4, cpu)
+    assert joint_hist._masks(m, 4, cpu) is first
+    assert joint_hist._masks(m, 5, cpu) is not first                        # another block: rebuilt
+    jh = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    jh.add(a, m)
+    assert joint_hist._MASKS_CACHE and joint_hist._MASKS_CACHE[0][0]() is m
+    del m
+    gc.collect()
+    assert joint_hist._MASKS_CACHE == []
+
+
+@pytest.mark.parametrize("level", [0.99, 0.9, 0.5])
+def test_dense_and_sparse_null_give_bit_equal_states_and_the_exact_null(level: float,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The null counted by scattering every value above the lowest candidate (sparse) and by one matmul
+    per block for the values above every candidate (dense) give the same state, bit for bit, and at
+    every candidate PermutationNull's counts and moments."""
+    from compute.core import joint_hist
+
+    a, m = _data(n=22, size=24, seed=7)
+    states = []
+    for share in (1.0, 0.0):                                                # always sparse, always dense
+        monkeypatch.setattr(joint_hist, "SPARSE_SHARE", share)
+        jh = JointHist(level=level, bins=16, candidates=7, window=0.05, block=4)
+        jh.add(a[:10], m[:10])
+        jh.add(a[10:], m[10:])
+        states.append(jh)
+    _states_equal(states[0], states[1])
+    jh = states[1]
+    for j in range(jh.candidates):
+        got = jh.null_at(torch.full((a.shape[1],), j))
+        ref = PermutationNull(got.thresholds, block=4)
+        ref.add(a[:10], m[:10])
+        ref.add(a[10:], m[10:])
+        assert torch.equal(got.inter, ref.inter) and torch.equal(got.above, ref.above), j
+        assert torch.allclose(got.null_mean, ref.null_mean, rtol=1e-12, atol=1e-9), j
+        assert torch.allclose(got.null_var, ref.null_var, rtol=1e-9, atol=1e-6), j
+
+
+def test_counts_exact_whatever_the_float32_matmul_precision() -> None:
+    """The joint counts and the dense null are float matmuls of integers: they must not round when
+    float32 matmuls may use TF32 / bfloat16 ("high", "medium"); float64 is used then."""
+    from compute.core.joint_hist import _exact_float
+
+    a, m = _data(n=16, size=32)
+    ref = JointHist(level=0.5, bins=16, candidates=5, window=0.05, block=4)
+    ref.add(a, m)
+    before = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("high", "medium"):
+            torch.set_float32_matmul_precision(precision)
+            assert _exact_float(torch.device("cpu"), 10) == torch.float64
+            jh = JointHist(level=0.5, bins=16, candidates=5, window=0.05, block=4)
+            jh.add(a, m)
+            _states_equal(jh, ref)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert _exact_float(torch.device("cpu"), 2 ** 24 - 1) == torch.float32
+    assert _exact_float(torch.device("cpu"), 2 ** 24) == torch.float64
+    assert _exact_float(torch.device("cuda"), 10) == torch.float64
