@@ -75,7 +75,9 @@ HEADROOM = 0.25
 WARM_VALUES = 1 << 14  # values per unit whose order statistics place the edges (a fixed random subsample + min / max)
 MAX_WINDOW = 0.02   # widest candidate window (rank half-width): 32 gaps of <= 1.25e-3, error <= 6.25e-4
 SPARSE_SHARE = 0.02  # the null scatters every value above the lowest candidate while at most this share of
-                     # values are (measured crossover with the dense path: see `_add_chunk`)
+                     # values are, else counts those above every candidate densely: on one CPU thread,
+                     # [32, 16, 64, 64], K = 40, the two paths take about the same time near level 0.98
+                     # (2-3 % above); at 0.5 the scatter took 3.9 s and +393 MB, the dense path 0.35 s
 Lift = Callable[[torch.Tensor], torch.Tensor]   # [N, c, h, w] -> [N, c, H, W] (e.g. bilinear upsampling)
 
 
