@@ -19,6 +19,22 @@ def pytest_collection_modifyitems(config, items):  # gpu tests skip themselves w
             item.add_marker(skip)
 
 
+@pytest.fixture
+def checkpoint_names(monkeypatch) -> list[str]:
+    """The name of every `Checkpoint` opened while the test runs, in order (passes and their resume files)."""
+    from compute.jobs.tally import Checkpoint
+
+    names: list[str] = []
+    init = Checkpoint.__init__
+
+    def recording(self, directory, name):
+        names.append(name)
+        init(self, directory, name)
+
+    monkeypatch.setattr(Checkpoint, "__init__", recording)
+    return names
+
+
 @pytest.fixture(scope="session")
 def tiny_gan(tmp_path_factory) -> Path:
     """A tiny random ProGAN (z_dim 8, 8 channels per layer) saved as safetensors."""

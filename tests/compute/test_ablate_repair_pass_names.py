@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compute.jobs import context
 from compute.jobs.context import pass_name
 from ingest.models.village_seg import load_village_seg
 from tests.compute.test_families_intervene import _common_concept, _load, make_branchy
@@ -22,7 +21,8 @@ from tests.helpers import intervention_analyses, model, run_spec_in, segmenter, 
 LAYER = "g.layer2"
 
 
-def test_dotted_layers_and_concepts_get_their_own_checkpoints(tmp_path: Path, tiny_seg: Path, monkeypatch) -> None:
+def test_dotted_layers_and_concepts_get_their_own_checkpoints(tmp_path: Path, tiny_seg: Path,
+                                                              checkpoint_names: list[str]) -> None:
     torch.manual_seed(2)
     torch.save(make_branchy().state_dict(), tmp_path / "branchy.pth")
     entry = model("branchy", tmp_path / "branchy.pth", family="module", dataset="village",
@@ -33,14 +33,7 @@ def test_dotted_layers_and_concepts_get_their_own_checkpoints(tmp_path: Path, ti
     real = tmp_path / "real.npy"  # "real" images: noise at the generator's size
     np.save(real, np.random.default_rng(0).integers(0, 256, (20, gen.resolution, gen.resolution, 3), dtype=np.uint8))
 
-    names: list[str] = []
-    init = context.Checkpoint.__init__
-
-    def recording(self, directory, name):
-        names.append(name)
-        init(self, directory, name)
-
-    monkeypatch.setattr(context.Checkpoint, "__init__", recording)
+    names = checkpoint_names
     text = spec_text(tmp_path / "store.duckdb", models=[entry], segmenters=[segmenter("seg", tiny_seg)],
                      analyses=intervention_analyses(
                          "branchy", "seg", LAYER, dissect=dict(samples=8, seed=2, batch_size=8),

@@ -67,15 +67,8 @@ def test_long_names_end_in_a_hash_and_stay_distinct() -> None:
 
 
 def test_ace_insert_and_trace_name_their_checkpoints_by_parts(tmp_path: Path, tiny_gan: Path, tiny_seg: Path,
-                                                              monkeypatch) -> None:
-    names: list[str] = []
-    init = context.Checkpoint.__init__
-
-    def recording(self, directory, name):
-        names.append(name)
-        init(self, directory, name)
-
-    monkeypatch.setattr(context.Checkpoint, "__init__", recording)
+                                                              checkpoint_names: list[str]) -> None:
+    names = checkpoint_names
     text = spec_text(tmp_path / "store.duckdb", models=[model("tiny", tiny_gan)],
                      segmenters=[segmenter("tiny-seg", tiny_seg)],
                      analyses=intervention_analyses(
