@@ -82,6 +82,14 @@ def test_null_in_int64_on_large_images_equals_permutation_null() -> None:
         assert torch.allclose(got.null_var, ref.null_var, rtol=1e-9, atol=1e-6)
 
 
+def _halves_fresh(a: torch.Tensor, m: torch.Tensor) -> JointHist:
+    """The reference for the cache tests: the two halves of a batch added with masks made fresh for each."""
+    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
+    ref.add(a[:8], m[:8].clone())
+    ref.add(a[8:], m[8:].clone())
+    return ref
+
+
 def test_masks_changed_in_place_between_adds_are_not_taken_from_the_cache() -> None:
     """The per-batch masks cache (shared by the layers of a step) must see an edited masks tensor."""
     a, m = _data(n=16)
@@ -90,11 +98,7 @@ def test_masks_changed_in_place_between_adds_are_not_taken_from_the_cache() -> N
     jh.add(a[:8], m1)
     m1.copy_(m[8:])                                                          # same tensor, new contents
     jh.add(a[8:], m1)
-    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
-    ref.add(a[:8], m[:8].clone())
-    ref.add(a[8:], m[8:].clone())
-    for key, value in ref.state_dict().items():
-        assert torch.equal(jh.state_dict()[key], value), key
+    _states_equal(jh, _halves_fresh(a, m))
 
 
 def test_threshold_rank_error_within_the_bound_against_exact_order_statistics() -> None:
@@ -185,10 +189,7 @@ def test_masks_made_under_inference_mode_are_counted_and_never_cached() -> None:
         jh.add(a[:8], m1)
         m1.copy_(m[8:])                                                      # same tensor, new contents
         jh.add(a[8:], m1)
-    ref = JointHist(bins=16, candidates=5, window=0.05, block=4)
-    ref.add(a[:8], m[:8].clone())
-    ref.add(a[8:], m[8:].clone())
-    _states_equal(jh, ref)
+    _states_equal(jh, _halves_fresh(a, m))
 
 
 def test_masks_cache_is_keyed_on_the_tensor_passed_and_released_with_it() -> None:
